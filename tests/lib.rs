@@ -1,0 +1,1 @@
+//! Integration-test crate for VRSky; the tests live in `integration/`.
