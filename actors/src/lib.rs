@@ -1,1 +1,31 @@
-//! placeholder
+//! VRSky's domain: validated ids, the envelope and its NATS wire form, the component
+//! interfaces with their pure implementations, and the domain actors with their typed
+//! messages. Adapters (NATS connections, SQL, HTTP) live in the runtime crate and reach
+//! the actors only through their arguments and ports.
+
+pub mod components;
+pub mod envelope;
+pub mod ids;
+pub mod integration;
+pub mod nats_instance;
+pub mod subjects;
+pub mod tenant;
+pub mod wire;
+
+pub use envelope::Envelope;
+pub use ids::{IdError, IntegrationId, MessageId, TenantId};
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Shared proptest configuration: regressions go to the workspace's top-level
+    //! `proptest-regressions/` (tests run with the crate directory as working directory).
+    use proptest::test_runner::{Config, FileFailurePersistence};
+
+    /// A config persisting failures to `proptest-regressions/<file>`.
+    pub(crate) fn proptest_config(file: &'static str) -> Config {
+        Config {
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
+            ..Config::default()
+        }
+    }
+}

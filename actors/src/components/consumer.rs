@@ -1,0 +1,102 @@
+//! The HTTP webhook consumer: turns an accepted request into an envelope.
+
+use bytes::Bytes;
+
+use super::{ConsumeError, Consumer};
+use crate::envelope::Envelope;
+use crate::ids::{IntegrationId, MessageId, TenantId};
+
+/// What the HTTP layer hands the consumer. Header names are lowercase.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    /// The id assigned to the message.
+    pub message_id: MessageId,
+    /// Path tenant.
+    pub tenant_id: TenantId,
+    /// Path integration.
+    pub integration_id: IntegrationId,
+    /// Request headers (name lowercase, raw value bytes).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Bytes,
+    /// W3C traceparent of the ingress span.
+    pub trace_context: Option<String>,
+    /// Acceptance time, ms since the Unix epoch.
+    pub received_at_ms: u64,
+}
+
+/// Keeps `content-type` and the configured headers; drops everything else.
+#[derive(Debug, Clone)]
+pub struct WebhookConsumer {
+    /// Lowercase header names to forward.
+    forward: Vec<String>,
+}
+
+impl WebhookConsumer {
+    /// A consumer forwarding these headers (matched case-insensitively).
+    pub fn new(forward_headers: &[String]) -> Self {
+        WebhookConsumer {
+            forward: forward_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+}
+
+impl Consumer for WebhookConsumer {
+    fn accept(&self, request: InboundRequest) -> Result<Envelope, ConsumeError> {
+        let mut content_type = None;
+        let mut headers = Vec::new();
+        for (name, value) in request.headers {
+            let forward = self.forward.iter().any(|f| *f == name);
+            if name != "content-type" && !forward {
+                continue;
+            }
+            let value = String::from_utf8(value).map_err(|_| ConsumeError::BadHeader(name.clone()))?;
+            if name == "content-type" {
+                content_type = Some(value);
+            } else {
+                headers.push((name, value));
+            }
+        }
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Envelope {
+            message_id: request.message_id,
+            tenant_id: request.tenant_id,
+            integration_id: request.integration_id,
+            headers,
+            content_type,
+            payload: request.body,
+            trace_context: request.trace_context,
+            attempt: 1,
+            received_at_ms: request.received_at_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn forwards_only_chosen_headers() {
+        let c = WebhookConsumer::new(&["X-Request-Id".into()]);
+        let env = c
+            .accept(InboundRequest {
+                message_id: MessageId::generate(),
+                tenant_id: TenantId::new("t").unwrap(),
+                integration_id: IntegrationId::new("i").unwrap(),
+                headers: vec![
+                    ("content-type".into(), b"application/xml".to_vec()),
+                    ("x-request-id".into(), b"r1".to_vec()),
+                    ("authorization".into(), b"secret".to_vec()),
+                ],
+                body: Bytes::from_static(b"<a/>"),
+                trace_context: None,
+                received_at_ms: 1,
+            })
+            .unwrap();
+        assert_eq!(env.content_type.as_deref(), Some("application/xml"));
+        assert_eq!(env.headers, vec![("x-request-id".to_string(), "r1".to_string())]);
+        assert_eq!(&env.payload[..], b"<a/>");
+    }
+}

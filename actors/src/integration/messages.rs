@@ -1,0 +1,80 @@
+//! Messages and arguments of the IntegrationActor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ractor::RpcReplyPort;
+
+use crate::components::{Pipeline, Producer};
+use crate::ids::{IntegrationId, TenantId};
+
+/// What an IntegrationActor is started with; cloned for every restart.
+#[derive(Clone)]
+pub struct IntegrationArgs {
+    /// Owner tenant.
+    pub tenant_id: TenantId,
+    /// This integration.
+    pub integration_id: IntegrationId,
+    /// Compiled filters and converters.
+    pub pipeline: Arc<Pipeline>,
+    /// The destination.
+    pub producer: Arc<dyn Producer>,
+    /// Connection to the tenant's NATS instance(s).
+    pub client: async_nats::Client,
+    /// Deliveries in flight at once.
+    pub max_in_flight: usize,
+    /// Outcome counters; they outlive restarts of the actor.
+    pub counters: Arc<IntegrationCounters>,
+}
+
+/// Messages an IntegrationActor accepts.
+#[derive(Debug)]
+pub enum IntegrationMsg {
+    /// The NATS subscription closed; the actor fails so its supervisor restarts it.
+    SubscriptionEnded,
+    /// Current counters.
+    GetStats(RpcReplyPort<IntegrationStats>),
+}
+
+/// Outcome counters of one integration on this node.
+#[derive(Debug, Default)]
+pub struct IntegrationCounters {
+    /// Messages taken off NATS.
+    pub received: AtomicU64,
+    /// Delivered with a success status.
+    pub delivered: AtomicU64,
+    /// Dropped by a filter.
+    pub filtered: AtomicU64,
+    /// Failed delivery or conversion.
+    pub failed: AtomicU64,
+    /// Could not be decoded or belonged elsewhere.
+    pub malformed: AtomicU64,
+}
+
+/// A snapshot of [`IntegrationCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IntegrationStats {
+    /// Messages taken off NATS.
+    pub received: u64,
+    /// Delivered with a success status.
+    pub delivered: u64,
+    /// Dropped by a filter.
+    pub filtered: u64,
+    /// Failed delivery or conversion.
+    pub failed: u64,
+    /// Could not be decoded or belonged elsewhere.
+    pub malformed: u64,
+}
+
+impl IntegrationCounters {
+    /// A snapshot.
+    pub fn snapshot(&self) -> IntegrationStats {
+        IntegrationStats {
+            received: self.received.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
+    }
+}
