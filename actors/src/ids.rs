@@ -16,8 +16,7 @@ pub struct IdError {
     pub rule: &'static str,
 }
 
-const SLUG_RULE: &str =
-    "must match ^[a-z0-9][a-z0-9-]{0,62}$ (lowercase letters, digits and '-', 1 to 63 characters, not starting with '-')";
+const SLUG_RULE: &str = "must match ^[a-z0-9][a-z0-9-]{0,62}$ (lowercase letters, digits and '-', 1 to 63 characters, not starting with '-')";
 
 fn validate_slug(kind: &'static str, s: &str) -> Result<(), IdError> {
     let bytes = s.as_bytes();
@@ -107,11 +106,8 @@ impl MessageId {
     /// Validates and wraps an id.
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(MessageId(s))
         } else {

@@ -77,9 +77,7 @@ pub fn encode(env: &Envelope) -> Result<(HeaderMap, Bytes), EncodeError> {
 }
 
 fn get<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, WireError> {
-    h.get(name)
-        .map(|v| v.as_str())
-        .ok_or(WireError::Missing(name))
+    h.get(name).map(|v| v.as_str()).ok_or(WireError::Missing(name))
 }
 
 fn parse_num<T: FromStr>(h: &HeaderMap, name: &'static str) -> Result<T, WireError>
@@ -99,9 +97,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Envelope, W
     for (name, values) in h.iter() {
         let name: &str = name.as_ref();
         // Header names are matched case-insensitively on the way back.
-        if name.len() > FORWARD_PREFIX.len()
-            && name[..FORWARD_PREFIX.len()].eq_ignore_ascii_case(FORWARD_PREFIX)
-        {
+        if name.len() > FORWARD_PREFIX.len() && name[..FORWARD_PREFIX.len()].eq_ignore_ascii_case(FORWARD_PREFIX) {
             let fwd = name[FORWARD_PREFIX.len()..].to_ascii_lowercase();
             for v in values {
                 forwarded.push((fwd.clone(), v.as_str().to_owned()));

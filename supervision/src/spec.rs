@@ -86,8 +86,7 @@ pub enum ChildKind {
 
 /// Starts one child, linked to the given supervisor cell. Called again on every restart,
 /// so it must be able to build the child's arguments afresh.
-pub type StartFn =
-    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 /// One child of a supervisor: its name, how to start it, and its restart policy.
 #[derive(Clone)]

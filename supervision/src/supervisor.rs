@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::rpc::CallResult;
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -25,8 +23,7 @@ const STOP_CHILDREN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Produces the children a supervisor starts with. Called on every (re)start of the
 /// supervisor, so a restarted subtree is rebuilt from the current desired state rather
 /// than from a snapshot taken at first start.
-pub type ChildSource =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ChildSpec>, String>> + Send + Sync>;
+pub type ChildSource = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ChildSpec>, String>> + Send + Sync>;
 
 /// Errors a supervisor reports to callers.
 #[derive(Debug, thiserror::Error)]
@@ -122,10 +119,7 @@ impl SupervisorState {
 }
 
 impl Supervisor {
-    async fn start_child(
-        myself: &ActorRef<SupervisorMsg>,
-        spec: &ChildSpec,
-    ) -> Result<ActorCell, SupervisorError> {
+    async fn start_child(myself: &ActorRef<SupervisorMsg>, spec: &ChildSpec) -> Result<ActorCell, SupervisorError> {
         (spec.start)(myself.get_cell())
             .await
             .map_err(|e| SupervisorError::StartFailed {
@@ -255,11 +249,7 @@ impl Actor for Supervisor {
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         myself
             .stop_children_and_wait(Some("supervisor stopping".into()), Some(STOP_CHILDREN_TIMEOUT))
             .await;
@@ -326,8 +316,7 @@ impl Actor for Supervisor {
                         state.reindex();
                     }
                     Err(e) => {
-                        Self::after_exit(&myself, state, idx, ExitKind::Abnormal, e.to_string())
-                            .await?;
+                        Self::after_exit(&myself, state, idx, ExitKind::Abnormal, e.to_string()).await?;
                     }
                 }
             }
@@ -344,16 +333,10 @@ impl Actor for Supervisor {
         let (cell, kind, reason) = match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let killed = reason.as_deref() == Some("killed");
-                let kind = if killed {
-                    ExitKind::Abnormal
-                } else {
-                    ExitKind::Normal
-                };
+                let kind = if killed { ExitKind::Abnormal } else { ExitKind::Normal };
                 (cell, kind, reason.unwrap_or_else(|| "stopped".into()))
             }
-            SupervisionEvent::ActorFailed(cell, err) => {
-                (cell, ExitKind::Abnormal, format!("failed: {err}"))
-            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, ExitKind::Abnormal, format!("failed: {err}")),
             _ => return Ok(()),
         };
         let Some(idx) = state.by_id.remove(&cell.get_id()) else {
@@ -394,22 +377,15 @@ pub trait SupervisorExt {
         spec: ChildSpec,
     ) -> impl std::future::Future<Output = Result<ActorCell, SupervisorError>> + Send;
     /// Stops a child for good; returns whether it existed.
-    fn stop_child(
-        &self,
-        name: &str,
-    ) -> impl std::future::Future<Output = Result<bool, SupervisorError>> + Send;
+    fn stop_child(&self, name: &str) -> impl std::future::Future<Output = Result<bool, SupervisorError>> + Send;
     /// The running cell of a child.
-    fn child(
-        &self,
-        name: &str,
-    ) -> impl std::future::Future<Output = Result<Option<ActorCell>, SupervisorError>> + Send;
+    fn child(&self, name: &str)
+    -> impl std::future::Future<Output = Result<Option<ActorCell>, SupervisorError>> + Send;
     /// The subtree rooted here.
     fn tree(&self) -> impl std::future::Future<Output = Result<TreeNode, SupervisorError>> + Send;
 }
 
-fn unwrap_call<T, M>(
-    r: Result<CallResult<T>, ractor::MessagingErr<M>>,
-) -> Result<T, SupervisorError> {
+fn unwrap_call<T, M>(r: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Result<T, SupervisorError> {
     match r {
         Ok(CallResult::Success(v)) => Ok(v),
         Ok(CallResult::Timeout) => Err(SupervisorError::Unavailable("timed out".into())),

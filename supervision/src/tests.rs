@@ -22,11 +22,7 @@ impl Actor for Worker {
     type State = ();
     type Arguments = Arc<AtomicU32>;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<WorkerMsg>,
-        starts: Arc<AtomicU32>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<WorkerMsg>, starts: Arc<AtomicU32>) -> Result<(), ActorProcessingErr> {
         starts.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -145,7 +141,10 @@ async fn exceeding_intensity_escalates_but_only_to_the_nested_supervisor() {
     tenant_ref.start_child(spec).await.unwrap();
 
     for _ in 0..2 {
-        running_child(&tenant_ref, "w").await.send_message(WorkerMsg::Fail).unwrap();
+        running_child(&tenant_ref, "w")
+            .await
+            .send_message(WorkerMsg::Fail)
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     assert_eq!(starts.load(Ordering::SeqCst), 3);

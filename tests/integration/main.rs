@@ -1,1 +1,7 @@
+//! VRSky's integration tests: one binary, real nats-server processes, real PostgreSQL and
+//! SQLite, real HTTP servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
+mod foundation;

@@ -46,7 +46,7 @@ impl Consumer for WebhookConsumer {
         let mut content_type = None;
         let mut headers = Vec::new();
         for (name, value) in request.headers {
-            let forward = self.forward.iter().any(|f| *f == name);
+            let forward = self.forward.contains(&name);
             if name != "content-type" && !forward {
                 continue;
             }

@@ -19,11 +19,7 @@ pub struct JsonMapConverter {
 
 impl JsonMapConverter {
     /// A converter from validated spec parts.
-    pub fn new(
-        fields: BTreeMap<String, String>,
-        constants: BTreeMap<String, Value>,
-        on_missing: MissingField,
-    ) -> Self {
+    pub fn new(fields: BTreeMap<String, String>, constants: BTreeMap<String, Value>, on_missing: MissingField) -> Self {
         JsonMapConverter {
             fields,
             constants,
@@ -47,9 +43,7 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) -> Result<(), Conv
         let obj = cur
             .as_object_mut()
             .ok_or_else(|| ConvertError::Output(format!("{pointer}: parent is not an object")))?;
-        cur = obj
-            .entry(t.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        cur = obj.entry(t.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     let obj = cur
         .as_object_mut()
@@ -112,8 +106,15 @@ mod tests {
     #[test]
     fn maps_nested_fields_and_constants() {
         let input = json!({"order": {"id": 7, "total": 9.5}, "x": 1});
-        let c = map(&[("/id", "/order/id"), ("/money/total", "/order/total"), ("/gone", "/nope")],
-            &[("/source", json!("vrsky"))], MissingField::Skip);
+        let c = map(
+            &[
+                ("/id", "/order/id"),
+                ("/money/total", "/order/total"),
+                ("/gone", "/nope"),
+            ],
+            &[("/source", json!("vrsky"))],
+            MissingField::Skip,
+        );
         let out = c.convert(env(), Some(&input)).unwrap();
         assert_eq!(out.content_type.as_deref(), Some("application/json"));
         let v: Value = serde_json::from_slice(&out.payload).unwrap();
@@ -123,11 +124,20 @@ mod tests {
     #[test]
     fn missing_field_policies() {
         let input = json!({});
-        let out = map(&[("/a", "/b")], &[], MissingField::Null).convert(env(), Some(&input)).unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&out.payload).unwrap(), json!({"a": null}));
-        let e = map(&[("/a", "/b")], &[], MissingField::Error).convert(env(), Some(&input)).unwrap_err();
+        let out = map(&[("/a", "/b")], &[], MissingField::Null)
+            .convert(env(), Some(&input))
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out.payload).unwrap(),
+            json!({"a": null})
+        );
+        let e = map(&[("/a", "/b")], &[], MissingField::Error)
+            .convert(env(), Some(&input))
+            .unwrap_err();
         assert!(matches!(e, ConvertError::MissingField(f) if f == "/b"));
-        let e = map(&[("/a", "/b")], &[], MissingField::Skip).convert(env(), None).unwrap_err();
+        let e = map(&[("/a", "/b")], &[], MissingField::Skip)
+            .convert(env(), None)
+            .unwrap_err();
         assert!(matches!(e, ConvertError::NotJson));
     }
 

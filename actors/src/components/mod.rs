@@ -18,8 +18,8 @@ pub use converter::JsonMapConverter;
 pub use filter::JsonFieldFilter;
 pub use pipeline::{Outcome, Pipeline};
 pub use spec::{
-    ConsumerSpec, ConverterSpec, FieldOp, FilterSpec, HttpMethod, HttpProducerSpec,
-    IntegrationSpec, MissingField, ProducerSpec, SpecError,
+    ConsumerSpec, ConverterSpec, FieldOp, FilterSpec, HttpMethod, HttpProducerSpec, IntegrationSpec, MissingField,
+    ProducerSpec, SpecError,
 };
 
 /// Turns an inbound request into an envelope (the webhook receiver is the first).

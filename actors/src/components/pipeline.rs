@@ -2,9 +2,7 @@
 
 use serde_json::Value;
 
-use super::{
-    ConvertError, Converter, ConverterSpec, Filter, FilterSpec, JsonFieldFilter, JsonMapConverter,
-};
+use super::{ConvertError, Converter, ConverterSpec, Filter, FilterSpec, JsonFieldFilter, JsonMapConverter};
 use crate::envelope::Envelope;
 
 /// What the pipeline made of a message.
@@ -56,9 +54,11 @@ impl Pipeline {
             converters: converters
                 .iter()
                 .map(|c| match c {
-                    ConverterSpec::JsonMap { fields, constants, on_missing } => Box::new(
-                        JsonMapConverter::new(fields.clone(), constants.clone(), *on_missing),
-                    )
+                    ConverterSpec::JsonMap {
+                        fields,
+                        constants,
+                        on_missing,
+                    } => Box::new(JsonMapConverter::new(fields.clone(), constants.clone(), *on_missing))
                         as Box<dyn Converter>,
                 })
                 .collect(),

@@ -181,7 +181,10 @@ fn check_pointer(field: String, p: &str) -> Result<(), SpecError> {
     if p.is_empty() || p.starts_with('/') {
         Ok(())
     } else {
-        Err(err(field, format!("{p:?} is not a JSON pointer (must be empty or start with '/')")))
+        Err(err(
+            field,
+            format!("{p:?} is not a JSON pointer (must be empty or start with '/')"),
+        ))
     }
 }
 
@@ -202,7 +205,10 @@ impl IntegrationSpec {
     /// Checks everything serde cannot; the URL itself is checked by the producer's builder.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.consumer.forward_headers.len() > HEADERS_MAX {
-            return Err(err("consumer.forward_headers", format!("at most {HEADERS_MAX} headers")));
+            return Err(err(
+                "consumer.forward_headers",
+                format!("at most {HEADERS_MAX} headers"),
+            ));
         }
         for (i, h) in self.consumer.forward_headers.iter().enumerate() {
             check_header_name(format!("consumer.forward_headers[{i}]"), h)?;
@@ -233,7 +239,10 @@ impl IntegrationSpec {
         for (i, c) in self.converters.iter().enumerate() {
             let ConverterSpec::JsonMap { fields, constants, .. } = c;
             if fields.len() + constants.len() > MAPPING_FIELDS_MAX {
-                return Err(err(format!("converters[{i}]"), format!("at most {MAPPING_FIELDS_MAX} fields")));
+                return Err(err(
+                    format!("converters[{i}]"),
+                    format!("at most {MAPPING_FIELDS_MAX} fields"),
+                ));
             }
             if fields.is_empty() && constants.is_empty() {
                 return Err(err(format!("converters[{i}]"), "needs at least one field or constant"));
@@ -242,13 +251,19 @@ impl IntegrationSpec {
                 check_pointer(format!("converters[{i}].fields"), out)?;
                 check_pointer(format!("converters[{i}].fields[{out:?}]"), input)?;
                 if out.is_empty() {
-                    return Err(err(format!("converters[{i}].fields"), "the output pointer cannot be the root"));
+                    return Err(err(
+                        format!("converters[{i}].fields"),
+                        "the output pointer cannot be the root",
+                    ));
                 }
             }
             for out in constants.keys() {
                 check_pointer(format!("converters[{i}].constants"), out)?;
                 if out.is_empty() {
-                    return Err(err(format!("converters[{i}].constants"), "the output pointer cannot be the root"));
+                    return Err(err(
+                        format!("converters[{i}].constants"),
+                        "the output pointer cannot be the root",
+                    ));
                 }
             }
         }
@@ -264,7 +279,10 @@ impl IntegrationSpec {
         }
         for (name, value) in &http.headers {
             if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                return Err(err(format!("producer.headers[{name:?}]"), "value has control characters"));
+                return Err(err(
+                    format!("producer.headers[{name:?}]"),
+                    "value has control characters",
+                ));
             }
         }
         if self.max_in_flight == 0 || self.max_in_flight > IN_FLIGHT_MAX {
@@ -299,11 +317,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_ids_are_refused() {
-        let e = parse(serde_json::json!({"id": "o", "producer": {"type": "http", "url": "u"}, "extra": 1}))
-            .unwrap_err();
+        let e =
+            parse(serde_json::json!({"id": "o", "producer": {"type": "http", "url": "u"}, "extra": 1})).unwrap_err();
         assert!(e.contains("unknown field `extra`"), "{e}");
-        let e = parse(serde_json::json!({"id": "Bad_Id", "producer": {"type": "http", "url": "u"}}))
-            .unwrap_err();
+        let e = parse(serde_json::json!({"id": "Bad_Id", "producer": {"type": "http", "url": "u"}})).unwrap_err();
         assert!(e.contains("invalid integration id"), "{e}");
         let e = parse(serde_json::json!({"id": "o", "producer": {"type": "ftp", "url": "u"}})).unwrap_err();
         assert!(e.contains("unknown variant `ftp`"), "{e}");

@@ -72,10 +72,7 @@ impl Actor for NatsInstanceActor {
             }
         });
         Ok(NatsInstanceState {
-            status: InstanceStatus {
-                url,
-                server_version,
-            },
+            status: InstanceStatus { url, server_version },
             stop: Some(stop),
         })
     }

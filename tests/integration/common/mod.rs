@@ -1,1 +1,252 @@
+//! Test harness: a runtime node in-process over real nats-server processes, a real
+//! metadata store (a fresh PostgreSQL database, or SQLite in a temp dir), and a real
+//! HTTP sink. Everything a test starts is stopped by `shutdown`, and by drop on panic
+//! (child processes are `kill_on_drop`; the PostgreSQL database is dropped by name).
 
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod sink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::Connection;
+use tempfile::TempDir;
+
+use vrsky_runtime::{Config, Runtime, RuntimeOptions};
+
+pub use sink::Sink;
+
+/// The admin token every test runtime uses.
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// Which metadata store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh PostgreSQL database on the local server.
+    Postgres,
+    /// A SQLite file in the test's temp dir.
+    Sqlite,
+}
+
+/// Base URL of the PostgreSQL server used by tests (`VRSKY_TEST_PG_URL`).
+fn pg_admin_url() -> String {
+    std::env::var("VRSKY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A throwaway PostgreSQL database.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        let name = format!("vrsky_t_{}", uuid::Uuid::new_v4().simple());
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (see README; .ci/run starts it)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').unwrap().0;
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn drop_db(&self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A runtime node under test.
+pub struct TestRuntime {
+    pub rt: Option<Runtime>,
+    pub dir: TempDir,
+    pub cfg: Config,
+    pub pg: Option<PgDatabase>,
+    pub http: reqwest::Client,
+}
+
+pub fn init_logging() {
+    vrsky_runtime::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// The configuration tests use: free port, temp data dir, loopback producer targets.
+pub fn test_config(dir: &std::path::Path, database_url: Option<String>) -> Config {
+    let mut cfg = Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        database_url,
+        admin_token: Some(TOKEN.into()),
+        ..Config::default()
+    };
+    cfg.producer.allow_private_targets = true;
+    cfg.webhook.body_bytes_max = 64 * 1024;
+    cfg.nats.server_bin = std::env::var_os("VRSKY_NATS__SERVER_BIN").map(PathBuf::from);
+    cfg
+}
+
+impl TestRuntime {
+    pub async fn start(backend: Backend) -> TestRuntime {
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let pg = match backend {
+            Backend::Postgres => Some(PgDatabase::create().await),
+            Backend::Sqlite => None,
+        };
+        let cfg = test_config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
+        let rt = Runtime::start(cfg.clone(), RuntimeOptions::default()).await.unwrap();
+        TestRuntime {
+            rt: Some(rt),
+            dir,
+            cfg,
+            pg,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn rt(&self) -> &Runtime {
+        self.rt.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.rt().base_url(), path)
+    }
+
+    /// Stops the node and starts a new one on the same data dir and database.
+    pub async fn restart(&mut self) {
+        self.rt.take().unwrap().shutdown().await;
+        let rt = Runtime::start(self.cfg.clone(), RuntimeOptions::default())
+            .await
+            .unwrap();
+        self.rt = Some(rt);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown().await;
+        }
+        if let Some(pg) = self.pg.take() {
+            pg.drop_db().await;
+        }
+    }
+
+    /// An authorized API call; returns status and JSON body (Null when empty).
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn create_tenant(&self, id: &str) {
+        let (s, b) = self
+            .api(
+                reqwest::Method::POST,
+                "/api/tenants",
+                Some(serde_json::json!({"id": id, "name": id})),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+
+    pub async fn create_integration(&self, tenant: &str, spec: Value) -> Value {
+        let (s, b) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("/api/tenants/{tenant}/integrations"),
+                Some(spec),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b
+    }
+
+    /// Posts a webhook; returns the status.
+    pub async fn webhook(&self, tenant: &str, integration: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> u16 {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/webhooks/{tenant}/{integration}")))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    /// The live tree as JSON.
+    pub async fn tree(&self) -> Value {
+        let (s, b) = self.api(reqwest::Method::GET, "/api/tree", None).await;
+        assert_eq!(s, 200);
+        b
+    }
+
+    /// Waits until `name` shows up running in the tree with at least `restarts` restarts.
+    pub async fn wait_running(&self, name: &str, restarts: u64) {
+        wait_until(Duration::from_secs(30), || async {
+            let tree = self.tree().await;
+            find(&tree, name).is_some_and(|n| n["running"] == true && n["restarts"].as_u64().unwrap() >= restarts)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} not running with {restarts} restarts"));
+    }
+}
+
+/// Finds a node by name in a tree JSON.
+pub fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"].as_array()?.iter().find_map(|c| find(c, name))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes. Real time: these tests
+/// wait on real processes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> Result<(), ()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An integration spec delivering to `url` with the given extra fields.
+pub fn spec(id: &str, url: &str, extra: Value) -> Value {
+    let mut s = serde_json::json!({"id": id, "producer": {"type": "http", "url": url, "timeout_ms": 5000}});
+    if let (Some(obj), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}

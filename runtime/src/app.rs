@@ -1,0 +1,185 @@
+//! Wiring: starts the platform NATS connection, the metadata store, the root supervisor,
+//! the control layer and the HTTP server, and stops them in reverse order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tracing::info;
+
+use vrsky_actors::nats_instance::StopHandle;
+use vrsky_supervision::{SupervisorArgs, spawn_root};
+
+use crate::config::Config;
+use crate::control::{Control, ControlSettings};
+use crate::db::Db;
+use crate::http::{AppState, router};
+use crate::nats::LocalProvisioner;
+use crate::nats::process::{ServerOptions, find_binary, free_port, require_supported, start_server};
+use crate::producer::http_client;
+
+/// Installs ring as rustls' process-wide crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Extra behaviour for `vrsky dev`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeOptions {
+    /// Mount the built-in echo sink at `POST /dev/echo`.
+    pub dev_sink: bool,
+}
+
+/// A running runtime node.
+pub struct Runtime {
+    /// Where the HTTP server listens.
+    pub addr: SocketAddr,
+    /// The control layer (tests reach the actor tree through it).
+    pub control: Arc<Control>,
+    /// Platform NATS connection.
+    pub platform: async_nats::Client,
+    /// The URL of the platform NATS.
+    pub platform_url: String,
+    platform_server: Option<StopHandle>,
+    http_stop: Option<oneshot::Sender<()>>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Starts a node from a validated configuration.
+    pub async fn start(cfg: Config, opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        install_crypto_provider();
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let (bin, version) = find_binary(cfg.nats.server_bin.as_deref()).await?;
+        info!(bin = %bin.display(), %version, "nats-server found");
+        let startup_timeout = Duration::from_millis(cfg.nats.startup_timeout_ms);
+
+        let (platform_url, platform_server) = match &cfg.nats.platform_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let p = start_server(
+                    &bin,
+                    &ServerOptions {
+                        server_name: "vrsky-platform".into(),
+                        client_port: free_port()?,
+                        dir: cfg.data_dir.join("platform-nats"),
+                        jetstream: true,
+                        startup_timeout,
+                    },
+                )
+                .await?;
+                info!(url = %p.url, version = %p.version, "platform nats started (jetstream, sync_interval always)");
+                (p.url, Some(p.stop))
+            }
+        };
+        let platform = async_nats::ConnectOptions::new()
+            .name("vrsky-platform")
+            .max_reconnects(None)
+            .connect(platform_url.as_str())
+            .await
+            .with_context(|| format!("connecting to platform nats at {platform_url}"))?;
+        require_supported(
+            &format!("platform nats at {platform_url}"),
+            &platform.server_info().version,
+        )?;
+
+        let db_url = cfg.database_url();
+        let db = Db::connect(&db_url)
+            .await
+            .with_context(|| format!("opening metadata store ({})", redact(&db_url)))?;
+        info!(backend = db.backend(), "metadata store ready");
+
+        let (root, _) = spawn_root(SupervisorArgs::empty("runtime")).await?;
+        let provisioner = Arc::new(LocalProvisioner::new(bin, cfg.data_dir.clone(), startup_timeout));
+        let control = Arc::new(Control::new(
+            db,
+            root,
+            provisioner,
+            http_client()?,
+            ControlSettings {
+                allow_private_targets: cfg.producer.allow_private_targets,
+                connect_timeout: startup_timeout,
+            },
+        ));
+        control.load_all().await?;
+
+        let state = AppState {
+            control: control.clone(),
+            admin_token: cfg.admin_token.as_deref().map(Arc::from),
+            body_bytes_max: cfg.webhook.body_bytes_max,
+            platform: platform.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.http_addr))?;
+        let addr = listener.local_addr()?;
+        let (http_stop, stop_rx) = oneshot::channel::<()>();
+        let app = router(state, opts.dev_sink);
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        info!(%addr, "vrsky listening");
+        Ok(Runtime {
+            addr,
+            control,
+            platform,
+            platform_url,
+            platform_server,
+            http_stop: Some(http_stop),
+            http_task,
+        })
+    }
+
+    /// The base URL of the HTTP server.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the HTTP server, every actor (and so every tenant nats-server), the platform
+    /// server if this node spawned it, and the metadata store.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.http_task).await;
+        self.control.shutdown().await;
+        drop(self.platform);
+        if let Some(p) = self.platform_server.take() {
+            p.stop().await;
+        }
+        self.control.db().close().await;
+        info!("vrsky stopped");
+    }
+}
+
+/// Hides a password in a database URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,255 @@
+//! One typed configuration tree, layered: defaults < TOML file < `VRSKY_*` environment
+//! (nested keys split by `__`, e.g. `VRSKY_NATS__SERVER_BIN`) < command-line flags.
+//! Unknown keys are rejected at every layer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole runtime configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server (REST API, webhooks, health).
+    pub http_addr: SocketAddr,
+    /// Directory for local state: the SQLite file and nats-server directories.
+    pub data_dir: PathBuf,
+    /// Metadata database: `postgres://...` or `sqlite://...`. Defaults to
+    /// `sqlite://<data_dir>/vrsky.db`.
+    pub database_url: Option<String>,
+    /// Bearer token required on `/api/*`. `serve` refuses to start without one.
+    pub admin_token: Option<String>,
+    /// NATS settings.
+    pub nats: NatsConfig,
+    /// Webhook ingress settings.
+    pub webhook: WebhookConfig,
+    /// Producer settings.
+    pub producer: ProducerConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Path of the `nats-server` binary (>= 2.10). Default: the first `nats-server` on
+    /// `PATH` that is new enough.
+    pub server_bin: Option<PathBuf>,
+    /// URL of the platform NATS (JetStream). Default: a local server spawned in
+    /// `<data_dir>/platform-nats`.
+    pub platform_url: Option<String>,
+    /// How long a spawned nats-server may take to accept clients.
+    pub startup_timeout_ms: u64,
+}
+
+/// Webhook ingress settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Largest accepted body; larger requests get 413 before the body is read.
+    pub body_bytes_max: usize,
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Allow producer URLs on loopback, private and link-local addresses (dev and tests).
+    pub allow_private_targets: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with span fields (tenant, integration, message ids).
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,vrsky_runtime=debug`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+/// Upper bound of `webhook.body_bytes_max`: tenant nats-servers run with an 8 MiB
+/// `max_payload`, and headers need room too.
+pub const BODY_BYTES_MAX_LIMIT: usize = 4 * 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".vrsky"),
+            database_url: None,
+            admin_token: None,
+            nats: NatsConfig::default(),
+            webhook: WebhookConfig::default(),
+            producer: ProducerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            server_bin: None,
+            platform_url: None,
+            startup_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            body_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer failed to parse, or has unknown keys.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("configuration: {field}: {message}")]
+    Invalid {
+        /// Dotted key.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults < `file` < `VRSKY_*` env < `overrides` (already serialized flags).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!("file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("VRSKY_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.webhook.body_bytes_max == 0 || self.webhook.body_bytes_max > BODY_BYTES_MAX_LIMIT {
+            return Err(ConfigError::Invalid {
+                field: "webhook.body_bytes_max",
+                message: format!("must be 1 to {BODY_BYTES_MAX_LIMIT}"),
+            });
+        }
+        if self.nats.startup_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                field: "nats.startup_timeout_ms",
+                message: "must be positive".into(),
+            });
+        }
+        if let Some(t) = &self.admin_token
+            && t.len() < 16
+        {
+            return Err(ConfigError::Invalid {
+                field: "admin_token",
+                message: "must be at least 16 characters".into(),
+            });
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "database_url",
+                message: "must start with postgres://, postgresql:// or sqlite:".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}/vrsky.db?mode=rwc", self.data_dir.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn layers_apply_in_order_and_unknown_keys_fail() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "vrsky.toml",
+                "http_addr = \"127.0.0.1:9000\"\n[webhook]\nbody_bytes_max = 2048\n",
+            )?;
+            jail.set_env("VRSKY_WEBHOOK__BODY_BYTES_MAX", "4096");
+            #[derive(Serialize)]
+            struct Flags {
+                http_addr: &'static str,
+            }
+            let cfg = Config::load(
+                Some(Path::new("vrsky.toml")),
+                Flags {
+                    http_addr: "127.0.0.1:9100",
+                },
+            )
+            .unwrap();
+            assert_eq!(cfg.http_addr.port(), 9100);
+            assert_eq!(cfg.webhook.body_bytes_max, 4096);
+
+            jail.set_env("VRSKY_NOT_A_KEY", "1");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("not_a_key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn out_of_range_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VRSKY_WEBHOOK__BODY_BYTES_MAX", "0");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("webhook.body_bytes_max"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,598 @@
+//! The control layer: turns REST calls into metadata writes and actor tree changes, and
+//! keeps the webhook routing table. It is the only place that changes the tree.
+//!
+//! **Invariant:** the metadata store is the desired state. A tenant supervisor's children
+//! are rebuilt from it on every (re)start, so a write that reached the store survives any
+//! actor crash; a write that failed to start its actor is rolled back before the caller
+//! hears about it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ractor::{ActorCell, ActorRef};
+use tracing::{info, warn};
+
+use vrsky_actors::components::{IntegrationSpec, Pipeline, ProducerSpec, SpecError, WebhookConsumer};
+use vrsky_actors::integration::{IntegrationArgs, IntegrationCounters, IntegrationStats};
+use vrsky_actors::nats_instance::{InstanceSpec, NatsInstanceArgs};
+use vrsky_actors::tenant::{
+    instance_child_name, instance_spec, integration_child_name, integration_spec, tenant_child_name,
+    tenant_supervisor_spec,
+};
+use vrsky_actors::{IntegrationId, TenantId, subjects};
+use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorError, SupervisorExt, SupervisorMsg, TreeNode};
+
+use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
+use crate::nats::{SharedProvisioner, connect_tenant, process::free_port};
+use crate::producer::HttpProducer;
+
+/// What went wrong, by the answer the caller should get.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The named thing does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already, or the request conflicts with current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed or invalid (400).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dependency is down or a subtree is restarting; retrying may help (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or corrupt state (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DbError> for ControlError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict => ControlError::Conflict("already exists".into()),
+            DbError::Corrupt(m) => ControlError::Internal(m),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<SpecError> for ControlError {
+    fn from(e: SpecError) -> Self {
+        ControlError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<SupervisorError> for ControlError {
+    fn from(e: SupervisorError) -> Self {
+        ControlError::Unavailable(e.to_string())
+    }
+}
+
+/// Where a webhook for one integration goes.
+#[derive(Debug)]
+pub struct Route {
+    /// The integration's inbox subject.
+    pub subject: String,
+    /// Builds envelopes from requests.
+    pub consumer: WebhookConsumer,
+    /// The tenant's NATS connection.
+    pub client: async_nats::Client,
+}
+
+/// Everything needed to (re)build a tenant's children; cloned into its child source.
+#[derive(Clone)]
+struct TenantContext {
+    tenant_id: TenantId,
+    db: Db,
+    client: async_nats::Client,
+    provisioner: SharedProvisioner,
+    http: reqwest::Client,
+    allow_private_targets: bool,
+    /// Counters outlive actor restarts. Bound: one entry per integration of the tenant.
+    counters: Arc<Mutex<HashMap<IntegrationId, Arc<IntegrationCounters>>>>,
+}
+
+fn local_port(dns_name: &str) -> Option<u16> {
+    dns_name.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+impl TenantContext {
+    fn counters(&self, id: &IntegrationId) -> Arc<IntegrationCounters> {
+        let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    fn integration_args(&self, spec: &IntegrationSpec) -> Result<IntegrationArgs, SpecError> {
+        let ProducerSpec::Http(http) = &spec.producer;
+        let producer = HttpProducer::new(self.http.clone(), http, self.allow_private_targets)?;
+        Ok(IntegrationArgs {
+            tenant_id: self.tenant_id.clone(),
+            integration_id: spec.id.clone(),
+            pipeline: Arc::new(Pipeline::from_specs(&spec.filters, &spec.converters)),
+            producer: Arc::new(producer),
+            client: self.client.clone(),
+            max_in_flight: spec.max_in_flight,
+            counters: self.counters(&spec.id),
+        })
+    }
+
+    fn instance_child(&self, row: &InstanceRow) -> Result<ChildSpec, String> {
+        let port = local_port(&row.dns_name).ok_or_else(|| {
+            format!(
+                "instance {} has no local port in {:?}",
+                row.instance_number, row.dns_name
+            )
+        })?;
+        Ok(instance_spec(NatsInstanceArgs {
+            spec: InstanceSpec {
+                tenant_id: self.tenant_id.clone(),
+                instance_number: row.instance_number as u32,
+                client_port: port,
+            },
+            provisioner: self.provisioner.clone(),
+        }))
+    }
+
+    /// The tenant's children as the metadata store describes them now: instances first,
+    /// so integrations subscribe on a running server.
+    async fn child_specs(&self) -> Result<Vec<ChildSpec>, String> {
+        let mut specs = Vec::new();
+        for row in self.db.instances(&self.tenant_id).await.map_err(|e| e.to_string())? {
+            if row.status != "terminated" {
+                specs.push(self.instance_child(&row)?);
+            }
+        }
+        for row in self.db.integrations(&self.tenant_id).await.map_err(|e| e.to_string())? {
+            match parse_stored(&row).and_then(|s| self.integration_args(&s).map_err(|e| e.to_string())) {
+                Ok(args) => specs.push(integration_spec(args)),
+                // A stored spec that no longer builds (e.g. private targets now refused)
+                // is skipped with a warning rather than taking the whole tenant down.
+                Err(error) => warn!(tenant_id = %self.tenant_id, integration_id = %row.id, %error,
+                    "stored integration cannot start"),
+            }
+        }
+        Ok(specs)
+    }
+}
+
+fn parse_stored(row: &IntegrationRow) -> Result<IntegrationSpec, String> {
+    serde_json::from_str(&row.spec).map_err(|e| format!("stored spec of {}/{}: {e}", row.tenant_id, row.id))
+}
+
+struct TenantEntry {
+    ctx: TenantContext,
+    /// Bound: one entry per integration of the tenant.
+    routes: RwLock<HashMap<IntegrationId, Arc<Route>>>,
+}
+
+/// Settings the control layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Allow loopback/private producer targets.
+    pub allow_private_targets: bool,
+    /// How long to wait for a new tenant's NATS connection.
+    pub connect_timeout: Duration,
+}
+
+/// The control layer.
+pub struct Control {
+    db: Db,
+    root: ActorRef<SupervisorMsg>,
+    provisioner: SharedProvisioner,
+    http: reqwest::Client,
+    settings: ControlSettings,
+    /// Bound: one entry per tenant owned by this node.
+    tenants: RwLock<HashMap<TenantId, Arc<TenantEntry>>>,
+}
+
+/// An integration as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IntegrationView {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// The stored spec.
+    #[serde(flatten)]
+    pub spec: IntegrationSpec,
+    /// Where to send webhooks.
+    pub webhook_path: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Outcome counters on this node since it started.
+    pub stats: IntegrationStats,
+}
+
+/// One NATS instance as the API shows it (the specification's shape).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceView {
+    /// Client URL.
+    pub url: String,
+    /// 1-based number.
+    pub instance_number: i32,
+    /// `active`, `draining` or `terminated`.
+    pub status: String,
+    /// Integrations assigned to it.
+    pub integration_count: i32,
+}
+
+/// Readiness of one tenant's NATS connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantReadiness {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Whether its NATS connection is up.
+    pub nats_connected: bool,
+}
+
+/// The path webhooks for an integration are posted to.
+pub fn webhook_path(t: &TenantId, i: &IntegrationId) -> String {
+    format!("/webhooks/{t}/{i}")
+}
+
+impl Control {
+    /// A control layer over a running root supervisor. Call [`Control::load_all`] next.
+    pub fn new(
+        db: Db,
+        root: ActorRef<SupervisorMsg>,
+        provisioner: SharedProvisioner,
+        http: reqwest::Client,
+        settings: ControlSettings,
+    ) -> Self {
+        Control {
+            db,
+            root,
+            provisioner,
+            http,
+            settings,
+            tenants: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The metadata store.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn entry(&self, t: &TenantId) -> Option<Arc<TenantEntry>> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(t).cloned()
+    }
+
+    fn entry_or_404(&self, t: &TenantId) -> Result<Arc<TenantEntry>, ControlError> {
+        self.entry(t)
+            .ok_or_else(|| ControlError::NotFound(format!("tenant {t} not found")))
+    }
+
+    /// Starts the subtree of every tenant in the store.
+    pub async fn load_all(&self) -> Result<(), ControlError> {
+        for row in self.db.tenants().await? {
+            if let Err(e) = self.start_tenant(&row.id).await {
+                // One broken tenant must not keep the others down.
+                warn!(tenant_id = %row.id, error = %e, "tenant failed to start");
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
+        let instances = self.db.instances(t).await?;
+        let urls: Vec<String> = instances
+            .iter()
+            .filter(|r| r.status != "terminated")
+            .map(InstanceRow::url)
+            .collect();
+        let client = connect_tenant(&urls, &format!("vrsky-{t}"))
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("tenant {t} nats: {e}")))?;
+        let ctx = TenantContext {
+            tenant_id: t.clone(),
+            db: self.db.clone(),
+            client: client.clone(),
+            provisioner: self.provisioner.clone(),
+            http: self.http.clone(),
+            allow_private_targets: self.settings.allow_private_targets,
+            counters: Arc::default(),
+        };
+        let source_ctx = ctx.clone();
+        let args = SupervisorArgs {
+            name: tenant_child_name(t),
+            children: Arc::new(move || {
+                let ctx = source_ctx.clone();
+                Box::pin(async move { ctx.child_specs().await })
+            }),
+        };
+        let mut routes = HashMap::new();
+        for row in self.db.integrations(t).await? {
+            if let Ok(spec) = parse_stored(&row) {
+                routes.insert(row.id.clone(), Arc::new(route(t, &spec, &client)));
+            }
+        }
+        self.root.start_child(tenant_supervisor_spec(args)).await?;
+        self.tenants.write().unwrap_or_else(|p| p.into_inner()).insert(
+            t.clone(),
+            Arc::new(TenantEntry {
+                ctx,
+                routes: RwLock::new(routes),
+            }),
+        );
+        // Every instance must be running before the tenant counts as started.
+        let sup = self.tenant_supervisor(t).await?;
+        for row in instances.iter().filter(|r| r.status != "terminated") {
+            let name = instance_child_name(t, row.instance_number as u32);
+            if sup.child(&name).await?.is_none() {
+                let tree = sup.tree().await?;
+                let why = tree
+                    .find(&name)
+                    .and_then(|n| n.last_exit.clone())
+                    .unwrap_or_else(|| "not running".into());
+                return Err(ControlError::Unavailable(format!(
+                    "nats instance {name} failed to start: {why}"
+                )));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ControlError::Unavailable(format!("tenant {t}: nats connection not up")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(tenant_id = %t, instances = instances.len(), "tenant started");
+        Ok(())
+    }
+
+    async fn stop_tenant_subtree(&self, t: &TenantId) {
+        if let Ok(false) | Err(_) = self.root.stop_child(&tenant_child_name(t)).await {
+            warn!(tenant_id = %t, "tenant subtree was not running");
+        }
+        if let Some(entry) = self.tenants.write().unwrap_or_else(|p| p.into_inner()).remove(t) {
+            let client = entry.ctx.client.clone();
+            tokio::spawn(async move { drop(client.drain().await) });
+        }
+    }
+
+    /// Creates a tenant and starts its first NATS instance. Nothing is left behind when
+    /// the instance fails to start.
+    pub async fn create_tenant(&self, t: &TenantId, name: &str) -> Result<TenantRow, ControlError> {
+        if name.trim().is_empty() || name.len() > 255 {
+            return Err(ControlError::Invalid {
+                field: "name".into(),
+                message: "must be 1 to 255 characters".into(),
+            });
+        }
+        if self.db.tenant(t).await?.is_some() {
+            return Err(ControlError::Conflict(format!("tenant {t} already exists")));
+        }
+        let port = free_port().map_err(|e| ControlError::Unavailable(format!("no free port: {e}")))?;
+        self.db
+            .create_tenant(t, name, &format!("127.0.0.1:{port}"))
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict => ControlError::Conflict(format!("tenant {t} already exists")),
+                other => other.into(),
+            })?;
+        if let Err(e) = self.start_tenant(t).await {
+            warn!(tenant_id = %t, error = %e, "tenant start failed; rolling back");
+            self.stop_tenant_subtree(t).await;
+            self.db.delete_tenant(t).await?;
+            return Err(e);
+        }
+        self.db
+            .tenant(t)
+            .await?
+            .ok_or_else(|| ControlError::Internal(format!("tenant {t} vanished after creation")))
+    }
+
+    /// Deletes a tenant: stops its subtree (and so its NATS instances) and its metadata.
+    pub async fn delete_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
+        if self.db.tenant(t).await?.is_none() {
+            return Err(ControlError::NotFound(format!("tenant {t} not found")));
+        }
+        self.stop_tenant_subtree(t).await;
+        self.db.delete_tenant(t).await?;
+        Ok(())
+    }
+
+    /// One tenant.
+    pub async fn tenant(&self, t: &TenantId) -> Result<TenantRow, ControlError> {
+        self.db
+            .tenant(t)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("tenant {t} not found")))
+    }
+
+    /// All tenants.
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ControlError> {
+        Ok(self.db.tenants().await?)
+    }
+
+    /// The running supervisor of a tenant.
+    pub async fn tenant_supervisor(&self, t: &TenantId) -> Result<ActorRef<SupervisorMsg>, ControlError> {
+        self.entry_or_404(t)?;
+        let cell = self
+            .root
+            .child(&tenant_child_name(t))
+            .await?
+            .ok_or_else(|| ControlError::Unavailable(format!("tenant {t} is restarting; retry shortly")))?;
+        Ok(cell.into())
+    }
+
+    /// The running IntegrationActor of an integration, if it runs now.
+    pub async fn integration_cell(&self, t: &TenantId, i: &IntegrationId) -> Result<Option<ActorCell>, ControlError> {
+        Ok(self
+            .tenant_supervisor(t)
+            .await?
+            .child(&integration_child_name(i))
+            .await?)
+    }
+
+    /// Creates an integration and starts its actor.
+    pub async fn create_integration(
+        &self,
+        t: &TenantId,
+        spec: IntegrationSpec,
+    ) -> Result<IntegrationView, ControlError> {
+        let entry = self.entry_or_404(t)?;
+        spec.validate()?;
+        let args = entry.ctx.integration_args(&spec)?;
+        let json = serde_json::to_string(&spec).map_err(|e| ControlError::Internal(e.to_string()))?;
+        // Issue 2 runs one instance per tenant; placement across instances comes with scaling.
+        self.db
+            .create_integration(t, &spec.id, &json, 1)
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict => {
+                    ControlError::Conflict(format!("integration {} already exists in tenant {t}", spec.id))
+                }
+                other => other.into(),
+            })?;
+        let started = match self.tenant_supervisor(t).await {
+            Ok(sup) => match sup.start_child(integration_spec(args)).await {
+                // The supervisor restarted between our write and this call and already
+                // started it from the store.
+                Ok(_) | Err(SupervisorError::DuplicateChild(_)) => Ok(()),
+                Err(e) => Err(ControlError::from(e)),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            warn!(tenant_id = %t, integration_id = %spec.id, error = %e, "integration start failed; rolling back");
+            self.db.delete_integration(t, &spec.id, 1).await?;
+            return Err(e);
+        }
+        entry
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.id.clone(), Arc::new(route(t, &spec, &entry.ctx.client)));
+        info!(tenant_id = %t, integration_id = %spec.id, "integration created");
+        self.integration(t, &spec.id).await
+    }
+
+    /// Deletes an integration and stops its actor.
+    pub async fn delete_integration(&self, t: &TenantId, i: &IntegrationId) -> Result<(), ControlError> {
+        let entry = self.entry_or_404(t)?;
+        if !self.db.delete_integration(t, i, 1).await? {
+            return Err(ControlError::NotFound(format!(
+                "integration {i} not found in tenant {t}"
+            )));
+        }
+        entry.routes.write().unwrap_or_else(|p| p.into_inner()).remove(i);
+        if let Ok(sup) = self.tenant_supervisor(t).await {
+            sup.stop_child(&integration_child_name(i)).await?;
+        }
+        info!(tenant_id = %t, integration_id = %i, "integration deleted");
+        Ok(())
+    }
+
+    /// One integration with its counters.
+    pub async fn integration(&self, t: &TenantId, i: &IntegrationId) -> Result<IntegrationView, ControlError> {
+        let entry = self.entry_or_404(t)?;
+        let row = self
+            .db
+            .integration(t, i)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("integration {i} not found in tenant {t}")))?;
+        self.view(&entry, row)
+    }
+
+    /// A tenant's integrations.
+    pub async fn integrations(&self, t: &TenantId) -> Result<Vec<IntegrationView>, ControlError> {
+        let entry = self.entry_or_404(t)?;
+        self.db
+            .integrations(t)
+            .await?
+            .into_iter()
+            .map(|row| self.view(&entry, row))
+            .collect()
+    }
+
+    fn view(&self, entry: &TenantEntry, row: IntegrationRow) -> Result<IntegrationView, ControlError> {
+        let spec = parse_stored(&row).map_err(ControlError::Internal)?;
+        Ok(IntegrationView {
+            webhook_path: webhook_path(&row.tenant_id, &row.id),
+            stats: entry.ctx.counters(&row.id).snapshot(),
+            tenant_id: row.tenant_id,
+            created_at: row.created_at,
+            spec,
+        })
+    }
+
+    /// A tenant's NATS instances (not terminated ones).
+    pub async fn nats_instances(&self, t: &TenantId) -> Result<Vec<InstanceView>, ControlError> {
+        self.entry_or_404(t)?;
+        Ok(self
+            .db
+            .instances(t)
+            .await?
+            .into_iter()
+            .filter(|r| r.status != "terminated")
+            .map(|r| InstanceView {
+                url: r.url(),
+                instance_number: r.instance_number,
+                status: r.status,
+                integration_count: r.integration_count,
+            })
+            .collect())
+    }
+
+    /// Where a webhook goes, from the in-memory routing table (no store round trip).
+    pub fn route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, ControlError> {
+        let entry = self.entry_or_404(t)?;
+        let routes = entry.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .get(i)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("integration {i} not found in tenant {t}")))
+    }
+
+    /// The live supervision tree.
+    pub async fn tree(&self) -> Result<TreeNode, ControlError> {
+        Ok(self.root.tree().await?)
+    }
+
+    /// NATS connectivity of every tenant on this node.
+    pub fn readiness(&self) -> Vec<TenantReadiness> {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = tenants
+            .iter()
+            .map(|(t, e)| TenantReadiness {
+                tenant_id: t.clone(),
+                nats_connected: e.ctx.client.connection_state() == async_nats::connection::State::Connected,
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        out
+    }
+
+    /// Stops every subtree (and so every tenant nats-server).
+    pub async fn shutdown(&self) {
+        let _ = self
+            .root
+            .stop_and_wait(Some("runtime shutting down".into()), Some(Duration::from_secs(15)))
+            .await;
+        let clients: Vec<_> = self
+            .tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, e)| e.ctx.client.clone())
+            .collect();
+        drop(clients);
+    }
+}
+
+fn route(t: &TenantId, spec: &IntegrationSpec, client: &async_nats::Client) -> Route {
+    Route {
+        subject: subjects::integration_inbox(t, &spec.id),
+        consumer: WebhookConsumer::new(&spec.consumer.forward_headers),
+        client: client.clone(),
+    }
+}

@@ -1,0 +1,370 @@
+//! Metadata store: tenants, integrations and `nats_instances` (the specification's
+//! schema), in PostgreSQL (production, tests) or SQLite (the embedded default).
+//!
+//! Both backends run the same SQL text (`$N` placeholders work in both); only the
+//! migrations differ in dialect. Migrations are embedded in the binary.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Executor, SqlSafeStr};
+
+use vrsky_actors::{IntegrationId, TenantId};
+
+/// Metadata store errors, by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A row with the same key exists.
+    #[error("already exists")]
+    Conflict,
+    /// The database could not be reached or answered with an error.
+    #[error("database: {0}")]
+    Backend(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not parse (should not happen: rows are validated on write).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+fn classify(e: sqlx::Error) -> DbError {
+    if let Some(db) = e.as_database_error()
+        && db.kind() == sqlx::error::ErrorKind::UniqueViolation
+    {
+        return DbError::Conflict;
+    }
+    DbError::Backend(e)
+}
+
+/// A tenant row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    /// Id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Creation time as the database prints it.
+    pub created_at: String,
+}
+
+/// An integration row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrationRow {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Id.
+    pub id: IntegrationId,
+    /// The spec as stored JSON.
+    pub spec: String,
+    /// Creation time as the database prints it.
+    pub created_at: String,
+}
+
+/// A `nats_instances` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// 1-based instance number.
+    pub instance_number: i32,
+    /// `host` (Kubernetes service DNS name, port 4222) or `host:port` (local process).
+    pub dns_name: String,
+    /// `active`, `draining` or `terminated`.
+    pub status: String,
+    /// Integrations assigned to the instance.
+    pub integration_count: i32,
+}
+
+impl InstanceRow {
+    /// The instance's client URL.
+    pub fn url(&self) -> String {
+        if self.dns_name.contains(':') {
+            format!("nats://{}", self.dns_name)
+        } else {
+            format!("nats://{}:4222", self.dns_name)
+        }
+    }
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$p` bound to whichever pool this is. The body is compiled once per
+/// backend, so the same query text serves both.
+macro_rules! on_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            Db::Postgres($p) => $body,
+            Db::Sqlite($p) => $body,
+        }
+    };
+}
+
+fn migrations(sqls: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        sqls.iter()
+            .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sql.into_sql_str(), false))
+            .collect(),
+    )
+}
+
+/// Pool size bound per runtime node.
+const POOL_CONNECTIONS_MAX: u32 = 8;
+
+type IntegrationTuple = (String, String, String, String);
+type InstanceTuple = (String, i32, String, String, Option<i32>);
+
+fn tenant_row((id, name, created_at): (String, String, String)) -> Result<TenantRow, DbError> {
+    Ok(TenantRow {
+        id: TenantId::new(id).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        name,
+        created_at,
+    })
+}
+
+fn integration_row((t, i, spec, created_at): IntegrationTuple) -> Result<IntegrationRow, DbError> {
+    Ok(IntegrationRow {
+        tenant_id: TenantId::new(t).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        id: IntegrationId::new(i).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        spec,
+        created_at,
+    })
+}
+
+fn instance_row((t, n, dns, status, count): InstanceTuple) -> Result<InstanceRow, DbError> {
+    Ok(InstanceRow {
+        tenant_id: TenantId::new(t).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        instance_number: n,
+        dns_name: dns,
+        status,
+        integration_count: count.unwrap_or(0),
+    })
+}
+
+impl Db {
+    /// Connects and runs the embedded migrations.
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(POOL_CONNECTIONS_MAX)
+                .connect_with(opts)
+                .await?;
+            migrations(&[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))])
+                .run(&pool)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(POOL_CONNECTIONS_MAX)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            migrations(&[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))])
+                .run(&pool)
+                .await?;
+            Ok(Db::Postgres(pool))
+        }
+    }
+
+    /// Which backend, for logs and health.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A trivial round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_pool!(self, |p| p.execute("SELECT 1").await.map(|_| ()).map_err(classify))
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+
+    /// Creates a tenant together with its first NATS instance row, in one transaction.
+    pub async fn create_tenant(&self, id: &TenantId, name: &str, first_instance_dns: &str) -> Result<(), DbError> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
+                .bind(id.as_str())
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            sqlx::query(
+                "INSERT INTO nats_instances (tenant_id, instance_number, dns_name, status, integration_count) \
+                 VALUES ($1, 1, $2, 'active', 0)",
+            )
+            .bind(id.as_str())
+            .bind(first_instance_dns)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a tenant, its integrations and its instance rows.
+    pub async fn delete_tenant(&self, id: &TenantId) -> Result<bool, DbError> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM integrations WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM nats_instances WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// One tenant.
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<TenantRow>, DbError> {
+        let row: Option<(String, String, String)> = on_pool!(self, |p| {
+            sqlx::query_as("SELECT id, name, CAST(created_at AS TEXT) FROM tenants WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(tenant_row).transpose()
+    }
+
+    /// Every tenant, by id.
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, DbError> {
+        let rows: Vec<(String, String, String)> = on_pool!(self, |p| {
+            sqlx::query_as("SELECT id, name, CAST(created_at AS TEXT) FROM tenants ORDER BY id")
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter().map(tenant_row).collect()
+    }
+
+    /// Stores a new integration and counts it on the instance it is assigned to.
+    pub async fn create_integration(
+        &self,
+        tenant: &TenantId,
+        id: &IntegrationId,
+        spec_json: &str,
+        instance_number: i32,
+    ) -> Result<(), DbError> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO integrations (tenant_id, id, spec) VALUES ($1, $2, $3)")
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .bind(spec_json)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            sqlx::query(
+                "UPDATE nats_instances SET integration_count = integration_count + 1, updated_at = CURRENT_TIMESTAMP \
+                 WHERE tenant_id = $1 AND instance_number = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(instance_number)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Deletes an integration; false when there was none.
+    pub async fn delete_integration(
+        &self,
+        tenant: &TenantId,
+        id: &IntegrationId,
+        instance_number: i32,
+    ) -> Result<bool, DbError> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM integrations WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query(
+                    "UPDATE nats_instances SET integration_count = integration_count - 1, updated_at = CURRENT_TIMESTAMP \
+                     WHERE tenant_id = $1 AND instance_number = $2 AND integration_count > 0",
+                )
+                .bind(tenant.as_str())
+                .bind(instance_number)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// One integration.
+    pub async fn integration(&self, tenant: &TenantId, id: &IntegrationId) -> Result<Option<IntegrationRow>, DbError> {
+        let row: Option<IntegrationTuple> = on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT) FROM integrations WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(id.as_str())
+            .fetch_optional(p)
+            .await?
+        });
+        row.map(integration_row).transpose()
+    }
+
+    /// A tenant's integrations, by id.
+    pub async fn integrations(&self, tenant: &TenantId) -> Result<Vec<IntegrationRow>, DbError> {
+        let rows: Vec<IntegrationTuple> = on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT) FROM integrations WHERE tenant_id = $1 ORDER BY id",
+            )
+            .bind(tenant.as_str())
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(integration_row).collect()
+    }
+
+    /// A tenant's NATS instances, by number.
+    pub async fn instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRow>, DbError> {
+        let rows: Vec<InstanceTuple> = on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT tenant_id, instance_number, dns_name, status, integration_count FROM nats_instances \
+                 WHERE tenant_id = $1 ORDER BY instance_number",
+            )
+            .bind(tenant.as_str())
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(instance_row).collect()
+    }
+}

@@ -1,0 +1,120 @@
+//! `vrsky dev`: everything local in one command. A platform NATS (JetStream) and one
+//! nats-server per tenant instance as child processes, SQLite in the data directory, a
+//! demo tenant whose integration delivers to the built-in echo sink.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use vrsky_actors::components::{IntegrationSpec, ProducerSpec};
+use vrsky_actors::{IntegrationId, TenantId};
+
+use crate::app::{Runtime, RuntimeOptions};
+use crate::config::Config;
+use crate::control::ControlError;
+
+/// The demo tenant and integration ids.
+pub const DEMO_TENANT: &str = "demo";
+/// The demo integration id.
+pub const DEMO_INTEGRATION: &str = "echo";
+
+/// A random token for a dev session.
+pub fn random_token() -> String {
+    format!("dev-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn demo_spec(base_url: &str) -> anyhow::Result<IntegrationSpec> {
+    let spec = serde_json::json!({
+        "id": DEMO_INTEGRATION,
+        "consumer": {"forward_headers": ["x-request-id"]},
+        "filters": [],
+        "converters": [],
+        "producer": {"type": "http", "url": format!("{base_url}/dev/echo"), "method": "POST", "timeout_ms": 5000}
+    });
+    Ok(serde_json::from_value(spec)?)
+}
+
+/// Creates (or repairs) the demo tenant and integration so they point at this run's sink.
+pub async fn ensure_demo(rt: &Runtime) -> anyhow::Result<()> {
+    let t = TenantId::new(DEMO_TENANT)?;
+    let i = IntegrationId::new(DEMO_INTEGRATION)?;
+    let c = &rt.control;
+    match c.tenant(&t).await {
+        Ok(_) => {}
+        Err(ControlError::NotFound(_)) => {
+            c.create_tenant(&t, "Demo tenant").await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let want = demo_spec(&rt.base_url())?;
+    match c.integration(&t, &i).await {
+        Ok(view) => {
+            let ProducerSpec::Http(have) = &view.spec.producer;
+            let ProducerSpec::Http(wanted) = &want.producer;
+            if have.url != wanted.url {
+                c.delete_integration(&t, &i).await?;
+                c.create_integration(&t, want).await?;
+            }
+        }
+        Err(ControlError::NotFound(_)) => {
+            c.create_integration(&t, want).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Runs until Ctrl-C (or SIGTERM), then stops every child process.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let token = cfg.admin_token.clone().unwrap_or_default();
+    let rt = Runtime::start(cfg, RuntimeOptions { dev_sink: true })
+        .await
+        .context("starting vrsky dev")?;
+    if let Err(e) = ensure_demo(&rt).await {
+        rt.shutdown().await;
+        return Err(e.context("creating the demo tenant"));
+    }
+    let base = rt.base_url();
+    println!(
+        "\nVRSky dev is running.\n\
+         \n  API:            {base}/api   (Authorization: Bearer {token})\
+         \n  Health:         {base}/healthz   {base}/readyz\
+         \n  Platform NATS:  {platform}\
+         \n  Demo webhook:   {base}/webhooks/{DEMO_TENANT}/{DEMO_INTEGRATION} -> {base}/dev/echo\
+         \n\nSend a webhook (the echo sink logs it):\n\
+         \n  curl -i -X POST {base}/webhooks/{DEMO_TENANT}/{DEMO_INTEGRATION} -H 'content-type: application/json' -H 'x-request-id: hello-1' -d '{{\"hello\":\"world\"}}'\n\
+         \nSee the tenant's NATS instances and the actor tree:\n\
+         \n  curl -s -H 'Authorization: Bearer {token}' {base}/api/tenants/{DEMO_TENANT}/nats-instances\
+         \n  curl -s -H 'Authorization: Bearer {token}' {base}/api/tree\n\
+         \nCtrl-C stops everything.\n",
+        platform = rt.platform_url,
+    );
+    wait_for_signal().await;
+    println!("stopping...");
+    tokio::time::timeout(Duration::from_secs(30), rt.shutdown())
+        .await
+        .context("shutdown took longer than 30 s")?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

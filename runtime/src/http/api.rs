@@ -1,0 +1,128 @@
+//! REST handlers under `/api`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use vrsky_actors::components::IntegrationSpec;
+use vrsky_actors::{IntegrationId, TenantId};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Parses a path id; an id that cannot exist is answered like a missing one.
+fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(s).map_err(|e| ApiError::not_found(format!("tenant {s:?} not found ({e})")))
+}
+
+fn integration_id(s: &str) -> Result<IntegrationId, ApiError> {
+    IntegrationId::new(s).map_err(|e| ApiError::not_found(format!("integration {s:?} not found ({e})")))
+}
+
+/// `POST /api/tenants` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    name: String,
+}
+
+fn tenant_json(row: crate::db::TenantRow) -> serde_json::Value {
+    serde_json::json!({"id": row.id, "name": row.name, "created_at": row.created_at})
+}
+
+/// `POST /api/tenants` -> 201.
+pub(crate) async fn create_tenant(State(s): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: CreateTenant = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
+    let id =
+        TenantId::new(&req.id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("id: {e}")))?;
+    let row = s.control.create_tenant(&id, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(tenant_json(row))))
+}
+
+/// `GET /api/tenants`.
+pub(crate) async fn list_tenants(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let rows = s.control.tenants().await?;
+    Ok(Json(
+        serde_json::json!({"tenants": rows.into_iter().map(tenant_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /api/tenants/{t}`.
+pub(crate) async fn get_tenant(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(tenant_json(s.control.tenant(&tenant_id(&t)?).await?)))
+}
+
+/// `DELETE /api/tenants/{t}` -> 204.
+pub(crate) async fn delete_tenant(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    s.control.delete_tenant(&tenant_id(&t)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/tenants/{t}/integrations` -> 201 with `webhook_path`.
+pub(crate) async fn create_integration(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    // The tenant is checked before the body so an unknown tenant is a 404 whatever the body.
+    s.control.tenant(&t).await?;
+    let spec: IntegrationSpec = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
+    let view = s.control.create_integration(&t, spec).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `GET /api/tenants/{t}/integrations`.
+pub(crate) async fn list_integrations(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let list = s.control.integrations(&tenant_id(&t)?).await?;
+    Ok(Json(serde_json::json!({"integrations": list})))
+}
+
+/// `GET /api/tenants/{t}/integrations/{i}`.
+pub(crate) async fn get_integration(
+    State(s): State<AppState>,
+    Path((t, i)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        s.control.integration(&tenant_id(&t)?, &integration_id(&i)?).await?,
+    ))
+}
+
+/// `DELETE /api/tenants/{t}/integrations/{i}` -> 204.
+pub(crate) async fn delete_integration(
+    State(s): State<AppState>,
+    Path((t, i)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    s.control
+        .delete_integration(&tenant_id(&t)?, &integration_id(&i)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/tenants/{t}/nats-instances`: the specification's shape.
+pub(crate) async fn nats_instances(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let list = s.control.nats_instances(&t).await?;
+    Ok(Json(serde_json::json!({"tenant_id": t, "nats_instances": list})))
+}
+
+/// `GET /api/tree`: the live supervision tree.
+pub(crate) async fn tree(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.control.tree().await?))
+}

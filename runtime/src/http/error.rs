@@ -1,0 +1,59 @@
+//! Error answers: `{"error": {"code": "...", "message": "..."}}` with a precise status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::control::ControlError;
+
+/// An HTTP error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Status code.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 for a body that is not valid JSON for the expected shape.
+    pub fn bad_json(e: serde_json::Error) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}"))
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let (status, code) = match &e {
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ControlError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP server: REST API under `/api` (bearer token), webhook ingress, health.
+
+mod api;
+mod auth;
+pub mod error;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::control::Control;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The control layer.
+    pub control: Arc<Control>,
+    /// Bearer token for `/api`; `None` refuses every API call.
+    pub admin_token: Option<Arc<str>>,
+    /// Webhook body limit.
+    pub body_bytes_max: usize,
+    /// Platform NATS connection, for readiness.
+    pub platform: async_nats::Client,
+}
+
+/// Builds the router. `dev_sink` mounts `POST /dev/echo`, the built-in echo sink of
+/// `vrsky dev`.
+pub fn router(state: AppState, dev_sink: bool) -> Router {
+    let api = Router::new()
+        .route("/tenants", post(api::create_tenant).get(api::list_tenants))
+        .route("/tenants/{t}", get(api::get_tenant).delete(api::delete_tenant))
+        .route(
+            "/tenants/{t}/integrations",
+            post(api::create_integration).get(api::list_integrations),
+        )
+        .route(
+            "/tenants/{t}/integrations/{i}",
+            get(api::get_integration).delete(api::delete_integration),
+        )
+        .route("/tenants/{t}/nats-instances", get(api::nats_instances))
+        .route("/tree", get(api::tree))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    let mut app = Router::new()
+        .nest("/api", api)
+        .route("/webhooks/{t}/{i}", post(webhook::receive))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if dev_sink {
+        app = app.route("/dev/echo", post(dev_echo));
+    }
+    app.fallback(|| async { error::ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when the metadata store, the platform NATS and every tenant's NATS answer.
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let db = s.control.db().ping().await.map_err(|e| e.to_string());
+    let platform = s.platform.connection_state() == async_nats::connection::State::Connected;
+    let tenants = s.control.readiness();
+    let ready = db.is_ok() && platform && tenants.iter().all(|t| t.nats_connected);
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": db.err().unwrap_or_else(|| "ok".into()),
+        "platform_nats_connected": platform,
+        "tenants": tenants,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+async fn dev_echo(headers: axum::http::HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
+    let text = String::from_utf8_lossy(&body);
+    tracing::info!(
+        message_id = headers.get("x-vrsky-message-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        bytes = body.len(),
+        body = %text.chars().take(200).collect::<String>(),
+        "echo sink received"
+    );
+    StatusCode::OK
+}

@@ -1,0 +1,143 @@
+//! `POST /webhooks/{tenant_id}/{integration_id}`: the HTTP consumer's front door.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use tracing::{Instrument, info_span, warn};
+
+use vrsky_actors::components::{Consumer, InboundRequest};
+use vrsky_actors::{IntegrationId, MessageId, TenantId, wire};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// A new W3C traceparent (version 00, sampled) when the caller sent none.
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 4
+        && parts[0].len() == 2
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// Accepts a webhook: 202 `{"message_id"}` once the message is published on the tenant's
+/// NATS instance.
+pub(crate) async fn receive(
+    State(s): State<AppState>,
+    Path((t, i)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let not_found = || ApiError::not_found(format!("no integration {i:?} in tenant {t:?}"));
+    let tenant = TenantId::new(&t).map_err(|_| not_found())?;
+    let integration = IntegrationId::new(&i).map_err(|_| not_found())?;
+    let route = s.control.route(&tenant, &integration)?;
+
+    let limit = s.body_bytes_max;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds the {limit}-byte limit"),
+        )
+    };
+    // Refuse on the declared length before reading anything.
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    // Chunked or lying bodies: stop reading one byte past the limit.
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(err) = source {
+            if err.to_string().contains("length limit exceeded") {
+                return too_large();
+            }
+            source = err.source();
+        }
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}"))
+    })?;
+
+    let message_id = MessageId::generate();
+    let span =
+        info_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
+    async move {
+        let trace_context = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_traceparent(v))
+            .map(str::to_owned)
+            .unwrap_or_else(new_traceparent);
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let request = InboundRequest {
+            message_id: message_id.clone(),
+            tenant_id: tenant,
+            integration_id: integration,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+            trace_context: Some(trace_context),
+            received_at_ms,
+        };
+        let envelope = route
+            .consumer
+            .accept(request)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
+        let (nats_headers, payload) =
+            wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
+        route
+            .client
+            .publish_with_headers(route.subject.clone(), nats_headers, payload)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "publish failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("cannot publish: {e}"),
+                )
+            })?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"message_id": message_id})),
+        ))
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents() {
+        assert!(valid_traceparent(&new_traceparent()));
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent("00-xyz-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("garbage"));
+    }
+}

@@ -1,0 +1,76 @@
+//! NATS adapters: local nats-server processes (tenant instances and the dev platform
+//! server), and client connections.
+
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use vrsky_actors::nats_instance::{InstanceSpec, ProvisionError, Provisioner, RunningInstance};
+
+use process::{ServerOptions, start_server};
+
+/// Runs each tenant instance as a local `nats-server` process (NATS core, no JetStream)
+/// in `<data_dir>/tenants/<tenant>/<N>/`, on the instance's fixed client port.
+#[derive(Debug, Clone)]
+pub struct LocalProvisioner {
+    bin: PathBuf,
+    base_dir: PathBuf,
+    startup_timeout: Duration,
+}
+
+impl LocalProvisioner {
+    /// A provisioner using a binary already checked by [`process::find_binary`].
+    pub fn new(bin: PathBuf, base_dir: PathBuf, startup_timeout: Duration) -> Self {
+        LocalProvisioner {
+            bin,
+            base_dir,
+            startup_timeout,
+        }
+    }
+}
+
+impl Provisioner for LocalProvisioner {
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<RunningInstance, ProvisionError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let opts = ServerOptions {
+                server_name: format!("nats-{}-{}", spec.tenant_id, spec.instance_number),
+                client_port: spec.client_port,
+                dir: this
+                    .base_dir
+                    .join("tenants")
+                    .join(spec.tenant_id.as_str())
+                    .join(spec.instance_number.to_string()),
+                jetstream: false,
+                startup_timeout: this.startup_timeout,
+            };
+            let p = start_server(&this.bin, &opts).await?;
+            Ok(RunningInstance {
+                url: p.url,
+                server_version: p.version,
+                exited: p.exited,
+                stop: p.stop,
+            })
+        })
+    }
+}
+
+/// Shared handle to a provisioner.
+pub type SharedProvisioner = Arc<dyn Provisioner>;
+
+/// Connects a client that reconnects forever and buffers while disconnected.
+pub async fn connect_tenant(urls: &[String], name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            // 0, 50, 100, ... ms, capped at 1 s: a restarted local instance is back fast.
+            Duration::from_millis((attempts as u64 * 50).min(1000))
+        })
+        .connect(urls)
+        .await
+}

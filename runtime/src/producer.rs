@@ -1,0 +1,223 @@
+//! The HTTP producer: one request per delivery, never following redirects.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+
+use vrsky_actors::Envelope;
+use vrsky_actors::components::{
+    Delivered, HttpMethod, HttpProducerSpec, ProduceError, ProduceErrorKind, Producer, SpecError,
+};
+
+/// Builds the runtime's one HTTP client: rustls (ring), no redirects, pooled.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("vrsky/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Delivers envelopes with an HTTP request.
+#[derive(Debug, Clone)]
+pub struct HttpProducer {
+    client: reqwest::Client,
+    url: Url,
+    method: Method,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl HttpProducer {
+    /// Checks the spec's URL and headers and builds the producer. Unless
+    /// `allow_private_targets`, URLs naming loopback, private or link-local addresses (or
+    /// `localhost`) are refused. Host names are not resolved here.
+    pub fn new(
+        client: reqwest::Client,
+        spec: &HttpProducerSpec,
+        allow_private_targets: bool,
+    ) -> Result<Self, SpecError> {
+        let url =
+            Url::parse(&spec.url).map_err(|e| spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(spec_err("producer.url", "scheme must be http or https"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(spec_err(
+                "producer.url",
+                "credentials in the URL are not allowed; use producer.headers",
+            ));
+        }
+        let private = match url.host() {
+            None => return Err(spec_err("producer.url", "has no host")),
+            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+            Some(url::Host::Ipv4(v4)) => is_private(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => is_private(IpAddr::V6(v6)),
+        };
+        if private && !allow_private_targets {
+            return Err(spec_err(
+                "producer.url",
+                "loopback, private and link-local targets are not allowed on this runtime",
+            ));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &spec.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| spec_err("producer.headers", format!("{k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|e| spec_err("producer.headers", format!("{k:?}: {e}")))?;
+            headers.insert(name, value);
+        }
+        let method = match spec.method {
+            HttpMethod::Post => Method::POST,
+            HttpMethod::Put => Method::PUT,
+            HttpMethod::Patch => Method::PATCH,
+            HttpMethod::Delete => Method::DELETE,
+            HttpMethod::Get => Method::GET,
+        };
+        Ok(HttpProducer {
+            client,
+            url,
+            method,
+            headers,
+            timeout: Duration::from_millis(spec.timeout_ms),
+        })
+    }
+
+    fn request_headers(&self, env: &Envelope) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(env.headers.len() + self.headers.len() + 4);
+        if let Some(ct) = env.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+            h.insert(CONTENT_TYPE, ct);
+        }
+        for (k, v) in &env.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                h.append(name, value);
+            }
+        }
+        for (k, v) in &self.headers {
+            h.insert(k.clone(), v.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(env.message_id.as_str()) {
+            h.insert("x-vrsky-message-id", v);
+        }
+        h.insert("x-vrsky-attempt", HeaderValue::from(env.attempt));
+        if let Some(tp) = env.trace_context.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+            h.insert("traceparent", tp);
+        }
+        h
+    }
+}
+
+/// Classifies an HTTP status: 2xx success; 408, 429 and 5xx retryable; the rest permanent.
+pub fn classify_status(status: u16) -> Result<(), ProduceErrorKind> {
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(ProduceErrorKind::Retryable),
+        _ => Err(ProduceErrorKind::Permanent),
+    }
+}
+
+impl Producer for HttpProducer {
+    fn deliver<'a>(&'a self, env: &'a Envelope) -> BoxFuture<'a, Result<Delivered, ProduceError>> {
+        Box::pin(async move {
+            let resp = self
+                .client
+                .request(self.method.clone(), self.url.clone())
+                .headers(self.request_headers(env))
+                .timeout(self.timeout)
+                .body(env.payload.clone())
+                .send()
+                .await
+                .map_err(|e| ProduceError {
+                    kind: if e.is_builder() {
+                        ProduceErrorKind::Permanent
+                    } else {
+                        ProduceErrorKind::Retryable
+                    },
+                    status: None,
+                    message: format!("request to {} failed: {e}", self.url),
+                })?;
+            let status = resp.status().as_u16();
+            match classify_status(status) {
+                Ok(()) => Ok(Delivered { status }),
+                Err(kind) => Err(ProduceError {
+                    kind,
+                    status: Some(status),
+                    message: format!("{} answered {}", self.url, resp.status()),
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec(url: &str) -> HttpProducerSpec {
+        HttpProducerSpec {
+            url: url.into(),
+            method: HttpMethod::Post,
+            headers: Default::default(),
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn target_checks() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let c = http_client().unwrap();
+        for bad in [
+            "http://127.0.0.1/x",
+            "http://localhost:8080",
+            "http://10.1.2.3",
+            "http://[::1]/",
+            "http://169.254.169.254/",
+        ] {
+            let e = HttpProducer::new(c.clone(), &spec(bad), false).unwrap_err();
+            assert_eq!(e.field, "producer.url", "{bad}");
+            assert!(HttpProducer::new(c.clone(), &spec(bad), true).is_ok(), "{bad}");
+        }
+        assert!(HttpProducer::new(c.clone(), &spec("https://api.example.com/hook"), false).is_ok());
+        assert!(HttpProducer::new(c.clone(), &spec("ftp://example.com"), true).is_err());
+        assert!(HttpProducer::new(c.clone(), &spec("not a url"), true).is_err());
+        assert!(HttpProducer::new(c, &spec("http://u:p@example.com"), true).is_err());
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(classify_status(200), Ok(()));
+        assert_eq!(classify_status(204), Ok(()));
+        assert_eq!(classify_status(301), Err(ProduceErrorKind::Permanent));
+        assert_eq!(classify_status(400), Err(ProduceErrorKind::Permanent));
+        assert_eq!(classify_status(408), Err(ProduceErrorKind::Retryable));
+        assert_eq!(classify_status(429), Err(ProduceErrorKind::Retryable));
+        assert_eq!(classify_status(503), Err(ProduceErrorKind::Retryable));
+    }
+}
