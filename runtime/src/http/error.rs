@@ -15,6 +15,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// Answer with `Connection: close`: the request body was not read to its end, so the
+    /// connection cannot carry another request and the client must not reuse it.
+    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -24,7 +27,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            close_connection: false,
         }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing(mut self) -> Self {
+        self.close_connection = true;
+        self
     }
 
     /// 400 for a body that is not valid JSON for the expected shape.
@@ -54,6 +64,13 @@ impl From<ControlError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.close_connection {
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }

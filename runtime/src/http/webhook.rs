@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use futures::StreamExt;
 use tracing::{Instrument, info_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
@@ -14,6 +15,39 @@ use vrsky_actors::{IntegrationId, MessageId, TenantId, wire};
 
 use super::AppState;
 use super::error::ApiError;
+
+/// After a body crosses the limit, this much more is read and discarded (or for this
+/// long) before answering 413: closing a socket with unread bytes makes the kernel reset
+/// the connection, and the client could lose the 413. Past this, the connection is cut.
+const DRAIN_BYTES_MAX: usize = 1024 * 1024;
+const DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+enum ReadError {
+    TooLarge,
+    Body(axum::Error),
+}
+
+/// Reads at most `limit` bytes of body; stops at the first chunk that crosses it.
+async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ReadError::Body)?;
+        if buf.len() + chunk.len() > limit {
+            let deadline = tokio::time::Instant::now() + DRAIN_TIME_MAX;
+            let mut drained = 0usize;
+            while drained < DRAIN_BYTES_MAX {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(c))) => drained += c.len(),
+                    _ => break,
+                }
+            }
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
 
 /// A new W3C traceparent (version 00, sampled) when the caller sent none.
 fn new_traceparent() -> String {
@@ -52,6 +86,7 @@ pub(crate) async fn receive(
             "payload_too_large",
             format!("body exceeds the {limit}-byte limit"),
         )
+        .closing()
     };
     // Refuse on the declared length before reading anything.
     if let Some(len) = headers
@@ -62,16 +97,9 @@ pub(crate) async fn receive(
     {
         return Err(too_large());
     }
-    // Chunked or lying bodies: stop reading one byte past the limit.
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(err) = source {
-            if err.to_string().contains("length limit exceeded") {
-                return too_large();
-            }
-            source = err.source();
-        }
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}"))
+    let body = read_limited(body, limit).await.map_err(|e| match e {
+        ReadError::TooLarge => too_large(),
+        ReadError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}")),
     })?;
 
     let message_id = MessageId::generate();

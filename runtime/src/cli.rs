@@ -1,0 +1,132 @@
+//! The `vrsky` command line, shared by the `vrsky` binary and the test crate's copy of it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{Config, Runtime, RuntimeOptions, dev, telemetry};
+
+/// `vrsky` arguments.
+#[derive(Parser)]
+#[command(name = "vrsky", version, about = "VRSky multi-tenant integration runtime")]
+struct Cli {
+    /// TOML configuration file (layered over defaults, under VRSKY_* env and flags).
+    #[arg(long, global = true, env = "VRSKY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Serialize, Default)]
+struct CommonFlags {
+    /// Address of the HTTP server.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_addr: Option<SocketAddr>,
+    /// Directory for local state (SQLite, nats-server directories).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything local: platform NATS, tenant NATS processes, SQLite, a demo tenant.
+    Dev {
+        #[command(flatten)]
+        flags: CommonFlags,
+    },
+    /// Run a node from configuration.
+    Serve {
+        #[command(flatten)]
+        flags: CommonFlags,
+        /// Metadata database URL (postgres://... or sqlite://...).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Measure raw NATS, raw loopback HTTP and VRSky end to end in one run.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Serialize)]
+struct ServeOverrides {
+    #[serde(flatten)]
+    common: CommonFlags,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DevOverrides {
+    #[serde(flatten)]
+    common: CommonFlags,
+    producer: DevProducer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DevProducer {
+    allow_private_targets: bool,
+}
+
+/// Parses the command line, runs the command, and maps errors to exit code 1.
+pub async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev { flags } => {
+            let token = std::env::var("VRSKY_ADMIN_TOKEN").ok();
+            let cfg = Config::load(
+                cli.config.as_deref(),
+                DevOverrides {
+                    common: flags,
+                    producer: DevProducer {
+                        allow_private_targets: true,
+                    },
+                    admin_token: Some(token.unwrap_or_else(dev::random_token)),
+                },
+            )?;
+            telemetry::init(&cfg.log);
+            dev::run(cfg).await
+        }
+        Command::Serve { flags, database_url } => {
+            let cfg = Config::load(
+                cli.config.as_deref(),
+                ServeOverrides {
+                    common: flags,
+                    database_url,
+                },
+            )?;
+            telemetry::init(&cfg.log);
+            if cfg.admin_token.is_none() {
+                anyhow::bail!("admin_token is required for serve: set VRSKY_ADMIN_TOKEN (16+ characters)");
+            }
+            let rt = Runtime::start(cfg, RuntimeOptions::default())
+                .await
+                .context("starting vrsky")?;
+            dev::wait_for_signal().await;
+            rt.shutdown().await;
+            Ok(())
+        }
+        Command::Bench(args) => {
+            telemetry::init(&crate::config::LogConfig {
+                format: crate::config::LogFormat::Text,
+                filter: "warn".into(),
+            });
+            crate::bench::run(args).await
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `vrsky dev` as a user runs it: a separate process that prints URLs and a curl, serves
+//! the demo webhook, and stops every child process on Ctrl-C.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::common::wait_until;
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn pid_in(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("nats-server.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
+        .args(["dev", "--http-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("VRSKY_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C stops everything");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let log_text = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+    assert!(read.is_ok(), "no banner; stdout: {banner:?}; log: {}", log_text());
+    let banner = banner.join("\n");
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(banner.contains(&format!("{base}/webhooks/demo/echo")), "{banner}");
+    let token = banner
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| c.is_whitespace() || c == ')' || c == '\'').next())
+        .unwrap()
+        .to_owned();
+
+    // The printed curl works: 202, and the echo sink logs the message.
+    let curl = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl -i -X POST"))
+        .unwrap();
+    assert!(curl.contains("x-request-id: hello-1"), "{curl}");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/webhooks/demo/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"hello":"world"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(Duration::from_secs(30), || async {
+        log_text().contains(&id) && log_text().contains("echo sink received")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("echo sink did not log {id}; log: {}", log_text()));
+    let r = http
+        .get(format!("{base}/api/tenants/demo/nats-instances"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let data = dir.path().join("data");
+    let pids = [
+        pid_in(&data.join("platform-nats")),
+        pid_in(&data.join("tenants/demo/1")),
+    ];
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    // Ctrl-C.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "vrsky dev exited with {exit}; log: {}", log_text());
+    for pid in pids {
+        assert!(!alive(pid), "nats-server {pid} survived Ctrl-C");
+    }
+}
