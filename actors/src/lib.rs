@@ -7,6 +7,7 @@ pub mod components;
 pub mod envelope;
 pub mod ids;
 pub mod integration;
+pub mod message;
 pub mod nats_instance;
 pub mod subjects;
 pub mod tenant;

@@ -1,6 +1,32 @@
 //! Every NATS subject VRSky uses is built here, and only here, from validated ids.
 
-use crate::ids::{IntegrationId, TenantId};
+use crate::ids::{IntegrationId, MessageId, TenantId};
+
+/// Subjects of the platform's `retry_queue` stream.
+pub const RETRY_QUEUE_SUBJECTS: &str = "vrsky.retry.>";
+/// Subjects of the platform's `dead_letter_queue` stream.
+pub const DEAD_LETTER_SUBJECTS: &str = "vrsky.dlq.>";
+
+/// A scheduled retry of one message.
+pub fn retry_entry(tenant: &TenantId, integration: &IntegrationId) -> String {
+    format!("vrsky.retry.{tenant}.{integration}")
+}
+
+/// A dead letter: one subject per message, so the stream keeps the latest entry of each
+/// (`max_messages_per_subject = 1`) and a lookup by id is a direct get.
+pub fn dead_letter(tenant: &TenantId, id: &MessageId) -> String {
+    format!("vrsky.dlq.{tenant}.{id}")
+}
+
+/// Every dead letter of one tenant.
+pub fn tenant_dead_letters(tenant: &TenantId) -> String {
+    format!("vrsky.dlq.{tenant}.>")
+}
+
+/// The message id at the end of a dead-letter subject.
+pub fn dead_letter_id(subject: &str) -> Option<MessageId> {
+    MessageId::new(subject.rsplit('.').next()?).ok()
+}
 
 /// Where ingress publishes an integration's messages on the tenant's NATS instance.
 pub fn integration_inbox(tenant: &TenantId, integration: &IntegrationId) -> String {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::envelope::Envelope;
 use crate::ids::{IdError, IntegrationId, MessageId, TenantId};
+use crate::message::MessageState;
 
 const H_MESSAGE_ID: &str = "Vrsky-Message-Id";
 const H_TENANT: &str = "Vrsky-Tenant";
@@ -16,6 +17,8 @@ const H_ATTEMPT: &str = "Vrsky-Attempt";
 const H_RECEIVED_AT: &str = "Vrsky-Received-At";
 const H_CONTENT_TYPE: &str = "Vrsky-Content-Type";
 const H_TRACEPARENT: &str = "traceparent";
+const H_REVISION: &str = "Vrsky-Revision";
+const H_STATE: &str = "Vrsky-State";
 /// Forwarded headers travel as `Vrsky-H-<name>`.
 const FORWARD_PREFIX: &str = "Vrsky-H-";
 
@@ -54,6 +57,42 @@ fn put(h: &mut HeaderMap, name: &str, value: &str) -> Result<(), EncodeError> {
     let v = HeaderValue::from_str(value).map_err(|_| EncodeError { name: name.into() })?;
     h.append(n, v);
     Ok(())
+}
+
+/// The durable state a published message carries, so a worker can claim it with one
+/// revision-checked write and no read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimable {
+    /// The state as published.
+    pub state: MessageState,
+    /// Its revision in the `message_state` bucket.
+    pub revision: u64,
+}
+
+/// Encodes an envelope (and the state to claim it from) as NATS headers plus payload.
+pub fn encode_claimable(
+    env: &Envelope,
+    claim: &MessageState,
+    revision: u64,
+) -> Result<(HeaderMap, Bytes), EncodeError> {
+    let (mut h, payload) = encode(env)?;
+    let state = serde_json::to_string(claim).map_err(|_| EncodeError { name: H_STATE.into() })?;
+    put(&mut h, H_REVISION, &revision.to_string())?;
+    put(&mut h, H_STATE, &state)?;
+    Ok((h, payload))
+}
+
+/// Reads the claim data of a message published by [`encode_claimable`].
+pub fn decode_claimable(headers: Option<&HeaderMap>) -> Result<Claimable, WireError> {
+    let h = headers.ok_or(WireError::NoHeaders)?;
+    let state = serde_json::from_str(get(h, H_STATE)?).map_err(|e| WireError::Bad {
+        name: H_STATE,
+        reason: e.to_string(),
+    })?;
+    Ok(Claimable {
+        state,
+        revision: parse_num(h, H_REVISION)?,
+    })
 }
 
 /// Encodes an envelope as NATS headers plus payload.
@@ -137,6 +176,31 @@ mod tests {
             attempt: 1,
             received_at_ms: 1_700_000_000_000,
         }
+    }
+
+    #[test]
+    fn claim_data_round_trips() {
+        let env = sample(vec![], b"x".to_vec(), None);
+        let st = MessageState::received(
+            env.message_id.clone(),
+            env.tenant_id.clone(),
+            env.integration_id.clone(),
+            7,
+        );
+        let (h, _) = encode_claimable(&env, &st, 42).unwrap();
+        let c = decode_claimable(Some(&h)).unwrap();
+        assert_eq!(
+            c,
+            Claimable {
+                state: st,
+                revision: 42
+            }
+        );
+        let (plain, _) = encode(&env).unwrap();
+        assert!(matches!(
+            decode_claimable(Some(&plain)),
+            Err(WireError::Missing(H_STATE))
+        ));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use vrsky_actors::nats_instance::StopHandle;
-use vrsky_supervision::{SupervisorArgs, spawn_root};
+use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn_root};
+
+/// Name of the RetryScheduler under the runtime supervisor.
+pub const SCHEDULER_CHILD: &str = "retry-scheduler";
 
 use crate::config::Config;
 use crate::control::{Control, ControlSettings};
@@ -18,7 +21,9 @@ use crate::db::Db;
 use crate::http::{AppState, router};
 use crate::nats::LocalProvisioner;
 use crate::nats::process::{ServerOptions, find_binary, free_port, require_supported, start_server};
+use crate::platform::{Platform, PlatformSettings};
 use crate::producer::http_client;
+use crate::scheduler::{RetryScheduler, SchedulerArgs};
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent).
 pub fn install_crypto_provider() {
@@ -86,6 +91,19 @@ impl Runtime {
             &platform.server_info().version,
         )?;
 
+        let st = &cfg.state;
+        let platform_state = Platform::open(
+            platform.clone(),
+            PlatformSettings {
+                message_state_ttl: Duration::from_secs(st.message_state_ttl_s),
+                retry_queue_max_age: Duration::from_secs(st.retry_queue_max_age_s),
+                dead_letter_max_age: Duration::from_secs(st.dead_letter_max_age_s),
+                replicas: st.replicas,
+            },
+        )
+        .await?;
+        info!("platform state ready (message_state, retry_queue, dead_letter_queue)");
+
         let db_url = cfg.database_url();
         let db = Db::connect(&db_url)
             .await
@@ -96,7 +114,8 @@ impl Runtime {
         let provisioner = Arc::new(LocalProvisioner::new(bin, cfg.data_dir.clone(), startup_timeout));
         let control = Arc::new(Control::new(
             db,
-            root,
+            platform_state.clone(),
+            root.clone(),
             provisioner,
             http_client()?,
             ControlSettings {
@@ -105,6 +124,27 @@ impl Runtime {
             },
         ));
         control.load_all().await?;
+        let scheduler_args = SchedulerArgs {
+            platform: platform_state,
+            control: control.clone(),
+            redrive_after: Duration::from_millis(st.redrive_after_ms),
+            tick: Duration::from_millis(st.redrive_tick_ms),
+            concurrency: st.scheduler_concurrency,
+        };
+        let scheduler = ChildSpec::worker(SCHEDULER_CHILD, move |sup| {
+            let args = scheduler_args.clone();
+            async move {
+                let (r, _) = ractor::Actor::spawn_linked(None, RetryScheduler, args, sup).await?;
+                Ok(r.get_cell())
+            }
+        })
+        .backoff(Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        })
+        // A platform outage must not take the node down: keep trying, with backoff.
+        .intensity(None);
+        root.start_child(scheduler).await?;
 
         let state = AppState {
             control: control.clone(),

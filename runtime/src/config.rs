@@ -30,6 +30,45 @@ pub struct Config {
     pub producer: ProducerConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Durable message state in the platform NATS.
+    pub state: StateConfig,
+}
+
+/// Durable message state: retention in the platform JetStream and re-drive timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// TTL of the `message_state` bucket (the specification's 15 minutes): how long a
+    /// message's state, and an idempotency key, are remembered.
+    pub message_state_ttl_s: u64,
+    /// Max age of the `retry_queue` stream (1 hour).
+    pub retry_queue_max_age_s: u64,
+    /// Max age of the `dead_letter_queue` stream (7 days).
+    pub dead_letter_max_age_s: u64,
+    /// Replicas of the bucket and streams: 3 on a production cluster, 1 on one server.
+    pub replicas: usize,
+    /// Grace before a stalled message is re-driven: `received` (a lost core-NATS publish)
+    /// after this long; `processing` (a worker that died) after the integration's
+    /// `timeout_ms` plus this; `retry` this long after its due time.
+    pub redrive_after_ms: u64,
+    /// How often the re-driver looks for overdue messages.
+    pub redrive_tick_ms: u64,
+    /// Re-drives and due retries handled at once.
+    pub scheduler_concurrency: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            message_state_ttl_s: 15 * 60,
+            retry_queue_max_age_s: 60 * 60,
+            dead_letter_max_age_s: 7 * 24 * 60 * 60,
+            replicas: 1,
+            redrive_after_ms: 30_000,
+            redrive_tick_ms: 1_000,
+            scheduler_concurrency: 64,
+        }
+    }
 }
 
 /// NATS settings.
@@ -97,6 +136,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             producer: ProducerConfig::default(),
             log: LogConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -174,6 +214,25 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "nats.startup_timeout_ms",
                 message: "must be positive".into(),
+            });
+        }
+        let st = &self.state;
+        if st.message_state_ttl_s == 0 || st.retry_queue_max_age_s == 0 || st.dead_letter_max_age_s == 0 {
+            return Err(ConfigError::Invalid {
+                field: "state",
+                message: "retention periods must be positive".into(),
+            });
+        }
+        if st.redrive_after_ms == 0 || st.redrive_after_ms / 1000 >= st.message_state_ttl_s {
+            return Err(ConfigError::Invalid {
+                field: "state.redrive_after_ms",
+                message: "must be positive and shorter than state.message_state_ttl_s".into(),
+            });
+        }
+        if st.redrive_tick_ms == 0 || st.scheduler_concurrency == 0 || !(1..=5).contains(&st.replicas) {
+            return Err(ConfigError::Invalid {
+                field: "state",
+                message: "redrive_tick_ms and scheduler_concurrency must be positive, replicas 1 to 5".into(),
             });
         }
         if let Some(t) = &self.admin_token

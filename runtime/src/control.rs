@@ -23,8 +23,15 @@ use vrsky_actors::tenant::{
 use vrsky_actors::{IntegrationId, TenantId, subjects};
 use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorError, SupervisorExt, SupervisorMsg, TreeNode};
 
+use vrsky_actors::message::{
+    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, SharedStore, Status, StoreError,
+    TenantPublisher,
+};
+use vrsky_actors::{Envelope, MessageId, wire};
+
 use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
 use crate::nats::{SharedProvisioner, connect_tenant, process::free_port};
+use crate::platform::{DeadLetterSummary, Platform, PlatformError};
 use crate::producer::HttpProducer;
 
 /// What went wrong, by the answer the caller should get.
@@ -71,6 +78,18 @@ impl From<SpecError> for ControlError {
     }
 }
 
+impl From<PlatformError> for ControlError {
+    fn from(e: PlatformError) -> Self {
+        ControlError::Unavailable(e.to_string())
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        ControlError::Unavailable(e.to_string())
+    }
+}
+
 impl From<SupervisorError> for ControlError {
     fn from(e: SupervisorError) -> Self {
         ControlError::Unavailable(e.to_string())
@@ -86,6 +105,10 @@ pub struct Route {
     pub consumer: WebhookConsumer,
     /// The tenant's NATS connection.
     pub client: async_nats::Client,
+    /// The integration's retry policy.
+    pub retry: RetryPolicy,
+    /// The producer's timeout: a claimed message is re-driven only after it.
+    pub timeout_ms: u64,
 }
 
 /// Everything needed to (re)build a tenant's children; cloned into its child source.
@@ -97,6 +120,7 @@ struct TenantContext {
     provisioner: SharedProvisioner,
     http: reqwest::Client,
     allow_private_targets: bool,
+    store: SharedStore,
     /// Counters outlive actor restarts. Bound: one entry per integration of the tenant.
     counters: Arc<Mutex<HashMap<IntegrationId, Arc<IntegrationCounters>>>>,
 }
@@ -122,6 +146,8 @@ impl TenantContext {
             client: self.client.clone(),
             max_in_flight: spec.max_in_flight,
             counters: self.counters(&spec.id),
+            store: self.store.clone(),
+            retry: spec.retry,
         })
     }
 
@@ -183,9 +209,151 @@ pub struct ControlSettings {
     pub connect_timeout: Duration,
 }
 
+/// A message's state as the API shows it (the specification's fields).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageView {
+    /// Id.
+    pub message_id: MessageId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// `received`, `processing`, `completed`, `retry` or `dead_letter`.
+    pub status: &'static str,
+    /// Failed attempts so far.
+    pub retry_count: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// With `retry`: when the next attempt is due (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl MessageView {
+    fn of(s: &MessageState) -> Self {
+        MessageView {
+            message_id: s.message_id.clone(),
+            integration_id: s.integration_id.clone(),
+            status: s.status.as_str(),
+            retry_count: s.retry_count,
+            last_error: s.last_error.clone(),
+            created_at: rfc3339(s.created_at_ms),
+            updated_at: rfc3339(s.updated_at_ms),
+            next_attempt_at: s.next_attempt_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterView {
+    /// The state when it was dead-lettered.
+    #[serde(flatten)]
+    pub message: MessageView,
+    /// Every failed attempt.
+    pub attempts: Vec<vrsky_actors::message::Attempt>,
+    /// The original forwarded headers.
+    pub headers: Vec<(String, String)>,
+    /// The body's media type.
+    pub content_type: Option<String>,
+    /// The body as text when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The body as base64 when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Body size in bytes.
+    pub payload_bytes: usize,
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Which dead letters a bulk replay takes.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFilter {
+    /// Only this integration's.
+    #[serde(default)]
+    pub integration_id: Option<IntegrationId>,
+    /// Only those dead-lettered at or after this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only those dead-lettered before this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// Count the matches and replay nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Upper bound on one bulk replay; call again for more.
+pub const BULK_REPLAY_MAX: usize = 10_000;
+
+/// Result of a bulk replay.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayReport {
+    /// Dead letters matching the filter.
+    pub matched: usize,
+    /// Replayed now (0 on a dry run).
+    pub replayed: usize,
+    /// Replays that failed, with why.
+    pub failed: Vec<(MessageId, String)>,
+    /// Whether more matched than one call replays.
+    pub truncated: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The control layer.
 pub struct Control {
     db: Db,
+    platform: Platform,
     root: ActorRef<SupervisorMsg>,
     provisioner: SharedProvisioner,
     http: reqwest::Client,
@@ -241,6 +409,7 @@ impl Control {
     /// A control layer over a running root supervisor. Call [`Control::load_all`] next.
     pub fn new(
         db: Db,
+        platform: Platform,
         root: ActorRef<SupervisorMsg>,
         provisioner: SharedProvisioner,
         http: reqwest::Client,
@@ -248,6 +417,7 @@ impl Control {
     ) -> Self {
         Control {
             db,
+            platform,
             root,
             provisioner,
             http,
@@ -298,6 +468,7 @@ impl Control {
             provisioner: self.provisioner.clone(),
             http: self.http.clone(),
             allow_private_targets: self.settings.allow_private_targets,
+            store: Arc::new(self.platform.clone()),
             counters: Arc::default(),
         };
         let source_ctx = ctx.clone();
@@ -441,6 +612,7 @@ impl Control {
     ) -> Result<IntegrationView, ControlError> {
         let entry = self.entry_or_404(t)?;
         spec.validate()?;
+        spec.retry.validate(self.platform.settings().retention())?;
         let args = entry.ctx.integration_args(&spec)?;
         let json = serde_json::to_string(&spec).map_err(|e| ControlError::Internal(e.to_string()))?;
         // Issue 2 runs one instance per tenant; placement across instances comes with scaling.
@@ -590,9 +762,214 @@ impl Control {
 }
 
 fn route(t: &TenantId, spec: &IntegrationSpec, client: &async_nats::Client) -> Route {
+    let ProducerSpec::Http(http) = &spec.producer;
     Route {
         subject: subjects::integration_inbox(t, &spec.id),
         consumer: WebhookConsumer::new(&spec.consumer.forward_headers),
         client: client.clone(),
+        retry: spec.retry,
+        timeout_ms: http.timeout_ms,
+    }
+}
+
+impl Control {
+    /// The platform state.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// An integration's retry policy and delivery timeout, if this node routes it.
+    pub fn delivery_policy(&self, t: &TenantId, i: &IntegrationId) -> Option<(RetryPolicy, u64)> {
+        self.route(t, i).ok().map(|r| (r.retry, r.timeout_ms))
+    }
+
+    /// A message's state. After the state TTL, a dead letter still answers from the
+    /// dead-letter queue.
+    pub async fn message(&self, t: &TenantId, id: &MessageId) -> Result<MessageView, ControlError> {
+        self.entry_or_404(t)?;
+        if let Some((s, _)) = self.platform.load(t, id).await? {
+            return Ok(MessageView::of(&s));
+        }
+        match self.platform.dead_letter(t, id).await? {
+            Some(d) => Ok(MessageView::of(&d.state)),
+            None => Err(ControlError::NotFound(format!("message {id} not found in tenant {t}"))),
+        }
+    }
+
+    /// A page of a tenant's dead letters, newest first.
+    pub async fn dead_letters(
+        &self,
+        t: &TenantId,
+        limit: usize,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<DeadLetterSummary>, Option<u64>), ControlError> {
+        self.entry_or_404(t)?;
+        Ok(self.platform.dead_letters(t, None, limit, cursor).await?)
+    }
+
+    /// One dead letter with its payload.
+    pub async fn dead_letter(&self, t: &TenantId, id: &MessageId) -> Result<DeadLetterView, ControlError> {
+        self.entry_or_404(t)?;
+        let d = self
+            .platform
+            .dead_letter(t, id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("dead letter {id} not found in tenant {t}")))?;
+        let text = std::str::from_utf8(&d.envelope.payload).ok().map(str::to_owned);
+        Ok(DeadLetterView {
+            message: MessageView::of(&d.state),
+            attempts: d.state.attempts.clone(),
+            headers: d.envelope.headers.clone(),
+            content_type: d.envelope.content_type.clone(),
+            payload_base64: if text.is_none() {
+                Some(base64(&d.envelope.payload))
+            } else {
+                None
+            },
+            payload: text,
+            payload_bytes: d.envelope.payload.len(),
+        })
+    }
+
+    /// Deletes a dead letter.
+    pub async fn delete_dead_letter(&self, t: &TenantId, id: &MessageId) -> Result<(), ControlError> {
+        self.entry_or_404(t)?;
+        if self.platform.delete_dead_letter(t, id).await? {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound(format!(
+                "dead letter {id} not found in tenant {t}"
+            )))
+        }
+    }
+
+    /// Replays a dead letter: same message id, attempts start over.
+    pub async fn replay(&self, t: &TenantId, id: &MessageId) -> Result<(), ControlError> {
+        self.entry_or_404(t)?;
+        let d = self
+            .platform
+            .dead_letter(t, id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("dead letter {id} not found in tenant {t}")))?;
+        let integration = d.state.integration_id.clone();
+        let route = self.route(t, &integration).map_err(|_| {
+            ControlError::Conflict(format!("integration {integration} of message {id} no longer exists"))
+        })?;
+        // The envelope may have expired from the bucket; the dead letter has it.
+        self.platform.put_envelope(&d.envelope).await?;
+        let committer = Committer {
+            store: &self.platform,
+            publisher: Some(self),
+            policy: &route.retry,
+        };
+        match self.platform.load(t, id).await? {
+            Some((state, rev)) => {
+                if state.status != Status::DeadLetter {
+                    return Err(ControlError::Conflict(format!(
+                        "message {id} is {}, not dead-lettered",
+                        state.status.as_str()
+                    )));
+                }
+                match committer
+                    .commit(&state, rev, &Event::Replay, Some(&d.envelope), now_ms())
+                    .await?
+                {
+                    Committed::Written(..) => {}
+                    Committed::Conflict | Committed::Illegal(_) => {
+                        return Err(ControlError::Conflict(format!(
+                            "message {id} changed meanwhile; try again"
+                        )));
+                    }
+                }
+            }
+            None => {
+                let mut fresh = MessageState::received(id.clone(), t.clone(), integration, d.state.created_at_ms);
+                fresh.updated_at_ms = now_ms();
+                let rev = self
+                    .platform
+                    .recreate(&fresh)
+                    .await?
+                    .ok_or_else(|| ControlError::Conflict(format!("message {id} changed meanwhile; try again")))?;
+                let env = Envelope {
+                    attempt: 1,
+                    ..d.envelope.clone()
+                };
+                if let Err(e) = self.publish(&env, &fresh, rev).await {
+                    warn!(message_id = %id, error = %e, "replay publish failed; re-drive will retry");
+                }
+            }
+        }
+        self.platform.delete_dead_letter(t, id).await?;
+        info!(tenant_id = %t, message_id = %id, "dead letter replayed");
+        Ok(())
+    }
+
+    /// Replays (or, with `dry_run`, counts) the dead letters matching a filter.
+    pub async fn replay_matching(&self, t: &TenantId, f: &ReplayFilter) -> Result<ReplayReport, ControlError> {
+        self.entry_or_404(t)?;
+        let all = self.platform.scan_dead_letters(t).await?;
+        let matching: Vec<_> = all
+            .into_iter()
+            .filter(|d| f.integration_id.as_ref().is_none_or(|i| d.integration_id == i.as_str()))
+            .filter(|d| f.since_ms.is_none_or(|s| d.dead_at_ms >= s))
+            .filter(|d| f.until_ms.is_none_or(|u| d.dead_at_ms < u))
+            .collect();
+        let mut report = ReplayReport {
+            matched: matching.len(),
+            replayed: 0,
+            failed: Vec::new(),
+            truncated: matching.len() > BULK_REPLAY_MAX,
+        };
+        if f.dry_run {
+            return Ok(report);
+        }
+        for d in matching.into_iter().take(BULK_REPLAY_MAX) {
+            match self.replay(t, &d.message_id).await {
+                Ok(()) => report.replayed += 1,
+                Err(e) => report.failed.push((d.message_id, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl TenantPublisher for Control {
+    fn publish<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        state: &'a MessageState,
+        revision: u64,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let route = self
+                .route(&envelope.tenant_id, &envelope.integration_id)
+                .map_err(|e| StoreError(e.to_string()))?;
+            let (h, payload) =
+                wire::encode_claimable(envelope, state, revision).map_err(|e| StoreError(e.to_string()))?;
+            route
+                .client
+                .publish_with_headers(route.subject.clone(), h, payload)
+                .await
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_764_186_645_123), "2025-11-26T19:50:45.123Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn encodes_base64() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(&[0xff, 0x00, 0x10, 0x80]), "/wAQgA==");
     }
 }

@@ -11,7 +11,9 @@ pub mod db;
 pub mod dev;
 pub mod http;
 pub mod nats;
+pub mod platform;
 pub mod producer;
+pub mod scheduler;
 pub mod telemetry;
 
 pub use app::{Runtime, RuntimeOptions, install_crypto_provider};

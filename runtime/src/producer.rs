@@ -133,6 +133,19 @@ impl HttpProducer {
     }
 }
 
+/// `Retry-After` in delta-seconds (an HTTP-date is not understood and ignored: the
+/// backoff applies).
+fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
+    let secs: u64 = h
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(secs.saturating_mul(1000))
+}
+
 /// Classifies an HTTP status: 2xx success; 408, 429 and 5xx retryable; the rest permanent.
 pub fn classify_status(status: u16) -> Result<(), ProduceErrorKind> {
     match status {
@@ -161,6 +174,7 @@ impl Producer for HttpProducer {
                     },
                     status: None,
                     message: format!("request to {} failed: {e}", self.url),
+                    retry_after_ms: None,
                 })?;
             let status = resp.status().as_u16();
             match classify_status(status) {
@@ -169,6 +183,7 @@ impl Producer for HttpProducer {
                     kind,
                     status: Some(status),
                     message: format!("{} answered {}", self.url, resp.status()),
+                    retry_after_ms: retry_after_ms(resp.headers()),
                 }),
             }
         })
@@ -208,6 +223,19 @@ mod tests {
         assert!(HttpProducer::new(c.clone(), &spec("ftp://example.com"), true).is_err());
         assert!(HttpProducer::new(c.clone(), &spec("not a url"), true).is_err());
         assert!(HttpProducer::new(c, &spec("http://u:p@example.com"), true).is_err());
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after_ms(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after_ms(&h), Some(7000));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_ms(&h), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ async fn settled_stats(t: &TestRuntime, tenant: &str, integration: &str, expect_
             let done = s["delivered"].as_u64().unwrap_or(0)
                 + s["filtered"].as_u64().unwrap_or(0)
                 + s["failed"].as_u64().unwrap_or(0)
+                + s["skipped"].as_u64().unwrap_or(0)
                 + s["malformed"].as_u64().unwrap_or(0);
             *last.lock().unwrap() = s.clone();
             received >= expect_received && done == received

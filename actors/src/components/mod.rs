@@ -73,6 +73,8 @@ pub struct ProduceError {
     pub status: Option<u16>,
     /// What happened, for logs and the dead-letter queue.
     pub message: String,
+    /// The destination's `Retry-After` (429, 503), in ms.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A request the consumer refused.

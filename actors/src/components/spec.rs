@@ -35,6 +35,10 @@ pub struct IntegrationSpec {
     /// Deliveries in flight at once for this integration on one node.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Retries of failed deliveries (the specification's defaults when absent). Checked
+    /// against the platform's retention by the runtime, which knows it.
+    #[serde(default)]
+    pub retry: crate::message::RetryPolicy,
 }
 
 fn default_in_flight() -> usize {

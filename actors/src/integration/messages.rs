@@ -7,6 +7,7 @@ use ractor::RpcReplyPort;
 
 use crate::components::{Pipeline, Producer};
 use crate::ids::{IntegrationId, TenantId};
+use crate::message::{RetryPolicy, SharedStore};
 
 /// What an IntegrationActor is started with; cloned for every restart.
 #[derive(Clone)]
@@ -25,6 +26,10 @@ pub struct IntegrationArgs {
     pub max_in_flight: usize,
     /// Outcome counters; they outlive restarts of the actor.
     pub counters: Arc<IntegrationCounters>,
+    /// Durable message state.
+    pub store: SharedStore,
+    /// Retry policy.
+    pub retry: RetryPolicy,
 }
 
 /// Messages an IntegrationActor accepts.
@@ -45,10 +50,16 @@ pub struct IntegrationCounters {
     pub delivered: AtomicU64,
     /// Dropped by a filter.
     pub filtered: AtomicU64,
-    /// Failed delivery or conversion.
+    /// Failed delivery or conversion attempts.
     pub failed: AtomicU64,
+    /// Not processed: another worker claimed it, or it had moved on (a stale publish).
+    pub skipped: AtomicU64,
     /// Could not be decoded or belonged elsewhere.
     pub malformed: AtomicU64,
+    /// Failed attempts that scheduled a retry.
+    pub retried: AtomicU64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
 }
 
 /// A snapshot of [`IntegrationCounters`].
@@ -60,10 +71,16 @@ pub struct IntegrationStats {
     pub delivered: u64,
     /// Dropped by a filter.
     pub filtered: u64,
-    /// Failed delivery or conversion.
+    /// Failed delivery or conversion attempts.
     pub failed: u64,
+    /// Not processed: claimed elsewhere or stale.
+    pub skipped: u64,
     /// Could not be decoded or belonged elsewhere.
     pub malformed: u64,
+    /// Failed attempts that scheduled a retry.
+    pub retried: u64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: u64,
 }
 
 impl IntegrationCounters {
@@ -74,7 +91,10 @@ impl IntegrationCounters {
             delivered: self.delivered.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }

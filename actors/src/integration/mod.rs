@@ -13,7 +13,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use messages::{IntegrationArgs, IntegrationCounters, IntegrationMsg, IntegrationStats};
 
-use crate::components::Outcome;
+use crate::components::{Outcome, ProduceErrorKind};
+use crate::message::{Committed, Committer, Event, Status};
 use crate::{subjects, wire};
 
 /// The actor. Its state owns the subscription pump; dropping the state (stop, failure or
@@ -38,18 +39,40 @@ pub struct IntegrationState {
     counters: Arc<IntegrationCounters>,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A jitter sample in [0, 1).
+fn jitter_sample() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
 async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
     let c = &args.counters;
     c.received.fetch_add(1, Ordering::Relaxed);
-    let env = match wire::decode(msg.headers.as_ref(), msg.payload) {
-        Ok(env) => env,
+    let decoded = wire::decode(msg.headers.as_ref(), msg.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|env| {
+            wire::decode_claimable(msg.headers.as_ref())
+                .map(|c| (env, c))
+                .map_err(|e| e.to_string())
+        });
+    let (env, claim) = match decoded {
+        Ok(d) => d,
         Err(error) => {
             c.malformed.fetch_add(1, Ordering::Relaxed);
             warn!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, %error, "undecodable message dropped");
             return;
         }
     };
-    if env.tenant_id != args.tenant_id || env.integration_id != args.integration_id {
+    if env.tenant_id != args.tenant_id
+        || env.integration_id != args.integration_id
+        || claim.state.message_id != env.message_id
+    {
         c.malformed.fetch_add(1, Ordering::Relaxed);
         warn!(tenant_id = %args.tenant_id, integration_id = %args.integration_id,
             claimed_tenant = %env.tenant_id, claimed_integration = %env.integration_id,
@@ -57,29 +80,88 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
         return;
     }
     let span = info_span!("integration.deliver", tenant_id = %env.tenant_id,
-        integration_id = %env.integration_id, message_id = %env.message_id, attempt = env.attempt);
+        integration_id = %env.integration_id, message_id = %env.message_id, attempt = claim.state.next_attempt());
     let args = args.clone();
     async move {
         let c = &args.counters;
-        match args.pipeline.run(env) {
-            Outcome::Deliver(env) => match args.producer.deliver(&env).await {
+        let committer = Committer {
+            store: &*args.store,
+            publisher: None,
+            policy: &args.retry,
+        };
+        // The claim: received -> processing at the published revision. One worker wins.
+        let (state, revision) = match committer
+            .commit(&claim.state, claim.revision, &Event::Claim, None, now_ms())
+            .await
+        {
+            Ok(Committed::Written(s, r)) => (s, r),
+            Ok(Committed::Conflict | Committed::Illegal(_)) => {
+                c.skipped.fetch_add(1, Ordering::Relaxed);
+                debug!("claimed elsewhere or already handled; skipped");
+                return;
+            }
+            Err(error) => {
+                // Still `received`: the re-driver publishes it again after the deadline.
+                c.skipped.fetch_add(1, Ordering::Relaxed);
+                warn!(%error, "claim failed; left for re-drive");
+                return;
+            }
+        };
+        let env = crate::Envelope {
+            attempt: state.next_attempt(),
+            ..env
+        };
+        let event = match args.pipeline.run(env.clone()) {
+            Outcome::Deliver(out) => match args.producer.deliver(&out).await {
                 Ok(d) => {
                     c.delivered.fetch_add(1, Ordering::Relaxed);
                     debug!(status = d.status, "delivered");
+                    Event::Delivered
                 }
                 Err(error) => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(status = error.status, kind = ?error.kind, %error, "delivery failed");
+                    Event::Failed {
+                        error: error.message,
+                        status: error.status,
+                        retryable: error.kind == ProduceErrorKind::Retryable,
+                        retry_after_ms: error.retry_after_ms,
+                        jitter_sample: jitter_sample(),
+                    }
                 }
             },
             Outcome::Filtered { filter } => {
                 c.filtered.fetch_add(1, Ordering::Relaxed);
                 debug!(filter, "filtered out");
+                Event::Delivered
             }
             Outcome::ConvertFailed { converter, error } => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(converter, %error, "conversion failed");
+                Event::Failed {
+                    error: format!("converter {converter}: {error}"),
+                    status: None,
+                    retryable: false,
+                    retry_after_ms: None,
+                    jitter_sample: 0.0,
+                }
             }
+        };
+        match committer.commit(&state, revision, &event, Some(&env), now_ms()).await {
+            Ok(Committed::Written(s, _)) => match s.status {
+                Status::Retry => {
+                    c.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                Status::DeadLetter => {
+                    c.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = s.last_error.as_deref().unwrap_or(""), "dead-lettered");
+                }
+                _ => {}
+            },
+            Ok(Committed::Conflict) => warn!("re-driven while delivering; the message may be delivered again"),
+            Ok(Committed::Illegal(e)) => warn!(error = %e, "outcome not recorded"),
+            // Still `processing`: re-driven after the deadline (counted as a failed attempt).
+            Err(error) => warn!(%error, "outcome not recorded; left for re-drive"),
         }
     }
     .instrument(span)

@@ -126,3 +126,99 @@ pub(crate) async fn nats_instances(
 pub(crate) async fn tree(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.control.tree().await?))
 }
+
+fn message_id(s: &str) -> Result<vrsky_actors::MessageId, ApiError> {
+    vrsky_actors::MessageId::new(s).map_err(|e| ApiError::not_found(format!("message {s:?} not found ({e})")))
+}
+
+/// `GET /api/tenants/{t}/messages/{id}`.
+pub(crate) async fn get_message(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.control.message(&tenant_id(&t)?, &message_id(&id)?).await?))
+}
+
+/// Largest dead-letter page.
+const PAGE_MAX: usize = 500;
+
+fn bad_query(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+}
+
+/// `GET /api/tenants/{t}/dead-letters?limit=&cursor=`: newest first.
+pub(crate) async fn list_dead_letters(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    if let Some(k) = q.keys().find(|k| *k != "limit" && *k != "cursor") {
+        return Err(bad_query(format!("unknown parameter {k:?} (expected limit, cursor)")));
+    }
+    let limit = match q.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| bad_query(format!("limit must be 1 to {PAGE_MAX}")))?,
+    };
+    let cursor = match q.get("cursor") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| bad_query("cursor must be a value from next_cursor".into()))?,
+        ),
+    };
+    let (items, next) = s.control.dead_letters(&t, limit, cursor).await?;
+    Ok(Json(serde_json::json!({"dead_letters": items, "next_cursor": next})))
+}
+
+/// `GET /api/tenants/{t}/dead-letters/{id}`: with the payload.
+pub(crate) async fn get_dead_letter(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.control.dead_letter(&tenant_id(&t)?, &message_id(&id)?).await?))
+}
+
+/// `DELETE /api/tenants/{t}/dead-letters/{id}` -> 204.
+pub(crate) async fn delete_dead_letter(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    s.control.delete_dead_letter(&tenant_id(&t)?, &message_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/tenants/{t}/dead-letters/{id}/retry` -> 202: same id, attempts reset.
+pub(crate) async fn retry_dead_letter(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = message_id(&id)?;
+    s.control.replay(&tenant_id(&t)?, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"message_id": id}))))
+}
+
+/// `POST /api/tenants/{t}/dead-letters/retry` `{"integration_id","since_ms","until_ms","dry_run"}`.
+pub(crate) async fn retry_dead_letters(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let filter: crate::control::ReplayFilter = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(ApiError::bad_json)?
+    };
+    let report = s.control.replay_matching(&t, &filter).await?;
+    let status = if filter.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(report)))
+}

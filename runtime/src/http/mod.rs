@@ -43,6 +43,14 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
             get(api::get_integration).delete(api::delete_integration),
         )
         .route("/tenants/{t}/nats-instances", get(api::nats_instances))
+        .route("/tenants/{t}/messages/{id}", get(api::get_message))
+        .route("/tenants/{t}/dead-letters", get(api::list_dead_letters))
+        .route("/tenants/{t}/dead-letters/retry", post(api::retry_dead_letters))
+        .route(
+            "/tenants/{t}/dead-letters/{id}",
+            get(api::get_dead_letter).delete(api::delete_dead_letter),
+        )
+        .route("/tenants/{t}/dead-letters/{id}/retry", post(api::retry_dead_letter))
         .route("/tree", get(api::tree))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     let mut app = Router::new()

@@ -11,7 +11,13 @@ use futures::StreamExt;
 use tracing::{Instrument, info_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
+use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
 use vrsky_actors::{IntegrationId, MessageId, TenantId, wire};
+
+use crate::platform::Accepted;
+
+/// Longest accepted idempotency key.
+const IDEMPOTENCY_KEY_MAX: usize = 256;
 
 use super::AppState;
 use super::error::ApiError;
@@ -102,7 +108,29 @@ pub(crate) async fn receive(
         ReadError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}")),
     })?;
 
-    let message_id = MessageId::generate();
+    // Idempotency-Key, or Standard Webhooks' webhook-id: a repeat within the state TTL
+    // maps to the same message id, and the create-only state write refuses it.
+    let idempotency_key = match headers.get("idempotency-key").or_else(|| headers.get("webhook-id")) {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_idempotency_key",
+                        format!("idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    let message_id = match &idempotency_key {
+        Some(k) => idempotent_message_id(&tenant, &integration, k),
+        None => MessageId::generate(),
+    };
     let span =
         info_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
     async move {
@@ -132,24 +160,39 @@ pub(crate) async fn receive(
             .consumer
             .accept(request)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
-        let (nats_headers, payload) =
-            wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
-        route
-            .client
-            .publish_with_headers(route.subject.clone(), nats_headers, payload)
+        // Refuse what cannot travel before anything is stored.
+        wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
+        // The durability point: the envelope and the `received` state are acknowledged by
+        // the platform JetStream before the 202.
+        let accepted = s
+            .control
+            .platform()
+            .accept(&envelope, received_at_ms)
             .await
             .map_err(|e| {
-                warn!(error = %e, "publish failed");
+                warn!(error = %e, "message state not stored");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    format!("cannot publish: {e}"),
+                    format!("cannot store the message: {e}"),
                 )
             })?;
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"message_id": message_id})),
-        ))
+        match accepted {
+            Accepted::Duplicate => Ok((
+                StatusCode::OK,
+                Json(serde_json::json!({"message_id": message_id, "duplicate": true})),
+            )),
+            Accepted::New { state, revision } => {
+                // Core NATS: a lost publish is re-driven from the stored state.
+                if let Err(e) = s.control.publish(&envelope, &state, revision).await {
+                    warn!(error = %e, "publish failed; the message will be re-driven");
+                }
+                Ok((
+                    StatusCode::ACCEPTED,
+                    Json(serde_json::json!({"message_id": message_id})),
+                ))
+            }
+        }
     }
     .instrument(span)
     .await

@@ -174,10 +174,42 @@ fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// Kills a server left running from this directory by a node that died without stopping
+/// it (kill -9 leaves children orphaned): the pid file names it, and its command line
+/// names this directory's config. Returns whether one was found.
+pub async fn reap_stale(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return false;
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return false;
+    };
+    let conf = dir.join("nats.conf");
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&*conf.to_string_lossy()))
+        .unwrap_or(false);
+    if !ours {
+        return false;
+    }
+    warn!(pid, dir = %dir.display(), "killing a nats-server left over by a previous run");
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status().await;
+    for _ in 0..200 {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
 /// Starts a server and waits until it accepts clients and reports a supported version.
 /// On any failure the process is killed before returning: nothing is left running.
 pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess, ProvisionError> {
     std::fs::create_dir_all(&o.dir)?;
+    reap_stale(&o.dir).await;
     let monitor_port = free_port()?;
     let conf = o.dir.join("nats.conf");
     std::fs::write(&conf, config_text(o, monitor_port))?;

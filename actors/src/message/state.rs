@@ -1,0 +1,400 @@
+//! The message lifecycle as a pure state machine.
+//!
+//! ```text
+//!            ingress (create-only)
+//!                   |
+//!                   v
+//!   +--------> received --claim--> processing --delivered--> completed
+//!   |             ^  |                 |
+//!   |   redrive   +--+   redrive /     | failed (retryable, budget left)
+//!   |  (publish lost)    failed        v
+//!   +------ retry due ------------- retry
+//!   |                                  | failed (permanent, or budget spent)
+//!   +------ replay ---- dead_letter <--+
+//! ```
+//!
+//! Every transition is written with a revision check (compare-and-swap) by the caller;
+//! this module decides what the next state is, or refuses the transition.
+
+use serde::{Deserialize, Serialize};
+
+use super::retry::RetryPolicy;
+use crate::ids::{IntegrationId, MessageId, TenantId};
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted (202 answered) and published; no worker has claimed it yet.
+    Received,
+    /// A worker claimed it and is delivering it.
+    Processing,
+    /// Delivered.
+    Completed,
+    /// The last attempt failed; another is scheduled at `next_attempt_at_ms`.
+    Retry,
+    /// Given up; the entry is in the dead-letter queue.
+    DeadLetter,
+}
+
+impl Status {
+    /// No further transition happens on its own (only a replay leaves `dead_letter`).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::DeadLetter)
+    }
+
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Retry => "retry",
+            Status::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// One delivery attempt, kept for the dead-letter queue. Bound: at most
+/// `max_retries + 1` entries per message life (a replay starts a new history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When it ended, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The destination's status code, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// The record kept in the `message_state` bucket: the specification's `MessageState`
+/// fields plus what retries and re-drives need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// Message id.
+    pub message_id: MessageId,
+    /// Owner tenant.
+    pub tenant_id: TenantId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// Current status.
+    pub status: Status,
+    /// Failed attempts so far (each scheduled a retry or ended the message).
+    pub retry_count: u32,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Last transition, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// With `retry`: when the next attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
+    /// Failed attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// What happened to a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A worker takes it (`received -> processing`).
+    Claim,
+    /// The destination accepted it (`processing -> completed`).
+    Delivered,
+    /// The attempt failed.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// Destination status, if any.
+        status: Option<u16>,
+        /// Whether trying again may help.
+        retryable: bool,
+        /// The destination's `Retry-After`, in ms.
+        retry_after_ms: Option<u64>,
+        /// Jitter sample in [0, 1).
+        jitter_sample: f64,
+    },
+    /// A scheduled retry is due (`retry -> received`).
+    RetryDue,
+    /// Its deadline passed without progress. From `received` (publish lost) it is
+    /// published again; from `processing` (worker lost) it counts as a failed attempt;
+    /// from an overdue `retry` it is made due.
+    Redrive,
+    /// A tenant replays it from the dead-letter queue: attempts start over.
+    Replay,
+}
+
+/// A transition the lifecycle does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition: {event} in status {from}")]
+pub struct IllegalTransition {
+    /// Status it was in.
+    pub from: &'static str,
+    /// What was attempted.
+    pub event: &'static str,
+}
+
+fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Claim => "claim",
+        Event::Delivered => "delivered",
+        Event::Failed { .. } => "failed",
+        Event::RetryDue => "retry_due",
+        Event::Redrive => "redrive",
+        Event::Replay => "replay",
+    }
+}
+
+/// Bound on stored error text.
+const ERROR_CHARS_MAX: usize = 1024;
+
+fn clip(s: &str) -> String {
+    s.chars().take(ERROR_CHARS_MAX).collect()
+}
+
+impl MessageState {
+    /// A message just accepted by ingress.
+    pub fn received(message_id: MessageId, tenant_id: TenantId, integration_id: IntegrationId, now_ms: u64) -> Self {
+        MessageState {
+            message_id,
+            tenant_id,
+            integration_id,
+            status: Status::Received,
+            retry_count: 0,
+            last_error: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            next_attempt_at_ms: None,
+            attempts: Vec::new(),
+        }
+    }
+
+    /// The attempt number the next delivery will carry (1-based).
+    pub fn next_attempt(&self) -> u32 {
+        self.retry_count + 1
+    }
+
+    fn fail(&self, mut next: MessageState, policy: &RetryPolicy, failure: FailureInfo, now_ms: u64) -> MessageState {
+        next.attempts.push(Attempt {
+            attempt: self.next_attempt(),
+            at_ms: now_ms,
+            status: failure.status,
+            error: clip(&failure.error),
+        });
+        next.last_error = Some(clip(&failure.error));
+        next.retry_count = self.retry_count + 1;
+        if failure.retryable && self.retry_count < policy.max_retries {
+            let delay = policy.delay(
+                next.retry_count,
+                failure.jitter_sample,
+                failure.retry_after_ms.map(std::time::Duration::from_millis),
+            );
+            next.status = Status::Retry;
+            next.next_attempt_at_ms = Some(now_ms + delay.as_millis() as u64);
+        } else {
+            next.status = Status::DeadLetter;
+            next.next_attempt_at_ms = None;
+        }
+        next
+    }
+
+    /// The state after `event` at `now_ms`, or why it cannot happen.
+    pub fn apply(&self, event: &Event, policy: &RetryPolicy, now_ms: u64) -> Result<MessageState, IllegalTransition> {
+        let illegal = || IllegalTransition {
+            from: self.status.as_str(),
+            event: event_name(event),
+        };
+        let mut next = self.clone();
+        next.updated_at_ms = now_ms;
+        match (self.status, event) {
+            (Status::Received, Event::Claim) => {
+                next.status = Status::Processing;
+                Ok(next)
+            }
+            (Status::Processing, Event::Delivered) => {
+                next.status = Status::Completed;
+                next.next_attempt_at_ms = None;
+                Ok(next)
+            }
+            (
+                Status::Processing,
+                Event::Failed {
+                    error,
+                    status,
+                    retryable,
+                    retry_after_ms,
+                    jitter_sample,
+                },
+            ) => Ok(self.fail(
+                next,
+                policy,
+                FailureInfo {
+                    error: error.clone(),
+                    status: *status,
+                    retryable: *retryable,
+                    retry_after_ms: *retry_after_ms,
+                    jitter_sample: *jitter_sample,
+                },
+                now_ms,
+            )),
+            (Status::Retry, Event::RetryDue | Event::Redrive) => {
+                next.status = Status::Received;
+                next.next_attempt_at_ms = None;
+                Ok(next)
+            }
+            (Status::Received, Event::Redrive) => Ok(next),
+            (Status::Processing, Event::Redrive) => Ok(self.fail(
+                next,
+                policy,
+                FailureInfo {
+                    error: "worker lost while processing (deadline passed); re-driven".into(),
+                    status: None,
+                    retryable: true,
+                    retry_after_ms: None,
+                    jitter_sample: 0.0,
+                },
+                now_ms,
+            )),
+            (Status::DeadLetter, Event::Replay) => {
+                next.status = Status::Received;
+                next.retry_count = 0;
+                next.attempts.clear();
+                next.next_attempt_at_ms = None;
+                Ok(next)
+            }
+            _ => Err(illegal()),
+        }
+    }
+}
+
+struct FailureInfo {
+    error: String,
+    status: Option<u16>,
+    retryable: bool,
+    retry_after_ms: Option<u64>,
+    jitter_sample: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn msg() -> MessageState {
+        MessageState::received(
+            MessageId::generate(),
+            TenantId::new("t").unwrap(),
+            IntegrationId::new("i").unwrap(),
+            1000,
+        )
+    }
+
+    fn fail(retryable: bool) -> Event {
+        Event::Failed {
+            error: "boom".into(),
+            status: Some(503),
+            retryable,
+            retry_after_ms: None,
+            jitter_sample: 0.0,
+        }
+    }
+
+    #[test]
+    fn happy_path() {
+        let p = RetryPolicy::default();
+        let s = msg().apply(&Event::Claim, &p, 1001).unwrap();
+        assert_eq!(s.status, Status::Processing);
+        let s = s.apply(&Event::Delivered, &p, 1002).unwrap();
+        assert_eq!(s.status, Status::Completed);
+        assert_eq!(s.updated_at_ms, 1002);
+        assert!(s.apply(&Event::Claim, &p, 1003).is_err());
+    }
+
+    #[test]
+    fn retries_with_backoff_then_dead_letter_after_max_plus_one_attempts() {
+        let p = RetryPolicy::default();
+        let mut s = msg();
+        let mut now = 0;
+        for n in 1..=3u32 {
+            s = s.apply(&Event::Claim, &p, now).unwrap();
+            s = s.apply(&fail(true), &p, now).unwrap();
+            assert_eq!(s.status, Status::Retry);
+            assert_eq!(s.retry_count, n);
+            assert_eq!(s.next_attempt_at_ms, Some(now + 1000 * 2u64.pow(n)));
+            now = s.next_attempt_at_ms.unwrap();
+            s = s.apply(&Event::RetryDue, &p, now).unwrap();
+            assert_eq!(s.status, Status::Received);
+        }
+        s = s.apply(&Event::Claim, &p, now).unwrap();
+        assert_eq!(s.next_attempt(), 4);
+        s = s.apply(&fail(true), &p, now).unwrap();
+        assert_eq!(s.status, Status::DeadLetter);
+        assert_eq!(s.attempts.len(), 4);
+        assert_eq!(
+            s.attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        // Replay starts over with the same id.
+        let r = s.apply(&Event::Replay, &p, now + 1).unwrap();
+        assert_eq!((r.status, r.retry_count, r.attempts.len()), (Status::Received, 0, 0));
+        assert_eq!(r.message_id, s.message_id);
+    }
+
+    #[test]
+    fn permanent_failure_dead_letters_at_once() {
+        let p = RetryPolicy::default();
+        let s = msg()
+            .apply(&Event::Claim, &p, 1)
+            .unwrap()
+            .apply(&fail(false), &p, 2)
+            .unwrap();
+        assert_eq!(s.status, Status::DeadLetter);
+        assert_eq!(s.last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn redrive_from_processing_counts_as_an_attempt() {
+        let p = RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        };
+        let s = msg().apply(&Event::Claim, &p, 1).unwrap();
+        let s = s.apply(&Event::Redrive, &p, 2).unwrap();
+        assert_eq!(s.status, Status::DeadLetter);
+        assert!(s.last_error.unwrap().contains("worker lost"));
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        let p = RetryPolicy::default();
+        let e = msg().apply(&Event::Delivered, &p, 1).unwrap_err();
+        assert_eq!(e.to_string(), "illegal transition: delivered in status received");
+        assert!(msg().apply(&Event::Replay, &p, 1).is_err());
+        assert!(msg().apply(&Event::RetryDue, &p, 1).is_err());
+    }
+
+    #[test]
+    fn stored_form_is_the_spec_fields() {
+        let s = msg();
+        let v = serde_json::to_value(&s).unwrap();
+        for k in [
+            "message_id",
+            "tenant_id",
+            "integration_id",
+            "status",
+            "retry_count",
+            "created_at_ms",
+            "updated_at_ms",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["status"], "received");
+        let back: MessageState = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,614 @@
+//! The platform JetStream adapter: the `message_state` KV bucket, the `retry_queue` and
+//! `dead_letter_queue` streams. Creates them if missing, reads their configuration back,
+//! and refuses to start when the server dropped a setting.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use vrsky_actors::message::{
+    MessageState, MessageStore, StoreError, decode_envelope, encode_envelope, payload_key, state_key,
+};
+use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, subjects};
+
+/// The KV bucket of message state.
+pub const STATE_BUCKET: &str = "message_state";
+/// The stream of scheduled retries.
+pub const RETRY_STREAM: &str = "retry_queue";
+/// The stream of dead letters.
+pub const DEAD_LETTER_STREAM: &str = "dead_letter_queue";
+/// The durable consumer the RetryScheduler reads the retry queue with.
+pub const RETRY_CONSUMER: &str = "vrsky-retry-scheduler";
+
+const H_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+const H_MSG_ID: &str = "Nats-Msg-Id";
+const H_TENANT: &str = "Vrsky-Tenant";
+const H_INTEGRATION: &str = "Vrsky-Integration";
+const H_MESSAGE_ID: &str = "Vrsky-Message-Id";
+const H_RETRY_COUNT: &str = "Vrsky-Retry-Count";
+const H_DUE_AT: &str = "Vrsky-Due-At-Ms";
+const H_DEAD_AT: &str = "Vrsky-Dead-At-Ms";
+const H_LAST_ERROR: &str = "Vrsky-Last-Error";
+
+/// Retention and placement of the platform state.
+#[derive(Debug, Clone)]
+pub struct PlatformSettings {
+    /// `message_state` TTL.
+    pub message_state_ttl: Duration,
+    /// `retry_queue` max age.
+    pub retry_queue_max_age: Duration,
+    /// `dead_letter_queue` max age.
+    pub dead_letter_max_age: Duration,
+    /// Replicas of each (3 on a production cluster, 1 on a single dev server).
+    pub replicas: usize,
+}
+
+impl PlatformSettings {
+    /// How long a message can be kept waiting for retries before the platform forgets it.
+    pub fn retention(&self) -> Duration {
+        self.message_state_ttl.min(self.retry_queue_max_age)
+    }
+}
+
+/// Platform failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The server refused or dropped part of our configuration.
+    #[error("platform nats: {0}")]
+    Config(String),
+    /// A request failed.
+    #[error("platform nats: {0}")]
+    Request(String),
+}
+
+fn req<E: std::fmt::Display>(e: E) -> PlatformError {
+    PlatformError::Request(e.to_string())
+}
+
+fn store_err<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// What ingress achieved.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Stored: answer 202, then publish it for delivery at this revision.
+    New {
+        /// The stored state.
+        state: MessageState,
+        /// Its revision.
+        revision: u64,
+    },
+    /// The id exists already (idempotency key seen within the TTL): answer 200, do nothing.
+    Duplicate,
+}
+
+/// A dead letter as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterSummary {
+    /// Message id.
+    pub message_id: MessageId,
+    /// Integration.
+    pub integration_id: String,
+    /// When it was dead-lettered, ms since the Unix epoch.
+    pub dead_at_ms: u64,
+    /// The last failure.
+    pub last_error: String,
+    /// Stream sequence; the paging cursor.
+    pub sequence: u64,
+}
+
+/// A dead letter with its state and envelope.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// The state when it was dead-lettered (attempt history, last error).
+    pub state: MessageState,
+    /// The envelope, with the original headers and payload.
+    pub envelope: Envelope,
+}
+
+/// The platform state.
+#[derive(Clone)]
+pub struct Platform {
+    js: jetstream::Context,
+    kv: kv::Store,
+    retry: stream::Stream,
+    dlq: stream::Stream,
+    settings: PlatformSettings,
+}
+
+fn kv_subject(key: &str) -> String {
+    format!("$KV.{STATE_BUCKET}.{key}")
+}
+
+fn header(h: &mut HeaderMap, name: &str, value: &str) {
+    // Values we set are ids, numbers and sanitised text; a refused one is skipped.
+    if let (Ok(n), Ok(v)) = (
+        name.parse::<async_nats::HeaderName>(),
+        value.parse::<async_nats::HeaderValue>(),
+    ) {
+        h.insert(n, v);
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(256)
+        .collect()
+}
+
+/// Compares what we asked for with what the server kept.
+fn check<T: PartialEq + std::fmt::Debug>(what: &str, field: &str, want: &T, got: &T) -> Result<(), PlatformError> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(PlatformError::Config(format!(
+            "{what}: the server kept {field} = {got:?} instead of {want:?} (is it older than 2.10, or was the {what} changed by hand?)"
+        )))
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<stream::Stream, PlatformError> {
+    let name = want.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut s) => {
+            let have = s.info().await.map_err(req)?.config.clone();
+            if have.max_age != want.max_age
+                || have.subjects != want.subjects
+                || have.max_messages_per_subject != want.max_messages_per_subject
+            {
+                js.update_stream(want.clone())
+                    .await
+                    .map_err(|e| PlatformError::Config(format!("updating stream {name}: {e}")))?;
+            }
+        }
+        Err(_) => {
+            js.create_stream(want.clone())
+                .await
+                .map_err(|e| PlatformError::Config(format!("creating stream {name}: {e}")))?;
+        }
+    }
+    let mut s = js.get_stream(&name).await.map_err(req)?;
+    let got = s.info().await.map_err(req)?.config.clone();
+    let what = format!("stream {name}");
+    check(&what, "subjects", &want.subjects, &got.subjects)?;
+    check(&what, "max_age", &want.max_age, &got.max_age)?;
+    check(&what, "retention", &want.retention, &got.retention)?;
+    check(&what, "storage", &want.storage, &got.storage)?;
+    // The server reports "unlimited" as -1 whether it was asked for 0 or -1.
+    let unlimited = |v: i64| if v <= 0 { -1 } else { v };
+    check(
+        &what,
+        "max_messages_per_subject",
+        &unlimited(want.max_messages_per_subject),
+        &unlimited(got.max_messages_per_subject),
+    )?;
+    check(&what, "allow_direct", &want.allow_direct, &got.allow_direct)?;
+    check(&what, "num_replicas", &want.num_replicas, &got.num_replicas)?;
+    Ok(s)
+}
+
+impl Platform {
+    /// Creates (or updates) the bucket and streams and verifies their configuration.
+    pub async fn open(client: async_nats::Client, settings: PlatformSettings) -> Result<Platform, PlatformError> {
+        let js = jetstream::new(client);
+        let kv_want = kv::Config {
+            bucket: STATE_BUCKET.into(),
+            description: "VRSky message state: {tenant}.{message_id} and {tenant}.{message_id}.p".into(),
+            history: 1,
+            max_age: settings.message_state_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let kv = match js.get_key_value(STATE_BUCKET).await {
+            Ok(kv) => {
+                let mut s = js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+                if s.info().await.map_err(req)?.config.max_age != settings.message_state_ttl {
+                    js.create_or_update_key_value(kv_want.clone())
+                        .await
+                        .map_err(|e| PlatformError::Config(format!("updating bucket {STATE_BUCKET}: {e}")))?
+                } else {
+                    kv
+                }
+            }
+            Err(_) => js
+                .create_key_value(kv_want.clone())
+                .await
+                .map_err(|e| PlatformError::Config(format!("creating bucket {STATE_BUCKET}: {e}")))?,
+        };
+        let mut kv_stream = js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        let got = kv_stream.info().await.map_err(req)?.config.clone();
+        let what = format!("bucket {STATE_BUCKET}");
+        check(&what, "max_age", &settings.message_state_ttl, &got.max_age)?;
+        check(&what, "history", &1, &got.max_messages_per_subject)?;
+        check(&what, "storage", &stream::StorageType::File, &got.storage)?;
+
+        let retry = ensure_stream(
+            &js,
+            stream::Config {
+                name: RETRY_STREAM.into(),
+                description: Some("VRSky scheduled retries (work queue)".into()),
+                subjects: vec![subjects::RETRY_QUEUE_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_age: settings.retry_queue_max_age,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let dlq = ensure_stream(
+            &js,
+            stream::Config {
+                name: DEAD_LETTER_STREAM.into(),
+                description: Some("VRSky dead letters: vrsky.dlq.{tenant}.{message_id}".into()),
+                subjects: vec![subjects::DEAD_LETTER_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: settings.dead_letter_max_age,
+                max_messages_per_subject: 1,
+                allow_direct: true,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Platform {
+            js,
+            kv,
+            retry,
+            dlq,
+            settings,
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &PlatformSettings {
+        &self.settings
+    }
+
+    /// Ingress: stores the envelope and the create-only `received` state, pipelined (both
+    /// writes in flight at once), and waits for both acknowledgements.
+    pub async fn accept(&self, env: &Envelope, now_ms: u64) -> Result<Accepted, PlatformError> {
+        let t = &env.tenant_id;
+        let id = &env.message_id;
+        let state = MessageState::received(id.clone(), t.clone(), env.integration_id.clone(), now_ms);
+        let record = encode_envelope(env).map_err(req)?;
+        let state_json = Bytes::from(serde_json::to_vec(&state).map_err(req)?);
+        let mut create = HeaderMap::new();
+        header(&mut create, H_EXPECTED_LAST_SUBJECT_SEQ, "0");
+        let payload_ack = self
+            .js
+            .publish_with_headers(kv_subject(&payload_key(t, id)), create.clone(), record.clone())
+            .await
+            .map_err(req)?;
+        let state_ack = self
+            .js
+            .publish_with_headers(kv_subject(&state_key(t, id)), create, state_json)
+            .await
+            .map_err(req)?;
+        let payload_result = payload_ack.await;
+        match state_ack.await {
+            Ok(ack) => {
+                if let Err(e) = payload_result {
+                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                        // A stale payload outlived an expired state by moments: overwrite it.
+                        self.kv.put(payload_key(t, id), record).await.map_err(req)?;
+                    } else {
+                        // Do not leave a state without its envelope behind a refused request.
+                        let _ = self
+                            .kv
+                            .delete_expect_revision(state_key(t, id), Some(ack.sequence))
+                            .await;
+                        return Err(req(e));
+                    }
+                }
+                Ok(Accepted::New {
+                    state,
+                    revision: ack.sequence,
+                })
+            }
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Accepted::Duplicate),
+            Err(e) => Err(req(e)),
+        }
+    }
+
+    /// Stores an envelope again (a replay after the original expired from the bucket).
+    pub async fn put_envelope(&self, env: &Envelope) -> Result<(), PlatformError> {
+        let record = encode_envelope(env).map_err(req)?;
+        self.kv
+            .put(payload_key(&env.tenant_id, &env.message_id), record)
+            .await
+            .map_err(req)?;
+        Ok(())
+    }
+
+    /// Creates a `received` state for a message whose state expired (a replay from the
+    /// dead-letter queue); `None` when a state exists.
+    pub async fn recreate(&self, state: &MessageState) -> Result<Option<u64>, PlatformError> {
+        let json = Bytes::from(serde_json::to_vec(state).map_err(req)?);
+        match self
+            .kv
+            .create(state_key(&state.tenant_id, &state.message_id), json)
+            .await
+        {
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(req(e)),
+        }
+    }
+
+    /// A watch of every state key (never payloads), current values first.
+    pub async fn watch_states(&self) -> Result<kv::Watch, PlatformError> {
+        self.kv
+            .watch_with_history(vrsky_actors::message::ALL_STATE_KEYS)
+            .await
+            .map_err(req)
+    }
+
+    /// The RetryScheduler's durable consumer of the retry queue.
+    pub async fn retry_consumer(&self, ack_wait: Duration) -> Result<consumer::PullConsumer, PlatformError> {
+        self.retry
+            .get_or_create_consumer(
+                RETRY_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(RETRY_CONSUMER.into()),
+                    ack_wait,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(req)
+    }
+
+    /// Dead letters of a tenant, newest first, after `cursor` (a sequence), at most `limit`.
+    /// Reads the tenant's entries' headers only; cost grows with the tenant's DLQ size.
+    pub async fn dead_letters(
+        &self,
+        tenant: &TenantId,
+        integration: Option<&IntegrationId>,
+        limit: usize,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<DeadLetterSummary>, Option<u64>), PlatformError> {
+        let mut all = self.scan_dead_letters(tenant).await?;
+        if let Some(i) = integration {
+            all.retain(|d| d.integration_id == i.as_str());
+        }
+        all.sort_by_key(|d| std::cmp::Reverse(d.sequence));
+        let page: Vec<_> = all
+            .into_iter()
+            .filter(|d| cursor.is_none_or(|c| d.sequence < c))
+            .take(limit + 1)
+            .collect();
+        let more = page.len() > limit;
+        let page: Vec<_> = page.into_iter().take(limit).collect();
+        let next = if more { page.last().map(|d| d.sequence) } else { None };
+        Ok((page, next))
+    }
+
+    /// Every dead letter of a tenant (headers only), in stream order.
+    pub async fn scan_dead_letters(&self, tenant: &TenantId) -> Result<Vec<DeadLetterSummary>, PlatformError> {
+        let filter = subjects::tenant_dead_letters(tenant);
+        let info = self.dlq.clone();
+        let count = info.info_with_subjects(&filter).await.map_err(req)?.count().await;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = self
+            .dlq
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                headers_only: true,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(req)?;
+        let mut messages = consumer.messages().await.map_err(req)?;
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            let m = m.map_err(req)?;
+            let (seq, pending) = match m.info() {
+                Ok(i) => (i.stream_sequence, i.pending),
+                Err(e) => return Err(req(e)),
+            };
+            let h = m.headers.as_ref();
+            let get = |n: &str| {
+                h.and_then(|h| h.get(n))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            if let Some(id) = subjects::dead_letter_id(&m.subject) {
+                out.push(DeadLetterSummary {
+                    message_id: id,
+                    integration_id: get(H_INTEGRATION),
+                    dead_at_ms: get(H_DEAD_AT).parse().unwrap_or(0),
+                    last_error: get(H_LAST_ERROR),
+                    sequence: seq,
+                });
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter with its payload.
+    pub async fn dead_letter(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<DeadLetter>, PlatformError> {
+        let msg = match self
+            .dlq
+            .direct_get_last_for_subject(subjects::dead_letter(tenant, id))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(req(e)),
+        };
+        let nl = msg
+            .payload
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(|| req("corrupt dead letter: no state line"))?;
+        let state: MessageState = serde_json::from_slice(&msg.payload[..nl]).map_err(req)?;
+        let envelope = decode_envelope(&msg.payload.slice(nl + 1..), state.retry_count).map_err(req)?;
+        Ok(Some(DeadLetter {
+            sequence: msg.sequence,
+            state,
+            envelope,
+        }))
+    }
+
+    /// Deletes a dead letter; false when there was none.
+    pub async fn delete_dead_letter(&self, tenant: &TenantId, id: &MessageId) -> Result<bool, PlatformError> {
+        match self.dead_letter(tenant, id).await? {
+            Some(d) => self.dlq.delete_message(d.sequence).await.map_err(req),
+            None => Ok(false),
+        }
+    }
+
+    /// Bytes held by the bucket and streams, for health and metrics.
+    pub async fn usage(&self) -> Result<Vec<(String, u64, u64)>, PlatformError> {
+        let mut out = Vec::new();
+        for name in [
+            format!("KV_{STATE_BUCKET}"),
+            RETRY_STREAM.into(),
+            DEAD_LETTER_STREAM.into(),
+        ] {
+            let mut s = self.js.get_stream(&name).await.map_err(req)?;
+            let st = s.info().await.map_err(req)?.state.clone();
+            out.push((name, st.messages, st.bytes));
+        }
+        Ok(out)
+    }
+}
+
+impl MessageStore for Platform {
+    fn load<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a MessageId,
+    ) -> BoxFuture<'a, Result<Option<(MessageState, u64)>, StoreError>> {
+        Box::pin(async move {
+            match self.kv.entry(state_key(tenant, id)).await.map_err(store_err)? {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let s: MessageState = serde_json::from_slice(&e.value).map_err(store_err)?;
+                    Ok(Some((s, e.revision)))
+                }
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn load_envelope<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        id: &'a MessageId,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<Envelope>, StoreError>> {
+        Box::pin(async move {
+            match self.kv.get(payload_key(tenant, id)).await.map_err(store_err)? {
+                Some(b) if !b.is_empty() => Ok(Some(decode_envelope(&b, attempt).map_err(store_err)?)),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn write<'a>(&'a self, next: &'a MessageState, expected: u64) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let json = Bytes::from(serde_json::to_vec(next).map_err(store_err)?);
+            match self
+                .kv
+                .update(state_key(&next.tenant_id, &next.message_id), json, expected)
+                .await
+            {
+                Ok(rev) => Ok(Some(rev)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(store_err(e)),
+            }
+        })
+    }
+
+    fn schedule_retry<'a>(&'a self, state: &'a MessageState) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut h = HeaderMap::new();
+            header(&mut h, H_TENANT, state.tenant_id.as_str());
+            header(&mut h, H_MESSAGE_ID, state.message_id.as_str());
+            header(&mut h, H_RETRY_COUNT, &state.retry_count.to_string());
+            header(&mut h, H_DUE_AT, &state.next_attempt_at_ms.unwrap_or(0).to_string());
+            // Deduplicates a retry scheduled twice (a crash and a re-drive) inside the window.
+            header(
+                &mut h,
+                H_MSG_ID,
+                &format!("{}-r{}", state.message_id, state.retry_count),
+            );
+            self.js
+                .publish_with_headers(
+                    subjects::retry_entry(&state.tenant_id, &state.integration_id),
+                    h,
+                    Bytes::new(),
+                )
+                .await
+                .map_err(store_err)?
+                .await
+                .map_err(store_err)?;
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        state: &'a MessageState,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(state).map_err(store_err)?;
+            let record = encode_envelope(envelope).map_err(store_err)?;
+            let mut body = BytesMut::with_capacity(json.len() + 1 + record.len());
+            body.put_slice(&json);
+            body.put_u8(b'\n');
+            body.put_slice(&record);
+            let mut h = HeaderMap::new();
+            header(&mut h, H_INTEGRATION, state.integration_id.as_str());
+            header(&mut h, H_DEAD_AT, &state.updated_at_ms.to_string());
+            header(
+                &mut h,
+                H_LAST_ERROR,
+                &one_line(state.last_error.as_deref().unwrap_or("")),
+            );
+            self.js
+                .publish_with_headers(
+                    subjects::dead_letter(&state.tenant_id, &state.message_id),
+                    h,
+                    body.freeze(),
+                )
+                .await
+                .map_err(store_err)?
+                .await
+                .map_err(store_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// Reads a due retry's identity from a retry-queue message.
+pub fn retry_entry_of(msg: &jetstream::Message) -> Option<(TenantId, MessageId, u32, u64)> {
+    let h = msg.headers.as_ref()?;
+    let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
+    Some((
+        TenantId::new(get(H_TENANT)?).ok()?,
+        MessageId::new(get(H_MESSAGE_ID)?).ok()?,
+        get(H_RETRY_COUNT)?.parse().ok()?,
+        get(H_DUE_AT)?.parse().ok()?,
+    ))
+}
