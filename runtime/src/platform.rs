@@ -477,8 +477,9 @@ impl Platform {
         }
     }
 
-    /// Bytes held by the bucket and streams, for health and metrics.
-    pub async fn usage(&self) -> Result<Vec<(String, u64, u64)>, PlatformError> {
+    /// Per bucket and stream: name, messages held, bytes held, last sequence (messages ever
+    /// stored), for health and metrics.
+    pub async fn usage(&self) -> Result<Vec<(String, u64, u64, u64)>, PlatformError> {
         let mut out = Vec::new();
         for name in [
             format!("KV_{STATE_BUCKET}"),
@@ -487,7 +488,7 @@ impl Platform {
         ] {
             let mut s = self.js.get_stream(&name).await.map_err(req)?;
             let st = s.info().await.map_err(req)?.state.clone();
-            out.push((name, st.messages, st.bytes));
+            out.push((name, st.messages, st.bytes, st.last_sequence));
         }
         Ok(out)
     }

@@ -34,6 +34,15 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
         .local_addr()
         .unwrap()
         .port();
+    // If the test fails, the node is SIGKILLed (kill_on_drop) and cannot stop its
+    // nats-servers: the guard does.
+    struct ReapOnDrop(std::path::PathBuf);
+    impl Drop for ReapOnDrop {
+        fn drop(&mut self) {
+            crate::common::node::kill_servers_under(&self.0);
+        }
+    }
+    let _reap = ReapOnDrop(dir.path().join("data"));
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
         .args(["dev", "--http-addr", &format!("127.0.0.1:{port}"), "--data-dir"])

@@ -4,5 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod crash;
 mod dev_command;
+mod durability;
 mod foundation;

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod node;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use tempfile::TempDir;
 
 use vrsky_runtime::{Config, Runtime, RuntimeOptions};
 
-pub use sink::Sink;
+pub use sink::{FailFirst, Sink};
 
 /// The admin token every test runtime uses.
 pub const TOKEN: &str = "test-admin-token-0123456789";
@@ -30,9 +31,9 @@ pub enum Backend {
     Sqlite,
 }
 
-/// Base URL of the PostgreSQL server used by tests (`VRSKY_TEST_PG_URL`).
+/// Base URL of the PostgreSQL server used by tests (`PG_TEST_URL`).
 fn pg_admin_url() -> String {
-    std::env::var("VRSKY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PG_TEST_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A throwaway PostgreSQL database.
@@ -99,19 +100,28 @@ pub fn test_config(dir: &std::path::Path, database_url: Option<String>) -> Confi
     };
     cfg.producer.allow_private_targets = true;
     cfg.webhook.body_bytes_max = 64 * 1024;
+    // Re-drive quickly so tests of lost publishes and dead workers take seconds.
+    cfg.state.redrive_after_ms = 1_000;
+    cfg.state.redrive_tick_ms = 100;
     cfg.nats.server_bin = std::env::var_os("VRSKY_NATS__SERVER_BIN").map(PathBuf::from);
     cfg
 }
 
 impl TestRuntime {
     pub async fn start(backend: Backend) -> TestRuntime {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a node with a configuration adjusted by `tweak`.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestRuntime {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let pg = match backend {
             Backend::Postgres => Some(PgDatabase::create().await),
             Backend::Sqlite => None,
         };
-        let cfg = test_config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
+        let mut cfg = test_config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
+        tweak(&mut cfg);
         let rt = Runtime::start(cfg.clone(), RuntimeOptions::default()).await.unwrap();
         TestRuntime {
             rt: Some(rt),
@@ -193,6 +203,47 @@ impl TestRuntime {
             req = req.header(*k, *v);
         }
         req.send().await.unwrap().status().as_u16()
+    }
+
+    /// A webhook's full answer: status and JSON body.
+    pub async fn webhook_json(
+        &self,
+        tenant: &str,
+        integration: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/webhooks/{tenant}/{integration}")))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until a message reaches `status`; returns its state.
+    pub async fn wait_status(&self, tenant: &str, id: &str, status: &str) -> Value {
+        let last = std::sync::Mutex::new(Value::Null);
+        let ok = wait_until(Duration::from_secs(60), || async {
+            let (_, v) = self
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/api/tenants/{tenant}/messages/{id}"),
+                    None,
+                )
+                .await;
+            let done = v["status"] == status;
+            *last.lock().unwrap() = v;
+            done
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(ok.is_ok(), "message {id} never reached {status}: {last}");
+        last
     }
 
     /// The live tree as JSON.

@@ -1,0 +1,146 @@
+//! A runtime node as a separate process (`vrsky-test-node serve`), for kill -9 tests.
+//! Its platform NATS is external (owned by the test) so it survives the node's deaths, as
+//! in production. Drop kills the node and every nats-server it left behind.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{TOKEN, wait_until};
+
+/// A node process.
+pub struct NodeProcess {
+    child: Option<tokio::process::Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    platform_url: String,
+    extra_env: Vec<(String, String)>,
+    starts: u32,
+}
+
+/// Kills every nats-server whose pid file lies under `dir` (what a kill -9'd node leaves).
+pub fn kill_servers_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            kill_servers_under(&p);
+        } else if p.file_name().is_some_and(|n| n == "nats-server.pid")
+            && let Ok(pid) = std::fs::read_to_string(&p)
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl NodeProcess {
+    pub async fn start(dir: PathBuf, platform_url: &str, extra_env: &[(&str, &str)]) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = NodeProcess {
+            child: None,
+            port,
+            dir,
+            platform_url: platform_url.to_owned(),
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            starts: 0,
+        };
+        n.spawn().await;
+        n
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("node-{}.log", self.starts))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"));
+        cmd.arg("serve")
+            .env("VRSKY_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("VRSKY_DATA_DIR", &self.dir)
+            .env("VRSKY_ADMIN_TOKEN", TOKEN)
+            .env("VRSKY_NATS__PLATFORM_URL", &self.platform_url)
+            .env("VRSKY_PRODUCER__ALLOW_PRIVATE_TARGETS", "true")
+            .env("VRSKY_STATE__REDRIVE_AFTER_MS", "1000")
+            .env("VRSKY_STATE__REDRIVE_TICK_MS", "100")
+            .env("VRSKY_LOG__FILTER", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let http = reqwest::Client::new();
+        let url = self.url("/readyz");
+        let ready = wait_until(Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+        assert!(ready.is_ok(), "node not ready; log:\n{}", self.log());
+    }
+
+    /// kill -9: no shutdown code runs; its nats-servers are orphaned.
+    pub async fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = child.wait().await;
+    }
+
+    /// Starts the node again on the same port, data dir and platform.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn().await;
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().unwrap();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        }
+        kill_servers_under(&self.dir);
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Some(pid) = child.id()
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        kill_servers_under(&self.dir);
+    }
+}

@@ -1,0 +1,275 @@
+//! Fault tests: a runtime node killed with kill -9 under load, and restarted. Every
+//! message answered 202 must end delivered or dead-lettered; duplicates are counted and
+//! bounded by what crashes can explain.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use vrsky_runtime::nats::process::{ServerOptions, find_binary, free_port, start_server};
+
+use crate::common::node::NodeProcess;
+use crate::common::{FailFirst, Sink, TOKEN, spec, wait_until};
+
+async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::process::ServerProcess {
+    let (bin, _) = find_binary(
+        std::env::var_os("VRSKY_NATS__SERVER_BIN")
+            .as_deref()
+            .map(std::path::Path::new),
+    )
+    .await
+    .unwrap();
+    start_server(
+        &bin,
+        &ServerOptions {
+            server_name: "crash-platform".into(),
+            client_port: free_port().unwrap(),
+            dir: dir.join("platform"),
+            jetstream: true,
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn api(
+    http: &reqwest::Client,
+    node: &NodeProcess,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, node.url(path)).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn dead_lettered(http: &reqwest::Client, node: &NodeProcess) -> HashSet<String> {
+    let (_, v) = api(
+        http,
+        node,
+        reqwest::Method::GET,
+        "/api/tenants/acme/dead-letters?limit=500",
+        None,
+    )
+    .await;
+    v["dead_letters"]
+        .as_array()
+        .map(|a| a.iter().map(|d| d["message_id"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Steady load; kill -9 the node three times and restart it. 0 lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path()).await;
+    let sink = Sink::start().await;
+    let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
+    let http = reqwest::Client::new();
+    let (s, v) = api(
+        &http,
+        &node,
+        reqwest::Method::POST,
+        "/api/tenants",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api(
+        &http,
+        &node,
+        reqwest::Method::POST,
+        "/api/tenants/acme/integrations",
+        Some(spec(
+            "hook",
+            &sink.url("/hook"),
+            json!({"retry": {"max_retries": 5, "backoff_base_s": 0.1}}),
+        )),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Load: 8 senders, each recording the ids answered 202.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = node.url("/webhooks/acme/hook");
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let (accepted, stop, url) = (accepted.clone(), stop.clone(), url.clone());
+        senders.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match http.post(&url).body(format!("w{w}-{n}")).send().await {
+                    Ok(r) if r.status() == 202 => {
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if let Some(id) = v["message_id"].as_str() {
+                            accepted.lock().unwrap().push(id.to_owned());
+                        }
+                    }
+                    // Refused or cut off while the node is down: not accepted, not counted.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let kills = 3;
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        node.kill9().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node.restart().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > 100,
+        "too little load to mean anything: {}",
+        accepted.len()
+    );
+
+    let settled = wait_until(Duration::from_secs(90), || async {
+        let delivered = sink.ids("/hook");
+        let dl = dead_lettered(&http, &node).await;
+        accepted.iter().all(|id| delivered.contains_key(id) || dl.contains(id))
+    })
+    .await;
+    let delivered: HashMap<String, usize> = sink.ids("/hook");
+    let dl = dead_lettered(&http, &node).await;
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !delivered.contains_key(*id) && !dl.contains(*id))
+        .collect();
+    let duplicates: usize = delivered.values().map(|c| c - 1).sum();
+    eprintln!(
+        "crash test: {} accepted (202), {} delivered, {} dead-lettered, {} lost, {} duplicate deliveries over {} kill -9",
+        accepted.len(),
+        accepted.iter().filter(|id| delivered.contains_key(*id)).count(),
+        dl.len(),
+        lost.len(),
+        duplicates,
+        kills
+    );
+    assert!(
+        settled.is_ok() && lost.is_empty(),
+        "{} accepted messages lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    // A duplicate needs a crash between delivery and `completed`: at most the deliveries
+    // in flight at each kill (max_in_flight, 32 by default).
+    assert!(
+        duplicates <= kills * 32,
+        "{duplicates} duplicates cannot all be explained by {kills} crashes"
+    );
+    node.stop().await;
+    platform.stop.stop().await;
+}
+
+/// Retries pending when the node is killed still fire after it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_retries_fire_after_kill_9() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path()).await;
+    let sink = Sink::start().await;
+    sink.fail_first(FailFirst {
+        n: 1,
+        status: 503,
+        ..Default::default()
+    });
+    let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
+    let http = reqwest::Client::new();
+    api(
+        &http,
+        &node,
+        reqwest::Method::POST,
+        "/api/tenants",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
+    // First retry after 2 s: long enough to kill the node while every retry is pending.
+    let (s, v) = api(
+        &http,
+        &node,
+        reqwest::Method::POST,
+        "/api/tenants/acme/integrations",
+        Some(spec(
+            "hook",
+            &sink.url("/hook"),
+            json!({"retry": {"max_retries": 3, "backoff_base_s": 1.0}}),
+        )),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = http
+            .post(node.url("/webhooks/acme/hook"))
+            .body(format!("{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Every message failed once and waits for its retry.
+    wait_until(Duration::from_secs(30), || async {
+        ids.iter().all(|id| sink.for_message(id).len() == 1)
+    })
+    .await
+    .expect("first attempts");
+    let (_, st) = api(
+        &http,
+        &node,
+        reqwest::Method::GET,
+        &format!("/api/tenants/acme/messages/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(st["status"], "retry", "{st}");
+    node.kill9().await;
+    node.restart().await;
+    wait_until(Duration::from_secs(60), || async {
+        ids.iter().all(|id| sink.for_message(id).len() >= 2)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("retries lost across kill -9; log:\n{}", node.log()));
+    for id in &ids {
+        let (_, st) = api(
+            &http,
+            &node,
+            reqwest::Method::GET,
+            &format!("/api/tenants/acme/messages/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(st["status"], "completed", "{st}");
+        assert_eq!(sink.for_message(id)[1].header("x-vrsky-attempt"), Some("2"));
+    }
+    node.stop().await;
+    platform.stop.stop().await;
+}

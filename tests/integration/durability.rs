@@ -1,0 +1,480 @@
+//! Issue 3: durable state, retries, dead letters, idempotency, re-drive. In-process node,
+//! real nats-servers (platform JetStream and tenant core NATS), real HTTP sink.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use vrsky_actors::message::{Event, MessageStore, RetryPolicy};
+use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId};
+
+use crate::common::{Backend, FailFirst, Sink, TestRuntime, spec};
+
+/// Retry policy with short delays: retry n waits 0.1 s * 2^n.
+fn fast_retry(max_retries: u32) -> Value {
+    json!({"max_retries": max_retries, "backoff_base_s": 0.1, "backoff_max_s": 5.0, "jitter": 0.0})
+}
+
+async fn setup(sink: &Sink, retry: Value) -> TestRuntime {
+    setup_with(sink, retry, 1_000).await
+}
+
+/// `redrive_after_ms` long enough keeps the re-driver out of the way, so only the retry
+/// queue can deliver a retry on time.
+async fn setup_with(sink: &Sink, retry: Value, redrive_after_ms: u64) -> TestRuntime {
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| c.state.redrive_after_ms = redrive_after_ms).await;
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("hook", &sink.url("/hook"), json!({"retry": retry})))
+        .await;
+    t
+}
+
+async fn send(t: &TestRuntime, body: &str) -> String {
+    let (s, v) = t
+        .webhook_json(
+            "acme",
+            "hook",
+            body.as_bytes().to_vec(),
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    v["message_id"].as_str().unwrap().to_owned()
+}
+
+/// A sink failing N times then succeeding: delivered on attempt N + 1, with the backoff
+/// between attempts.
+async fn fails_then_succeeds(n: usize) {
+    let sink = Sink::start().await;
+    sink.fail_first(FailFirst {
+        n,
+        status: 503,
+        ..Default::default()
+    });
+    let t = setup_with(&sink, fast_retry(3), 30_000).await;
+    let id = send(&t, "payload").await;
+    let state = t.wait_status("acme", &id, "completed").await;
+    assert_eq!(state["retry_count"], n as u64, "{state}");
+    let reqs = sink.for_message(&id);
+    assert_eq!(reqs.len(), n + 1, "attempts");
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(r.header("x-vrsky-attempt"), Some((i + 1).to_string().as_str()));
+        assert_eq!(r.body.as_ref(), b"payload");
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+    }
+    for k in 1..reqs.len() {
+        let gap = reqs[k].at - reqs[k - 1].at;
+        let want = Duration::from_secs_f64(0.1 * 2f64.powi(k as i32));
+        assert!(
+            gap >= want,
+            "gap before attempt {} was {gap:?}, backoff is {want:?}",
+            k + 1
+        );
+        assert!(
+            gap < want + Duration::from_secs(3),
+            "gap before attempt {} was {gap:?}",
+            k + 1
+        );
+    }
+    // Every retry went through the durable retry queue, and each entry was consumed.
+    let usage = t.rt().control.platform().usage().await.unwrap();
+    let (_, pending, _, published) = usage.into_iter().find(|u| u.0 == "retry_queue").unwrap();
+    assert_eq!(
+        (published, pending),
+        (n as u64, 0),
+        "retry_queue entries published / still pending"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failure_then_delivered() {
+    fails_then_succeeds(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failures_then_delivered() {
+    fails_then_succeeds(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_failures_then_delivered() {
+    fails_then_succeeds(3).await;
+}
+
+/// Four failures: dead-lettered after exactly 4 attempts; visible with its history and
+/// payload; a replay keeps the id, resets the attempts, and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_failures_dead_letter_then_replay_delivers() {
+    let sink = Sink::start().await;
+    sink.fail_first(FailFirst {
+        n: 4,
+        status: 500,
+        ..Default::default()
+    });
+    let t = setup(&sink, fast_retry(3)).await;
+    let (s, v) = t
+        .webhook_json(
+            "acme",
+            "hook",
+            b"\xff\x00binary".to_vec(),
+            &[("content-type", "application/octet-stream")],
+        )
+        .await;
+    assert_eq!(s, 202);
+    let id = v["message_id"].as_str().unwrap().to_owned();
+    let state = t.wait_status("acme", &id, "dead_letter").await;
+    assert_eq!(state["retry_count"], 4);
+    assert!(state["last_error"].as_str().unwrap().contains("500"), "{state}");
+    assert_eq!(sink.for_message(&id).len(), 4);
+
+    let (s, list) = t.api(Method::GET, "/api/tenants/acme/dead-letters", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["dead_letters"][0]["message_id"], id.as_str());
+    assert_eq!(list["dead_letters"][0]["integration_id"], "hook");
+    let (s, dl) = t
+        .api(Method::GET, &format!("/api/tenants/acme/dead-letters/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{dl}");
+    assert_eq!(dl["attempts"].as_array().unwrap().len(), 4);
+    assert_eq!(dl["attempts"][3]["attempt"], 4);
+    assert_eq!(dl["attempts"][0]["status"], 500);
+    assert_eq!(dl["content_type"], "application/octet-stream");
+    assert_eq!(dl["payload_base64"], "/wBiaW5hcnk=");
+    assert_eq!(dl["payload_bytes"], 8);
+
+    // Replay: same id, attempt 1 again, delivered (the sink now succeeds for it).
+    let (s, r) = t
+        .api(
+            Method::POST,
+            &format!("/api/tenants/acme/dead-letters/{id}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    assert_eq!(r["message_id"], id.as_str());
+    let state = t.wait_status("acme", &id, "completed").await;
+    assert_eq!(state["retry_count"], 0);
+    let reqs = sink.for_message(&id);
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[4].header("x-vrsky-attempt"), Some("1"));
+    assert_eq!(reqs[4].body.as_ref(), b"\xff\x00binary");
+    let (s, _) = t
+        .api(Method::GET, &format!("/api/tenants/acme/dead-letters/{id}"), None)
+        .await;
+    assert_eq!(s, 404, "replayed dead letter still listed");
+    t.shutdown().await;
+}
+
+/// 4xx other than 408/429, and 3xx (never followed), dead-letter at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_dead_letter_at_once() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    for (status, location) in [(400, None), (422, None), (302, Some(sink.url("/elsewhere")))] {
+        sink.fail_first(FailFirst {
+            n: 1,
+            status,
+            location,
+            ..Default::default()
+        });
+        let id = send(&t, "x").await;
+        let state = t.wait_status("acme", &id, "dead_letter").await;
+        assert_eq!(state["retry_count"], 1, "{status}: {state}");
+        assert!(state["last_error"].as_str().unwrap().contains(&status.to_string()));
+        assert_eq!(sink.for_message(&id).len(), 1, "{status} was retried");
+    }
+    assert_eq!(sink.count("/elsewhere"), 0, "a redirect was followed");
+    t.shutdown().await;
+}
+
+/// Retry-After on 429 is honoured over a shorter backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let sink = Sink::start().await;
+    sink.fail_first(FailFirst {
+        n: 1,
+        status: 429,
+        retry_after: Some("2"),
+        ..Default::default()
+    });
+    let t = setup(&sink, fast_retry(3)).await;
+    let id = send(&t, "x").await;
+    t.wait_status("acme", &id, "completed").await;
+    let reqs = sink.for_message(&id);
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_secs(2), "Retry-After ignored: {gap:?}");
+    t.shutdown().await;
+}
+
+/// The same idempotency key from many concurrent requests: one 202, the rest 200 with
+/// the same id, one delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_idempotency_keys_deliver_once() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    for header in ["idempotency-key", "webhook-id"] {
+        let key = format!("msg_{header}_2KWPBgLlAfxdpx2AI54pPJ85f4W");
+        let answers: Vec<(u16, Value)> = futures::stream::iter(0..30)
+            .map(|_| {
+                let (t, key) = (&t, key.clone());
+                async move {
+                    t.webhook_json("acme", "hook", b"same".to_vec(), &[(header, key.as_str())])
+                        .await
+                }
+            })
+            .buffer_unordered(30)
+            .collect()
+            .await;
+        let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+        let duplicates = answers
+            .iter()
+            .filter(|(s, v)| *s == 200 && v["duplicate"] == true)
+            .count();
+        assert_eq!((accepted, duplicates), (1, 29), "{answers:?}");
+        let ids: std::collections::HashSet<_> = answers.iter().map(|(_, v)| v["message_id"].clone()).collect();
+        assert_eq!(ids.len(), 1, "different ids for one key");
+        let id = ids.into_iter().next().unwrap().as_str().unwrap().to_owned();
+        t.wait_status("acme", &id, "completed").await;
+        // A late repeat is still recognised.
+        let (s, v) = t
+            .webhook_json("acme", "hook", b"same".to_vec(), &[(header, key.as_str())])
+            .await;
+        assert_eq!((s, v["message_id"].as_str()), (200, Some(id.as_str())));
+        assert_eq!(sink.for_message(&id).len(), 1, "delivered more than once");
+    }
+    // Unusable keys are refused.
+    let long = "k".repeat(300);
+    let (s, v) = t
+        .webhook_json("acme", "hook", b"x".to_vec(), &[("idempotency-key", long.as_str())])
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_idempotency_key");
+    t.shutdown().await;
+}
+
+fn envelope(id: &MessageId) -> Envelope {
+    Envelope {
+        message_id: id.clone(),
+        tenant_id: TenantId::new("acme").unwrap(),
+        integration_id: IntegrationId::new("hook").unwrap(),
+        headers: vec![],
+        content_type: Some("text/plain".into()),
+        payload: bytes::Bytes::from_static(b"stored"),
+        trace_context: None,
+        attempt: 1,
+        received_at_ms: now_ms(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Ingress stored a message and died before publishing it: the re-driver publishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_but_unpublished_message_is_redriven() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    let id = MessageId::generate();
+    let accepted = t
+        .rt()
+        .control
+        .platform()
+        .accept(&envelope(&id), now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(accepted, vrsky_runtime::platform::Accepted::New { .. }));
+    let state = t.wait_status("acme", id.as_str(), "completed").await;
+    assert_eq!(state["retry_count"], 0);
+    let reqs = sink.for_message(id.as_str());
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].body.as_ref(), b"stored");
+    t.shutdown().await;
+}
+
+/// A worker claimed a message and died: after the delivery timeout plus grace it is
+/// re-driven as a failed attempt and delivered on attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_message_of_a_dead_worker_is_redriven() {
+    let sink = Sink::start().await;
+    let t = TestRuntime::start(Backend::Sqlite).await;
+    t.create_tenant("acme").await;
+    let mut s = spec("hook", &sink.url("/hook"), json!({"retry": fast_retry(3)}));
+    s["producer"]["timeout_ms"] = json!(500);
+    t.create_integration("acme", s).await;
+    let platform = t.rt().control.platform();
+    let id = MessageId::generate();
+    let vrsky_runtime::platform::Accepted::New { state, revision } =
+        platform.accept(&envelope(&id), now_ms()).await.unwrap()
+    else {
+        panic!("duplicate")
+    };
+    let claimed = state.apply(&Event::Claim, &RetryPolicy::default(), now_ms()).unwrap();
+    platform.write(&claimed, revision).await.unwrap().expect("claim");
+    let state = t.wait_status("acme", id.as_str(), "completed").await;
+    assert_eq!(state["retry_count"], 1, "{state}");
+    let reqs = sink.for_message(id.as_str());
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].header("x-vrsky-attempt"), Some("2"));
+    t.shutdown().await;
+}
+
+/// Dead letters page newest first; a bulk replay reports its matches on a dry run, then
+/// replays them; a dead letter can be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_api_pages_filters_replays_and_deletes() {
+    let sink = Sink::start().await;
+    sink.set_status(400);
+    let t = setup(&sink, fast_retry(0)).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = send(&t, &format!("m{i}")).await;
+        t.wait_status("acme", &id, "dead_letter").await;
+        ids.push(id);
+    }
+    let (s, p1) = t.api(Method::GET, "/api/tenants/acme/dead-letters?limit=2", None).await;
+    assert_eq!(s, 200);
+    let page1: Vec<&str> = p1["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page1, vec![ids[4].as_str(), ids[3].as_str()]);
+    let cursor = p1["next_cursor"].as_u64().unwrap();
+    let (_, p2) = t
+        .api(
+            Method::GET,
+            &format!("/api/tenants/acme/dead-letters?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    let page2: Vec<&str> = p2["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page2, vec![ids[2].as_str(), ids[1].as_str()]);
+    let (s, _) = t.api(Method::GET, "/api/tenants/acme/dead-letters?limit=0", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = t.api(Method::GET, "/api/tenants/acme/dead-letters?bogus=1", None).await;
+    assert_eq!(s, 400);
+
+    let (s, _) = t
+        .api(
+            Method::DELETE,
+            &format!("/api/tenants/acme/dead-letters/{}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = t
+        .api(
+            Method::DELETE,
+            &format!("/api/tenants/acme/dead-letters/{}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, dry) = t
+        .api(
+            Method::POST,
+            "/api/tenants/acme/dead-letters/retry",
+            Some(json!({"integration_id": "hook", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{dry}");
+    assert_eq!((dry["matched"].as_u64(), dry["replayed"].as_u64()), (Some(4), Some(0)));
+    let (_, none) = t
+        .api(
+            Method::POST,
+            "/api/tenants/acme/dead-letters/retry",
+            Some(json!({"since_ms": now_ms() + 60_000, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(none["matched"], 0);
+    sink.set_status(200);
+    let (s, done) = t
+        .api(Method::POST, "/api/tenants/acme/dead-letters/retry", Some(json!({})))
+        .await;
+    assert_eq!(s, 202, "{done}");
+    assert_eq!(done["replayed"], 4, "{done}");
+    for id in &ids[1..] {
+        t.wait_status("acme", id, "completed").await;
+    }
+    let (_, empty) = t.api(Method::GET, "/api/tenants/acme/dead-letters", None).await;
+    assert_eq!(empty["dead_letters"].as_array().unwrap().len(), 0);
+    t.shutdown().await;
+}
+
+/// A policy that cannot finish within the state TTL is refused; messages are scoped to
+/// their tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_policy_and_tenant_scoping_are_checked() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    let (s, v) = t
+        .api(
+            Method::POST,
+            "/api/tenants/acme/integrations",
+            Some(spec(
+                "long",
+                &sink.url("/x"),
+                json!({"retry": {"max_retries": 10, "backoff_base_s": 60, "backoff_max_s": 3600}}),
+            )),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("retry.max_retries"),
+        "{v}"
+    );
+    let (s, v) = t
+        .api(
+            Method::POST,
+            "/api/tenants/acme/integrations",
+            Some(spec("j", &sink.url("/x"), json!({"retry": {"jitter": 3}}))),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    t.create_tenant("other").await;
+    let id = send(&t, "mine").await;
+    t.wait_status("acme", &id, "completed").await;
+    let (s, _) = t
+        .api(Method::GET, &format!("/api/tenants/other/messages/{id}"), None)
+        .await;
+    assert_eq!(s, 404, "another tenant saw the message");
+    let (s, _) = t
+        .api(
+            Method::POST,
+            &format!("/api/tenants/other/dead-letters/{id}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = t
+        .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    for k in [
+        "message_id",
+        "status",
+        "retry_count",
+        "last_error",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    t.shutdown().await;
+}
