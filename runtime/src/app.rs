@@ -47,6 +47,8 @@ pub struct Runtime {
     pub platform: async_nats::Client,
     /// The URL of the platform NATS.
     pub platform_url: String,
+    /// The platform's JetStream `sync_interval` as far as this node knows it.
+    pub platform_sync: String,
     platform_server: Option<StopHandle>,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: tokio::task::JoinHandle<()>,
@@ -72,6 +74,7 @@ impl Runtime {
                         client_port: free_port()?,
                         dir: cfg.data_dir.join("platform-nats"),
                         jetstream: true,
+                        sync_interval: cfg.state.platform_sync_interval.clone(),
                         startup_timeout,
                     },
                 )
@@ -80,6 +83,11 @@ impl Runtime {
                 (p.url, Some(p.stop))
             }
         };
+        let platform_sync = match (&cfg.nats.platform_url, cfg.state.platform_sync_interval.as_str()) {
+            (Some(_), _) => "set by the external platform server".to_owned(),
+            (None, s) => s.to_owned(),
+        };
+        info!(sync_interval = %platform_sync, "platform jetstream durability (see ARCHITECTURE.md, Durability)");
         let platform = async_nats::ConnectOptions::new()
             .name("vrsky-platform")
             .max_reconnects(None)
@@ -151,6 +159,7 @@ impl Runtime {
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             body_bytes_max: cfg.webhook.body_bytes_max,
             platform: platform.clone(),
+            platform_sync: Arc::from(platform_sync.as_str()),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
@@ -172,6 +181,7 @@ impl Runtime {
             control,
             platform,
             platform_url,
+            platform_sync,
             platform_server,
             http_stop: Some(http_stop),
             http_task,

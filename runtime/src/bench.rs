@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
+    /// JetStream `sync_interval` of the platform server (and of the raw KV baseline):
+    /// `always` or a duration such as `1s`.
+    #[arg(long, default_value = "always")]
+    pub platform_sync: String,
     /// Also print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +66,9 @@ pub struct Phase {
 pub struct Report {
     /// Raw core NATS publish -> subscribe.
     pub raw_nats: Phase,
+    /// Raw pipelined KV puts on a JetStream server configured like the platform's
+    /// (`sync_interval: always`).
+    pub raw_kv_put: Phase,
     /// Raw loopback HTTP server.
     pub raw_http: Phase,
     /// VRSky webhook -> delivery at saturation.
@@ -90,6 +97,7 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
             client_port: free_port()?,
             dir: dir.join("raw-nats"),
             jetstream: false,
+            sync_interval: String::new(),
             startup_timeout: Duration::from_secs(10),
         },
     )
@@ -138,6 +146,64 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
     Ok(Phase {
         completed: got,
         rate_per_s: got as f64 / (end - start).as_secs_f64(),
+        p50_ms: None,
+        p99_ms: None,
+    })
+}
+
+/// Pipelined KV puts: up to `window` acknowledgements outstanding, as VRSky's many
+/// concurrent messages keep them.
+async fn raw_kv_put(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    n: usize,
+    size: usize,
+    sync: &str,
+) -> anyhow::Result<Phase> {
+    let server = start_server(
+        bin,
+        &ServerOptions {
+            server_name: "bench-kv".into(),
+            client_port: free_port()?,
+            dir: dir.join("raw-kv"),
+            jetstream: true,
+            sync_interval: sync.to_owned(),
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await?;
+    let client = async_nats::connect(server.url.as_str()).await?;
+    let js = async_nats::jetstream::new(client);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "bench".into(),
+        history: 1,
+        max_age: Duration::from_secs(900),
+        ..Default::default()
+    })
+    .await?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    const WINDOW: usize = 256;
+    let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
+    let start = Instant::now();
+    let mut done = 0usize;
+    for i in 0..n {
+        acks.push_back(js.publish(format!("$KV.bench.k{i}"), payload.clone()).await?);
+        if acks.len() >= WINDOW
+            && let Some(a) = acks.pop_front()
+        {
+            a.await?;
+            done += 1;
+        }
+    }
+    for a in acks {
+        a.await?;
+        done += 1;
+    }
+    let elapsed = start.elapsed();
+    server.stop.stop().await;
+    Ok(Phase {
+        completed: done,
+        rate_per_s: done as f64 / elapsed.as_secs_f64(),
         p50_ms: None,
         p99_ms: None,
     })
@@ -370,9 +436,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
 
-    eprintln!("phase 1/4: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
+    eprintln!("phase 1/5: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
     let raw_nats = raw_nats(&bin, &dir, args.nats_messages, args.payload_bytes).await?;
-    eprintln!("phase 2/4: raw loopback http ({} requests)", args.messages);
+    eprintln!("phase 2/5: raw pipelined kv put ({} puts)", args.messages * 2);
+    anyhow::ensure!(
+        crate::config::valid_sync_interval(&args.platform_sync),
+        "--platform-sync must be `always` or a duration such as 1s"
+    );
+    let raw_kv_put = raw_kv_put(&bin, &dir, args.messages * 2, args.payload_bytes, &args.platform_sync).await?;
+    eprintln!("phase 3/5: raw loopback http ({} requests)", args.messages);
     let raw_http = raw_http(&client, args.messages, args.concurrency, args.payload_bytes).await?;
 
     // VRSky under the same load generator, with an embedded platform and SQLite.
@@ -384,6 +456,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     cfg.producer.allow_private_targets = true;
     cfg.nats.server_bin = Some(bin.clone());
+    cfg.state.platform_sync_interval = args.platform_sync.clone();
     let rt = Runtime::start(cfg, RuntimeOptions::default())
         .await
         .context("starting vrsky")?;
@@ -409,7 +482,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         body: Bytes::from(vec![b'x'; args.payload_bytes]),
     });
 
-    eprintln!("phase 3/4: vrsky end to end at saturation ({} webhooks)", args.messages);
+    eprintln!("phase 4/5: vrsky end to end at saturation ({} webhooks)", args.messages);
     let peak = vrsky_phase(&e2e, &arrivals, 0, args.messages, args.concurrency, None).await;
     let half_rate = (peak.rate_per_s / 2.0).max(1.0);
     eprintln!(
@@ -433,6 +506,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ratio_to_raw_http: peak.rate_per_s / raw_http.rate_per_s,
         ratio_to_raw_nats: peak.rate_per_s / raw_nats.rate_per_s,
         raw_nats,
+        raw_kv_put,
         raw_http,
         vrsky_peak: peak,
         vrsky_half_peak: half,
@@ -442,15 +516,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "phase", "completed", "msgs/s", "p50 ms", "p99 ms"
     );
     line("raw core NATS pub->sub", &report.raw_nats);
+    line("raw pipelined KV put", &report.raw_kv_put);
     line("raw loopback HTTP", &report.raw_http);
     line("vrsky webhook->delivery (peak)", &report.vrsky_peak);
     line("vrsky webhook->delivery (half)", &report.vrsky_half_peak);
     println!(
-        "\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%",
+        "\nplatform JetStream sync_interval: {}\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%   vrsky peak / raw KV put = {:.1}%",
+        args.platform_sync,
         report.ratio_to_raw_http * 100.0,
-        report.ratio_to_raw_nats * 100.0
+        report.ratio_to_raw_nats * 100.0,
+        report.vrsky_peak.rate_per_s / report.raw_kv_put.rate_per_s * 100.0
     );
-    println!("(durable state is not in this path yet: core NATS only, see ARCHITECTURE.md)");
+    println!("(each VRSky message costs 4 JetStream writes: envelope, received, processing, completed)");
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

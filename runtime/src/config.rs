@@ -55,6 +55,12 @@ pub struct StateConfig {
     pub redrive_tick_ms: u64,
     /// Re-drives and due retries handled at once.
     pub scheduler_concurrency: usize,
+    /// JetStream `sync_interval` of the platform server `vrsky` spawns (when
+    /// `nats.platform_url` is unset): `always` fsyncs before acknowledging each write (no
+    /// acknowledged message is lost even on power failure, at the disk's fsync rate), or a
+    /// duration like `1s` (much faster; writes acknowledged within the last interval can be
+    /// lost if the machine itself dies, not when a process is killed).
+    pub platform_sync_interval: String,
 }
 
 impl Default for StateConfig {
@@ -67,6 +73,7 @@ impl Default for StateConfig {
             redrive_after_ms: 30_000,
             redrive_tick_ms: 1_000,
             scheduler_concurrency: 64,
+            platform_sync_interval: "always".into(),
         }
     }
 }
@@ -235,6 +242,12 @@ impl Config {
                 message: "redrive_tick_ms and scheduler_concurrency must be positive, replicas 1 to 5".into(),
             });
         }
+        if !valid_sync_interval(&st.platform_sync_interval) {
+            return Err(ConfigError::Invalid {
+                field: "state.platform_sync_interval",
+                message: "must be `always` or a duration such as 500ms, 1s or 2m".into(),
+            });
+        }
         if let Some(t) = &self.admin_token
             && t.len() < 16
         {
@@ -261,6 +274,16 @@ impl Config {
             None => format!("sqlite://{}/vrsky.db?mode=rwc", self.data_dir.display()),
         }
     }
+}
+
+/// `always`, or a positive whole number followed by `ms`, `s` or `m`.
+pub fn valid_sync_interval(s: &str) -> bool {
+    if s == "always" {
+        return true;
+    }
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(unit_at);
+    matches!(unit, "ms" | "s" | "m") && num.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
 #[cfg(test)]
@@ -299,6 +322,16 @@ mod tests {
             assert!(err.contains("not_a_key"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn sync_intervals() {
+        for ok in ["always", "1s", "500ms", "2m"] {
+            assert!(valid_sync_interval(ok), "{ok}");
+        }
+        for bad in ["", "never", "0s", "1h", "s", "1.5s", "-1s"] {
+            assert!(!valid_sync_interval(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::process::Server
             client_port: free_port().unwrap(),
             dir: dir.join("platform"),
             jetstream: true,
+            sync_interval: "always".into(),
             startup_timeout: Duration::from_secs(10),
         },
     )

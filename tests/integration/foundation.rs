@@ -77,6 +77,11 @@ async fn end_to_end(backend: Backend) {
     )
     .await;
 
+    // Readiness names the durability setting of the platform JetStream.
+    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["platform_sync_interval"], "always", "{ready}");
+
     // Each tenant runs its own nats-server.
     let (_, a) = t.api(Method::GET, "/api/tenants/alpha/nats-instances", None).await;
     let (_, b) = t.api(Method::GET, "/api/tenants/beta/nats-instances", None).await;
@@ -545,6 +550,7 @@ async fn configured_platform_nats_is_used() {
             client_port: vrsky_runtime::nats::process::free_port().unwrap(),
             dir: dir.path().join("external"),
             jetstream: true,
+            sync_interval: "always".into(),
             startup_timeout: Duration::from_secs(10),
         },
     )

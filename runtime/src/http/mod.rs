@@ -26,6 +26,8 @@ pub struct AppState {
     pub body_bytes_max: usize,
     /// Platform NATS connection, for readiness.
     pub platform: async_nats::Client,
+    /// The platform JetStream's `sync_interval` (the loss window on machine failure).
+    pub platform_sync: Arc<str>,
 }
 
 /// Builds the router. `dev_sink` mounts `POST /dev/echo`, the built-in echo sink of
@@ -79,6 +81,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         "ready": ready,
         "database": db.err().unwrap_or_else(|| "ok".into()),
         "platform_nats_connected": platform,
+        "platform_sync_interval": &*s.platform_sync,
         "tenants": tenants,
     });
     let status = if ready {

@@ -45,6 +45,7 @@ impl Provisioner for LocalProvisioner {
                     .join(spec.tenant_id.as_str())
                     .join(spec.instance_number.to_string()),
                 jetstream: false,
+                sync_interval: String::new(),
                 startup_timeout: this.startup_timeout,
             };
             let p = start_server(&this.bin, &opts).await?;

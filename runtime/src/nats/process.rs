@@ -114,6 +114,9 @@ pub struct ServerOptions {
     pub dir: PathBuf,
     /// Enable JetStream with the store in `dir/jetstream`.
     pub jetstream: bool,
+    /// JetStream `sync_interval`: `always` (fsync before every acknowledgement) or a
+    /// duration such as `1s`.
+    pub sync_interval: String,
     /// How long it may take to accept clients.
     pub startup_timeout: Duration,
 }
@@ -144,11 +147,13 @@ fn config_text(o: &ServerOptions, monitor_port: u16) -> String {
         o.dir.join(PID_FILE).display()
     );
     if o.jetstream {
-        // sync_interval: always makes JetStream fsync before acknowledging a write; the
-        // default (every 2 minutes) can lose acknowledged writes on power loss.
+        // sync_interval: always makes JetStream fsync before acknowledging a write; with an
+        // interval, acknowledged writes younger than it can be lost if the machine (not just
+        // the process) dies. See ARCHITECTURE.md, "Durability".
         c.push_str(&format!(
-            "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-            o.dir.join("jetstream").display()
+            "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: {}\n}}\n",
+            o.dir.join("jetstream").display(),
+            o.sync_interval
         ));
     }
     c
@@ -307,10 +312,19 @@ mod tests {
             client_port: 1,
             dir: PathBuf::from("/tmp/x"),
             jetstream: true,
+            sync_interval: "always".into(),
             startup_timeout: Duration::from_secs(1),
         };
         let c = config_text(&o, 2);
         assert!(c.contains("sync_interval: always"));
+        let relaxed = config_text(
+            &ServerOptions {
+                sync_interval: "1s".into(),
+                ..o.clone()
+            },
+            2,
+        );
+        assert!(relaxed.contains("sync_interval: 1s"));
         assert!(c.contains("listen: \"127.0.0.1:1\""));
         assert!(!config_text(&ServerOptions { jetstream: false, ..o }, 2).contains("jetstream"));
     }
