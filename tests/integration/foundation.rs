@@ -569,3 +569,53 @@ async fn configured_platform_nats_is_used() {
     rt.shutdown().await;
     platform.stop.stop().await;
 }
+
+/// A platform stream whose configuration cannot be made what VRSky needs refuses startup
+/// with a message naming it, instead of running on the wrong semantics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_platform_stream_refuses_startup() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = vrsky_runtime::nats::process::find_binary(
+        std::env::var_os("VRSKY_NATS__SERVER_BIN")
+            .as_deref()
+            .map(std::path::Path::new),
+    )
+    .await
+    .unwrap();
+    let platform = vrsky_runtime::nats::process::start_server(
+        &bin,
+        &vrsky_runtime::nats::process::ServerOptions {
+            server_name: "wrong-platform".into(),
+            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
+            dir: dir.path().join("external"),
+            jetstream: true,
+            sync_interval: "always".into(),
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    // Someone made retry_queue a limits stream: retention cannot be changed in place.
+    let js = async_nats::jetstream::new(async_nats::connect(platform.url.as_str()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "retry_queue".into(),
+        subjects: vec!["vrsky.retry.>".into()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = crate::common::test_config(&dir.path().join("node"), None);
+    cfg.nats.platform_url = Some(platform.url.clone());
+    let err = match vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default()).await {
+        Ok(rt) => {
+            rt.shutdown().await;
+            panic!("started on an incompatible retry_queue");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("retry_queue"), "{err}");
+    platform.stop.stop().await;
+}
