@@ -75,6 +75,7 @@ impl Runtime {
                         dir: cfg.data_dir.join("platform-nats"),
                         jetstream: true,
                         sync_interval: cfg.state.platform_sync_interval.clone(),
+                        adopt: false,
                         startup_timeout,
                     },
                 )
@@ -129,6 +130,8 @@ impl Runtime {
             ControlSettings {
                 allow_private_targets: cfg.producer.allow_private_targets,
                 connect_timeout: startup_timeout,
+                health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
+                instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
             },
         ));
         control.load_all().await?;

@@ -98,6 +98,7 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
             dir: dir.join("raw-nats"),
             jetstream: false,
             sync_interval: String::new(),
+            adopt: false,
             startup_timeout: Duration::from_secs(10),
         },
     )
@@ -168,6 +169,7 @@ async fn raw_kv_put(
             dir: dir.join("raw-kv"),
             jetstream: true,
             sync_interval: sync.to_owned(),
+            adopt: false,
             startup_timeout: Duration::from_secs(10),
         },
     )

@@ -90,6 +90,11 @@ pub struct NatsConfig {
     pub platform_url: Option<String>,
     /// How long a spawned nats-server may take to accept clients.
     pub startup_timeout_ms: u64,
+    /// How often each tenant instance is probed; an unreachable one leaves discovery at
+    /// the next probe (or at once when its process exits).
+    pub health_interval_ms: u64,
+    /// Most NATS instances one tenant may have.
+    pub instances_per_tenant_max: usize,
 }
 
 /// Webhook ingress settings.
@@ -154,6 +159,8 @@ impl Default for NatsConfig {
             server_bin: None,
             platform_url: None,
             startup_timeout_ms: 10_000,
+            health_interval_ms: 10_000,
+            instances_per_tenant_max: 8,
         }
     }
 }
@@ -215,6 +222,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "webhook.body_bytes_max",
                 message: format!("must be 1 to {BODY_BYTES_MAX_LIMIT}"),
+            });
+        }
+        if self.nats.health_interval_ms == 0 || self.nats.health_interval_ms > 50_000 {
+            return Err(ConfigError::Invalid {
+                field: "nats.health_interval_ms",
+                message: "must be 1 to 50000 (an unreachable instance must leave discovery within 60 s)".into(),
+            });
+        }
+        if self.nats.instances_per_tenant_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "nats.instances_per_tenant_max",
+                message: "must be positive".into(),
             });
         }
         if self.nats.startup_timeout_ms == 0 {

@@ -30,6 +30,7 @@ use vrsky_actors::message::{
 use vrsky_actors::{Envelope, MessageId, wire};
 
 use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
+use crate::instances::{InstanceLink, InstanceSet};
 use crate::nats::{SharedProvisioner, connect_tenant, process::free_port};
 use crate::platform::{DeadLetterSummary, Platform, PlatformError};
 use crate::producer::HttpProducer;
@@ -103,8 +104,8 @@ pub struct Route {
     pub subject: String,
     /// Builds envelopes from requests.
     pub consumer: WebhookConsumer,
-    /// The tenant's NATS connection.
-    pub client: async_nats::Client,
+    /// The tenant's NATS instances; publishing round-robins across them.
+    pub instances: Arc<InstanceSet>,
     /// The integration's retry policy.
     pub retry: RetryPolicy,
     /// The producer's timeout: a claimed message is re-driven only after it.
@@ -116,8 +117,9 @@ pub struct Route {
 struct TenantContext {
     tenant_id: TenantId,
     db: Db,
-    client: async_nats::Client,
+    instances: Arc<InstanceSet>,
     provisioner: SharedProvisioner,
+    health_interval: Duration,
     http: reqwest::Client,
     allow_private_targets: bool,
     store: SharedStore,
@@ -143,7 +145,7 @@ impl TenantContext {
             integration_id: spec.id.clone(),
             pipeline: Arc::new(Pipeline::from_specs(&spec.filters, &spec.converters)),
             producer: Arc::new(producer),
-            client: self.client.clone(),
+            clients: self.instances.clients(),
             max_in_flight: spec.max_in_flight,
             counters: self.counters(&spec.id),
             store: self.store.clone(),
@@ -165,6 +167,8 @@ impl TenantContext {
                 client_port: port,
             },
             provisioner: self.provisioner.clone(),
+            health: self.instances.health(row.instance_number as u32).unwrap_or_default(),
+            health_interval: self.health_interval,
         }))
     }
 
@@ -207,6 +211,10 @@ pub struct ControlSettings {
     pub allow_private_targets: bool,
     /// How long to wait for a new tenant's NATS connection.
     pub connect_timeout: Duration,
+    /// How often each instance is probed.
+    pub health_interval: Duration,
+    /// Most instances one tenant may have.
+    pub instances_per_tenant_max: usize,
 }
 
 /// A message's state as the API shows it (the specification's fields).
@@ -391,13 +399,31 @@ pub struct InstanceView {
     pub integration_count: i32,
 }
 
-/// Readiness of one tenant's NATS connection.
+/// Readiness of one tenant's NATS instances.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TenantReadiness {
     /// Tenant.
     pub tenant_id: TenantId,
-    /// Whether its NATS connection is up.
+    /// Whether at least one instance is healthy and connected.
     pub nats_connected: bool,
+    /// Each instance.
+    pub instances: Vec<InstanceReadiness>,
+}
+
+/// Readiness of one instance.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceReadiness {
+    /// 1-based number.
+    pub instance_number: u32,
+    /// Client URL.
+    pub url: String,
+    /// Its last probe (or start) succeeded.
+    pub healthy: bool,
+    /// This node's connection is up.
+    pub nats_connected: bool,
+    /// Why it is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The path webhooks for an integration are posted to.
@@ -440,6 +466,121 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("tenant {t} not found")))
     }
 
+    /// Connects to an instance (the connection retries until it is up).
+    async fn link(&self, t: &TenantId, row: &InstanceRow) -> Result<Arc<InstanceLink>, ControlError> {
+        let url = row.url();
+        let client = connect_tenant(
+            std::slice::from_ref(&url),
+            &format!("vrsky-{t}-{}", row.instance_number),
+        )
+        .await
+        .map_err(|e| ControlError::Unavailable(format!("tenant {t} nats instance {}: {e}", row.instance_number)))?;
+        Ok(Arc::new(InstanceLink {
+            number: row.instance_number as u32,
+            url,
+            client,
+            health: Arc::default(),
+        }))
+    }
+
+    async fn wait_connected(&self, link: &InstanceLink) -> Result<(), ControlError> {
+        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        while link.client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ControlError::Unavailable(format!(
+                    "nats instance {} not reachable",
+                    link.url
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Provisions one more NATS instance for a tenant, waits until it is running and
+    /// connected, and moves the tenant's integrations onto the enlarged instance set.
+    /// Nothing is left behind when it fails.
+    pub async fn add_instance(&self, t: &TenantId) -> Result<InstanceView, ControlError> {
+        let entry = self.entry_or_404(t)?;
+        let rows = self.db.instances(t).await?;
+        let active = rows.iter().filter(|r| r.status != "terminated").count();
+        let max = self.settings.instances_per_tenant_max;
+        if active >= max {
+            return Err(ControlError::Conflict(format!(
+                "tenant {t} has {active} nats instances, the limit is {max} (nats.instances_per_tenant_max)"
+            )));
+        }
+        let number = rows.iter().map(|r| r.instance_number).max().unwrap_or(0) + 1;
+        let port = free_port().map_err(|e| ControlError::Unavailable(format!("no free port: {e}")))?;
+        let integrations = self.db.integrations(t).await?.len() as i32;
+        self.db
+            .insert_instance(t, number, &format!("127.0.0.1:{port}"), integrations)
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict => {
+                    ControlError::Conflict(format!("instance {number} of {t} was created concurrently; retry"))
+                }
+                other => other.into(),
+            })?;
+        let row = self
+            .db
+            .instances(t)
+            .await?
+            .into_iter()
+            .find(|r| r.instance_number == number)
+            .ok_or_else(|| ControlError::Internal(format!("instance {number} of {t} vanished")))?;
+        if let Err(e) = self.start_instance(&entry, t, &row).await {
+            warn!(tenant_id = %t, instance = number, error = %e, "instance start failed; rolling back");
+            if let Ok(sup) = self.tenant_supervisor(t).await {
+                let _ = sup.stop_child(&instance_child_name(t, number as u32)).await;
+            }
+            if let Some(link) = entry.ctx.instances.remove(number as u32) {
+                tokio::spawn(async move { drop(link.client.drain().await) });
+            }
+            self.db.delete_instance(t, number).await?;
+            return Err(e);
+        }
+        info!(tenant_id = %t, instance = number, "nats instance added");
+        Ok(InstanceView {
+            url: row.url(),
+            instance_number: row.instance_number,
+            status: row.status,
+            integration_count: row.integration_count,
+        })
+    }
+
+    async fn start_instance(&self, entry: &TenantEntry, t: &TenantId, row: &InstanceRow) -> Result<(), ControlError> {
+        let link = self.link(t, row).await?;
+        entry.ctx.instances.insert(link.clone());
+        let sup = self.tenant_supervisor(t).await?;
+        let name = instance_child_name(t, row.instance_number as u32);
+        sup.start_child(entry.ctx.instance_child(row).map_err(ControlError::Internal)?)
+            .await?;
+        if sup.child(&name).await?.is_none() {
+            let why = sup
+                .tree()
+                .await?
+                .find(&name)
+                .and_then(|n| n.last_exit.clone())
+                .unwrap_or_else(|| "not running".into());
+            return Err(ControlError::Unavailable(format!(
+                "nats instance {name} failed to start: {why}"
+            )));
+        }
+        self.wait_connected(&link).await?;
+        // Workers listen on every instance: restart each integration on the new set.
+        for row in self.db.integrations(t).await? {
+            let spec = parse_stored(&row).map_err(ControlError::Internal)?;
+            let args = entry.ctx.integration_args(&spec)?;
+            sup.stop_child(&integration_child_name(&row.id)).await?;
+            match sup.start_child(integration_spec(args)).await {
+                Ok(_) | Err(SupervisorError::DuplicateChild(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the subtree of every tenant in the store.
     pub async fn load_all(&self) -> Result<(), ControlError> {
         for row in self.db.tenants().await? {
@@ -453,19 +594,16 @@ impl Control {
 
     async fn start_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
         let instances = self.db.instances(t).await?;
-        let urls: Vec<String> = instances
-            .iter()
-            .filter(|r| r.status != "terminated")
-            .map(InstanceRow::url)
-            .collect();
-        let client = connect_tenant(&urls, &format!("vrsky-{t}"))
-            .await
-            .map_err(|e| ControlError::Unavailable(format!("tenant {t} nats: {e}")))?;
+        let set = Arc::new(InstanceSet::default());
+        for row in instances.iter().filter(|r| r.status != "terminated") {
+            set.insert(self.link(t, row).await?);
+        }
         let ctx = TenantContext {
             tenant_id: t.clone(),
             db: self.db.clone(),
-            client: client.clone(),
+            instances: set.clone(),
             provisioner: self.provisioner.clone(),
+            health_interval: self.settings.health_interval,
             http: self.http.clone(),
             allow_private_targets: self.settings.allow_private_targets,
             store: Arc::new(self.platform.clone()),
@@ -482,7 +620,7 @@ impl Control {
         let mut routes = HashMap::new();
         for row in self.db.integrations(t).await? {
             if let Ok(spec) = parse_stored(&row) {
-                routes.insert(row.id.clone(), Arc::new(route(t, &spec, &client)));
+                routes.insert(row.id.clone(), Arc::new(route(t, &spec, &set)));
             }
         }
         self.root.start_child(tenant_supervisor_spec(args)).await?;
@@ -508,12 +646,8 @@ impl Control {
                 )));
             }
         }
-        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ControlError::Unavailable(format!("tenant {t}: nats connection not up")));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for link in set.links() {
+            self.wait_connected(&link).await?;
         }
         info!(tenant_id = %t, instances = instances.len(), "tenant started");
         Ok(())
@@ -524,8 +658,10 @@ impl Control {
             warn!(tenant_id = %t, "tenant subtree was not running");
         }
         if let Some(entry) = self.tenants.write().unwrap_or_else(|p| p.into_inner()).remove(t) {
-            let client = entry.ctx.client.clone();
-            tokio::spawn(async move { drop(client.drain().await) });
+            for link in entry.ctx.instances.links() {
+                let client = link.client.clone();
+                tokio::spawn(async move { drop(client.drain().await) });
+            }
         }
     }
 
@@ -617,7 +753,7 @@ impl Control {
         let json = serde_json::to_string(&spec).map_err(|e| ControlError::Internal(e.to_string()))?;
         // Issue 2 runs one instance per tenant; placement across instances comes with scaling.
         self.db
-            .create_integration(t, &spec.id, &json, 1)
+            .create_integration(t, &spec.id, &json)
             .await
             .map_err(|e| match e {
                 DbError::Conflict => {
@@ -636,14 +772,14 @@ impl Control {
         };
         if let Err(e) = started {
             warn!(tenant_id = %t, integration_id = %spec.id, error = %e, "integration start failed; rolling back");
-            self.db.delete_integration(t, &spec.id, 1).await?;
+            self.db.delete_integration(t, &spec.id).await?;
             return Err(e);
         }
         entry
             .routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id.clone(), Arc::new(route(t, &spec, &entry.ctx.client)));
+            .insert(spec.id.clone(), Arc::new(route(t, &spec, &entry.ctx.instances)));
         info!(tenant_id = %t, integration_id = %spec.id, "integration created");
         self.integration(t, &spec.id).await
     }
@@ -651,7 +787,7 @@ impl Control {
     /// Deletes an integration and stops its actor.
     pub async fn delete_integration(&self, t: &TenantId, i: &IntegrationId) -> Result<(), ControlError> {
         let entry = self.entry_or_404(t)?;
-        if !self.db.delete_integration(t, i, 1).await? {
+        if !self.db.delete_integration(t, i).await? {
             return Err(ControlError::NotFound(format!(
                 "integration {i} not found in tenant {t}"
             )));
@@ -697,15 +833,17 @@ impl Control {
         })
     }
 
-    /// A tenant's NATS instances (not terminated ones).
+    /// A tenant's NATS instances that are healthy and not terminated (discovery).
     pub async fn nats_instances(&self, t: &TenantId) -> Result<Vec<InstanceView>, ControlError> {
-        self.entry_or_404(t)?;
+        let entry = self.entry_or_404(t)?;
+        let links = entry.ctx.instances.links();
         Ok(self
             .db
             .instances(t)
             .await?
             .into_iter()
             .filter(|r| r.status != "terminated")
+            .filter(|r| links.iter().any(|l| l.number == r.instance_number as u32 && l.usable()))
             .map(|r| InstanceView {
                 url: r.url(),
                 instance_number: r.instance_number,
@@ -730,14 +868,30 @@ impl Control {
         Ok(self.root.tree().await?)
     }
 
-    /// NATS connectivity of every tenant on this node.
+    /// NATS connectivity of every tenant on this node, per instance.
     pub fn readiness(&self) -> Vec<TenantReadiness> {
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = tenants
             .iter()
-            .map(|(t, e)| TenantReadiness {
-                tenant_id: t.clone(),
-                nats_connected: e.ctx.client.connection_state() == async_nats::connection::State::Connected,
+            .map(|(t, e)| {
+                let instances: Vec<InstanceReadiness> = e
+                    .ctx
+                    .instances
+                    .links()
+                    .iter()
+                    .map(|l| InstanceReadiness {
+                        instance_number: l.number,
+                        url: l.url.clone(),
+                        healthy: l.health.is_healthy(),
+                        nats_connected: l.client.connection_state() == async_nats::connection::State::Connected,
+                        reason: l.health.reason(),
+                    })
+                    .collect();
+                TenantReadiness {
+                    tenant_id: t.clone(),
+                    nats_connected: instances.iter().any(|i| i.healthy && i.nats_connected),
+                    instances,
+                }
             })
             .collect();
         out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
@@ -750,23 +904,16 @@ impl Control {
             .root
             .stop_and_wait(Some("runtime shutting down".into()), Some(Duration::from_secs(15)))
             .await;
-        let clients: Vec<_> = self
-            .tenants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, e)| e.ctx.client.clone())
-            .collect();
-        drop(clients);
+        self.tenants.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
-fn route(t: &TenantId, spec: &IntegrationSpec, client: &async_nats::Client) -> Route {
+fn route(t: &TenantId, spec: &IntegrationSpec, instances: &Arc<InstanceSet>) -> Route {
     let ProducerSpec::Http(http) = &spec.producer;
     Route {
         subject: subjects::integration_inbox(t, &spec.id),
         consumer: WebhookConsumer::new(&spec.consumer.forward_headers),
-        client: client.clone(),
+        instances: instances.clone(),
         retry: spec.retry,
         timeout_ms: http.timeout_ms,
     }
@@ -946,8 +1093,11 @@ impl TenantPublisher for Control {
                 .map_err(|e| StoreError(e.to_string()))?;
             let (h, payload) =
                 wire::encode_claimable(envelope, state, revision).map_err(|e| StoreError(e.to_string()))?;
-            route
-                .client
+            let link = route
+                .instances
+                .pick()
+                .ok_or_else(|| StoreError(format!("tenant {} has no nats instance", envelope.tenant_id)))?;
+            link.client
                 .publish_with_headers(route.subject.clone(), h, payload)
                 .await
                 .map_err(|e| StoreError(e.to_string()))

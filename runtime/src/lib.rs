@@ -10,6 +10,7 @@ pub mod control;
 pub mod db;
 pub mod dev;
 pub mod http;
+pub mod instances;
 pub mod nats;
 pub mod platform;
 pub mod producer;

@@ -30,6 +30,7 @@ async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::process::Server
             dir: dir.join("platform"),
             jetstream: true,
             sync_interval: "always".into(),
+            adopt: false,
             startup_timeout: Duration::from_secs(10),
         },
     )

@@ -551,6 +551,7 @@ async fn configured_platform_nats_is_used() {
             dir: dir.path().join("external"),
             jetstream: true,
             sync_interval: "always".into(),
+            adopt: false,
             startup_timeout: Duration::from_secs(10),
         },
     )
@@ -591,6 +592,7 @@ async fn incompatible_platform_stream_refuses_startup() {
             dir: dir.path().join("external"),
             jetstream: true,
             sync_interval: "always".into(),
+            adopt: false,
             startup_timeout: Duration::from_secs(10),
         },
     )

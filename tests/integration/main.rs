@@ -8,3 +8,4 @@ mod crash;
 mod dev_command;
 mod durability;
 mod foundation;
+mod instances;

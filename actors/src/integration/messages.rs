@@ -20,8 +20,8 @@ pub struct IntegrationArgs {
     pub pipeline: Arc<Pipeline>,
     /// The destination.
     pub producer: Arc<dyn Producer>,
-    /// Connection to the tenant's NATS instance(s).
-    pub client: async_nats::Client,
+    /// Connections to every NATS instance of the tenant; the actor subscribes on each.
+    pub clients: Vec<async_nats::Client>,
     /// Deliveries in flight at once.
     pub max_in_flight: usize,
     /// Outcome counters; they outlive restarts of the actor.

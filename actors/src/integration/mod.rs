@@ -180,8 +180,15 @@ impl Actor for IntegrationActor {
     ) -> Result<IntegrationState, ActorProcessingErr> {
         let subject = subjects::integration_inbox(&args.tenant_id, &args.integration_id);
         let group = subjects::integration_queue_group(&args.integration_id);
-        let mut sub = args.client.queue_subscribe(subject.clone(), group).await?;
-        info!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, %subject, "integration subscribed");
+        // One queue subscription per instance: publishers round-robin across instances,
+        // so the worker must listen on all of them.
+        let mut subs = Vec::with_capacity(args.clients.len());
+        for client in &args.clients {
+            subs.push(client.queue_subscribe(subject.clone(), group.clone()).await?);
+        }
+        let mut sub = futures::stream::select_all(subs);
+        info!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, %subject,
+            instances = args.clients.len(), "integration subscribed");
         let counters = args.counters.clone();
         // Bound: at most `max_in_flight` deliveries run at once; beyond that the pump
         // stops reading and NATS buffers (and, being core NATS, may drop: see ARCHITECTURE).

@@ -2,11 +2,16 @@
 //! [`Provisioner`]: starts it, notices when it dies (the actor then fails, and its
 //! supervisor restarts it, which starts the instance again), stops it on a normal stop.
 
+mod health;
 mod port;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
+pub use health::{InstanceHealth, probe};
 pub use port::{InstanceSpec, ProvisionError, Provisioner, RunningInstance, StopHandle};
 
 /// The actor.
@@ -19,7 +24,11 @@ pub struct NatsInstanceArgs {
     /// Which instance.
     pub spec: InstanceSpec,
     /// Who runs it.
-    pub provisioner: std::sync::Arc<dyn Provisioner>,
+    pub provisioner: Arc<dyn Provisioner>,
+    /// Written by the actor, read by discovery and publishing.
+    pub health: Arc<InstanceHealth>,
+    /// How often the instance is probed.
+    pub health_interval: Duration,
 }
 
 /// Messages a NatsInstanceActor accepts.
@@ -29,6 +38,8 @@ pub enum NatsInstanceMsg {
     Exited(String),
     /// Where it listens and what it runs.
     GetStatus(RpcReplyPort<InstanceStatus>),
+    /// Time to probe the instance.
+    HealthTick,
 }
 
 /// What a running instance reports.
@@ -40,11 +51,19 @@ pub struct InstanceStatus {
     pub server_version: String,
 }
 
-/// Running state.
+/// Running state. Dropping it (stop, failure, kill) marks the instance unhealthy.
 #[derive(Debug)]
 pub struct NatsInstanceState {
     status: InstanceStatus,
     stop: Option<StopHandle>,
+    health: Arc<InstanceHealth>,
+    _ticker: crate::integration::AbortOnDrop,
+}
+
+impl Drop for NatsInstanceState {
+    fn drop(&mut self) {
+        self.health.set(false, Some("instance actor stopped".into()));
+    }
 }
 
 impl Actor for NatsInstanceActor {
@@ -66,14 +85,19 @@ impl Actor for NatsInstanceActor {
         } = running;
         info!(tenant_id = %args.spec.tenant_id, instance = args.spec.instance_number, %url,
             version = %server_version, "nats instance running");
+        let me = myself.clone();
         tokio::spawn(async move {
             if let Ok(reason) = exited.await {
-                let _ = myself.send_message(NatsInstanceMsg::Exited(reason));
+                let _ = me.send_message(NatsInstanceMsg::Exited(reason));
             }
         });
+        args.health.set(true, None);
+        let ticker = myself.send_interval(args.health_interval, || NatsInstanceMsg::HealthTick);
         Ok(NatsInstanceState {
             status: InstanceStatus { url, server_version },
             stop: Some(stop),
+            health: args.health.clone(),
+            _ticker: crate::integration::AbortOnDrop(ticker),
         })
     }
 
@@ -99,10 +123,21 @@ impl Actor for NatsInstanceActor {
                 warn!(url = %state.status.url, %reason, "nats instance exited");
                 // Nothing left to stop; fail so the supervisor restarts the instance.
                 state.stop = None;
+                state.health.set(false, Some(format!("exited: {reason}")));
                 Err(format!("nats instance {} exited: {reason}", state.status.url).into())
             }
             NatsInstanceMsg::GetStatus(reply) => {
                 let _ = reply.send(state.status.clone());
+                Ok(())
+            }
+            NatsInstanceMsg::HealthTick => {
+                match probe(&state.status.url, Duration::from_secs(2)).await {
+                    Ok(()) => state.health.set(true, None),
+                    Err(e) => {
+                        warn!(url = %state.status.url, error = %e, "nats instance failed its health check");
+                        state.health.set(false, Some(e));
+                    }
+                }
                 Ok(())
             }
         }

@@ -273,7 +273,6 @@ impl Db {
         tenant: &TenantId,
         id: &IntegrationId,
         spec_json: &str,
-        instance_number: i32,
     ) -> Result<(), DbError> {
         on_pool!(self, |p| {
             let mut tx = p.begin().await?;
@@ -286,10 +285,9 @@ impl Db {
                 .map_err(classify)?;
             sqlx::query(
                 "UPDATE nats_instances SET integration_count = integration_count + 1, updated_at = CURRENT_TIMESTAMP \
-                 WHERE tenant_id = $1 AND instance_number = $2",
+                 WHERE tenant_id = $1 AND status <> 'terminated'",
             )
             .bind(tenant.as_str())
-            .bind(instance_number)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -298,12 +296,7 @@ impl Db {
     }
 
     /// Deletes an integration; false when there was none.
-    pub async fn delete_integration(
-        &self,
-        tenant: &TenantId,
-        id: &IntegrationId,
-        instance_number: i32,
-    ) -> Result<bool, DbError> {
+    pub async fn delete_integration(&self, tenant: &TenantId, id: &IntegrationId) -> Result<bool, DbError> {
         on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let n = sqlx::query("DELETE FROM integrations WHERE tenant_id = $1 AND id = $2")
@@ -315,10 +308,9 @@ impl Db {
             if n > 0 {
                 sqlx::query(
                     "UPDATE nats_instances SET integration_count = integration_count - 1, updated_at = CURRENT_TIMESTAMP \
-                     WHERE tenant_id = $1 AND instance_number = $2 AND integration_count > 0",
+                     WHERE tenant_id = $1 AND status <> 'terminated' AND integration_count > 0",
                 )
                 .bind(tenant.as_str())
-                .bind(instance_number)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -352,6 +344,43 @@ impl Db {
             .await?
         });
         rows.into_iter().map(integration_row).collect()
+    }
+
+    /// Records a new active instance.
+    pub async fn insert_instance(
+        &self,
+        tenant: &TenantId,
+        number: i32,
+        dns_name: &str,
+        integration_count: i32,
+    ) -> Result<(), DbError> {
+        on_pool!(self, |p| {
+            sqlx::query(
+                "INSERT INTO nats_instances (tenant_id, instance_number, dns_name, status, integration_count) \
+                 VALUES ($1, $2, $3, 'active', $4)",
+            )
+            .bind(tenant.as_str())
+            .bind(number)
+            .bind(dns_name)
+            .bind(integration_count)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+        })
+    }
+
+    /// Forgets an instance that never started.
+    pub async fn delete_instance(&self, tenant: &TenantId, number: i32) -> Result<(), DbError> {
+        on_pool!(self, |p| {
+            sqlx::query("DELETE FROM nats_instances WHERE tenant_id = $1 AND instance_number = $2")
+                .bind(tenant.as_str())
+                .bind(number)
+                .execute(p)
+                .await
+                .map(|_| ())
+                .map_err(classify)
+        })
     }
 
     /// A tenant's NATS instances, by number.

@@ -222,3 +222,14 @@ pub(crate) async fn retry_dead_letters(
     };
     Ok((status, Json(report)))
 }
+
+/// `POST /api/tenants/{t}/nats-instances` -> 201 once the new instance runs and is
+/// connected; 409 at the tenant's instance limit.
+pub(crate) async fn add_nats_instance(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let view = s.control.add_instance(&t).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}

@@ -44,7 +44,10 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
             "/tenants/{t}/integrations/{i}",
             get(api::get_integration).delete(api::delete_integration),
         )
-        .route("/tenants/{t}/nats-instances", get(api::nats_instances))
+        .route(
+            "/tenants/{t}/nats-instances",
+            get(api::nats_instances).post(api::add_nats_instance),
+        )
         .route("/tenants/{t}/messages/{id}", get(api::get_message))
         .route("/tenants/{t}/dead-letters", get(api::list_dead_letters))
         .route("/tenants/{t}/dead-letters/retry", post(api::retry_dead_letters))

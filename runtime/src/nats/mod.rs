@@ -46,6 +46,7 @@ impl Provisioner for LocalProvisioner {
                     .join(spec.instance_number.to_string()),
                 jetstream: false,
                 sync_interval: String::new(),
+                adopt: true,
                 startup_timeout: this.startup_timeout,
             };
             let p = start_server(&this.bin, &opts).await?;

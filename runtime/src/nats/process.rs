@@ -117,6 +117,9 @@ pub struct ServerOptions {
     /// JetStream `sync_interval`: `always` (fsync before every acknowledgement) or a
     /// duration such as `1s`.
     pub sync_interval: String,
+    /// Adopt a server still running from this directory (left by a node killed with
+    /// kill -9) instead of replacing it.
+    pub adopt: bool,
     /// How long it may take to accept clients.
     pub startup_timeout: Duration,
 }
@@ -179,30 +182,82 @@ fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// The pid of a server running from this directory with its config, if any.
+fn running_from(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    let conf = dir.join("nats.conf");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    (String::from_utf8_lossy(&cmdline).contains(&*conf.to_string_lossy()) && pid_alive(pid)).then_some(pid)
+}
+
+/// Takes over a server that is still running from `o.dir` on `o.client_port`: its exit is
+/// watched by polling (it is not our child), and stopping it sends SIGTERM.
+async fn adopt(o: &ServerOptions) -> Option<ServerProcess> {
+    let pid = running_from(&o.dir)?;
+    let version = read_info(o.client_port).await?;
+    let conf = std::fs::read_to_string(o.dir.join("nats.conf")).ok()?;
+    let monitor = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("http: "))
+        .map(|v| v.trim_matches('"').to_owned())?;
+    let (exit_tx, exited) = oneshot::channel();
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let name = o.server_name.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if !pid_alive(pid) {
+                        warn!(server = %name, pid, "adopted nats-server exited");
+                        let _ = exit_tx.send(format!("adopted process {pid} exited"));
+                        break;
+                    }
+                }
+                _ = &mut stop_rx => {
+                    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+                    for _ in 0..100 {
+                        if !pid_alive(pid) { break; }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if pid_alive(pid) {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status().await;
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    tracing::info!(server = %o.server_name, pid, "adopted a running nats-server");
+    Some(ServerProcess {
+        url: format!("nats://127.0.0.1:{}", o.client_port),
+        version,
+        monitor_url: format!("http://{monitor}"),
+        pid: Some(pid),
+        exited,
+        stop: StopHandle::new(stop_tx, done_rx),
+    })
+}
+
 /// Kills a server left running from this directory by a node that died without stopping
 /// it (kill -9 leaves children orphaned): the pid file names it, and its command line
 /// names this directory's config. Returns whether one was found.
 pub async fn reap_stale(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+    let Some(pid) = running_from(dir) else {
         return false;
     };
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        return false;
-    };
-    let conf = dir.join("nats.conf");
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(&*conf.to_string_lossy()))
-        .unwrap_or(false);
-    if !ours {
-        return false;
-    }
     warn!(pid, dir = %dir.display(), "killing a nats-server left over by a previous run");
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status().await;
     for _ in 0..200 {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-            .unwrap_or(false);
-        if !alive {
+        if !pid_alive(pid) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -214,6 +269,12 @@ pub async fn reap_stale(dir: &Path) -> bool {
 /// On any failure the process is killed before returning: nothing is left running.
 pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess, ProvisionError> {
     std::fs::create_dir_all(&o.dir)?;
+    if o.adopt
+        && let Some(p) = adopt(o).await
+    {
+        require_supported(&o.server_name, &p.version)?;
+        return Ok(p);
+    }
     reap_stale(&o.dir).await;
     let monitor_port = free_port()?;
     let conf = o.dir.join("nats.conf");
@@ -313,6 +374,7 @@ mod tests {
             dir: PathBuf::from("/tmp/x"),
             jetstream: true,
             sync_interval: "always".into(),
+            adopt: false,
             startup_timeout: Duration::from_secs(1),
         };
         let c = config_text(&o, 2);

@@ -1,0 +1,84 @@
+//! A tenant's NATS instances as this node sees them: one client per instance, its health,
+//! and the round-robin choice of where the next publish goes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use vrsky_actors::nats_instance::InstanceHealth;
+
+/// One instance: its number, URL, connection and health.
+#[derive(Debug)]
+pub struct InstanceLink {
+    /// 1-based instance number.
+    pub number: u32,
+    /// Client URL.
+    pub url: String,
+    /// This node's connection to it.
+    pub client: async_nats::Client,
+    /// Written by its NatsInstanceActor.
+    pub health: Arc<InstanceHealth>,
+}
+
+impl InstanceLink {
+    /// Healthy by its probe and connected from this node.
+    pub fn usable(&self) -> bool {
+        self.health.is_healthy() && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// The instances of one tenant. Bound: at most `nats.instances_per_tenant_max` links.
+#[derive(Debug, Default)]
+pub struct InstanceSet {
+    links: RwLock<Vec<Arc<InstanceLink>>>,
+    next: AtomicUsize,
+}
+
+impl InstanceSet {
+    /// Every link, by instance number.
+    pub fn links(&self) -> Vec<Arc<InstanceLink>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds (or replaces) an instance.
+    pub fn insert(&self, link: Arc<InstanceLink>) {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        links.retain(|l| l.number != link.number);
+        links.push(link);
+        links.sort_by_key(|l| l.number);
+    }
+
+    /// Removes an instance.
+    pub fn remove(&self, number: u32) -> Option<Arc<InstanceLink>> {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        let i = links.iter().position(|l| l.number == number)?;
+        Some(links.remove(i))
+    }
+
+    /// The health handle of an instance, created on first use so it survives restarts.
+    pub fn health(&self, number: u32) -> Option<Arc<InstanceHealth>> {
+        self.links()
+            .into_iter()
+            .find(|l| l.number == number)
+            .map(|l| l.health.clone())
+    }
+
+    /// Connections to every instance, for subscribing.
+    pub fn clients(&self) -> Vec<async_nats::Client> {
+        self.links().iter().map(|l| l.client.clone()).collect()
+    }
+
+    /// The next usable instance in round-robin order; when none is usable, the next one
+    /// anyway (its client buffers until it reconnects, and re-drive covers a loss).
+    pub fn pick(&self) -> Option<Arc<InstanceLink>> {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        if links.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..links.len())
+            .map(|k| &links[(start + k) % links.len()])
+            .find(|l| l.usable())
+            .or_else(|| links.get(start % links.len()))
+            .cloned()
+    }
+}

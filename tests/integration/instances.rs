@@ -1,0 +1,344 @@
+//! Issue 4: several NATS instances per tenant as real processes: discovery, round-robin
+//! publishing, health, on-demand provisioning, adoption after a node is killed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::node::NodeProcess;
+use crate::common::{Backend, Sink, TOKEN, TestRuntime, spec, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start() -> TestRuntime {
+    TestRuntime::start_with(Backend::Sqlite, |c| {
+        c.nats.health_interval_ms = 300;
+        c.nats.instances_per_tenant_max = 2;
+    })
+    .await
+}
+
+fn instance_dir(data: &Path, tenant: &str, n: u32) -> std::path::PathBuf {
+    data.join("tenants").join(tenant).join(n.to_string())
+}
+
+fn pid_of(data: &Path, tenant: &str, n: u32) -> u32 {
+    std::fs::read_to_string(instance_dir(data, tenant, n).join("nats-server.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Messages the instance received from clients, from its own monitoring endpoint.
+async fn in_msgs(data: &Path, tenant: &str, n: u32) -> u64 {
+    let conf = std::fs::read_to_string(instance_dir(data, tenant, n).join("nats.conf")).unwrap();
+    let monitor = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("http: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let v: Value = reqwest::get(format!("http://{monitor}/varz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["in_msgs"].as_u64().unwrap()
+}
+
+/// nats-server processes whose command line names a directory under `dir`.
+fn servers_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+async fn discovered(t: &TestRuntime, tenant: &str) -> Vec<u64> {
+    let (s, v) = t
+        .api(Method::GET, &format!("/api/tenants/{tenant}/nats-instances"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["nats_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_number"].as_u64().unwrap())
+        .collect()
+}
+
+/// Two tenants with two instances each: four separate servers, discovery lists exactly
+/// them, and webhooks are spread evenly across each tenant's instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_two_instances_round_robin() {
+    let t = start().await;
+    let sink = Sink::start().await;
+    let data = t.dir.path().to_path_buf();
+    let mut urls = Vec::new();
+    for tenant in ["alpha", "beta"] {
+        t.create_tenant(tenant).await;
+        t.create_integration(tenant, spec("hook", &sink.url(&format!("/{tenant}")), json!({})))
+            .await;
+        let (s, v) = t
+            .api(Method::POST, &format!("/api/tenants/{tenant}/nats-instances"), None)
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["instance_number"], 2);
+        assert_eq!(v["status"], "active");
+        let (_, list) = t
+            .api(Method::GET, &format!("/api/tenants/{tenant}/nats-instances"), None)
+            .await;
+        let instances = list["nats_instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 2, "{list}");
+        for i in instances {
+            assert_eq!(i["integration_count"], 1, "{list}");
+            urls.push(i["url"].as_str().unwrap().to_owned());
+        }
+    }
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), 4, "instances share a server: {urls:?}");
+    let pids: std::collections::HashSet<u32> = [("alpha", 1), ("alpha", 2), ("beta", 1), ("beta", 2)]
+        .iter()
+        .map(|(t, n)| pid_of(&data, t, *n))
+        .collect();
+    assert_eq!(pids.len(), 4);
+    assert_eq!(servers_under(&data.join("tenants")).len(), 4);
+
+    let mut before = Vec::new();
+    for (tenant, n) in [("alpha", 1), ("alpha", 2), ("beta", 1), ("beta", 2)] {
+        before.push(in_msgs(&data, tenant, n).await);
+    }
+    for i in 0..100 {
+        for tenant in ["alpha", "beta"] {
+            assert_eq!(t.webhook(tenant, "hook", format!("{i}").into_bytes(), &[]).await, 202);
+        }
+    }
+    sink.wait_for("/alpha", 100, WAIT).await;
+    sink.wait_for("/beta", 100, WAIT).await;
+    let mut after = Vec::new();
+    for (tenant, n) in [("alpha", 1), ("alpha", 2), ("beta", 1), ("beta", 2)] {
+        after.push(in_msgs(&data, tenant, n).await);
+    }
+    let d: Vec<i64> = after.iter().zip(&before).map(|(a, b)| (*a - *b) as i64).collect();
+    assert_eq!(d[0] + d[1], 100, "alpha publishes {d:?}");
+    assert_eq!(d[2] + d[3], 100, "beta publishes {d:?}");
+    assert!(
+        (d[0] - d[1]).abs() <= 1 && (d[2] - d[3]).abs() <= 1,
+        "not round-robin: {d:?}"
+    );
+    sink.stop();
+    t.shutdown().await;
+    assert!(
+        servers_under(&data.join("tenants")).is_empty(),
+        "servers survived shutdown"
+    );
+}
+
+/// kill -9 of one instance: it leaves discovery at once, traffic goes on over the other,
+/// its actor starts it again, and it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_leaves_discovery_and_returns() {
+    let t = start().await;
+    let sink = Sink::start().await;
+    let data = t.dir.path().to_path_buf();
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("hook", &sink.url("/acme"), json!({})))
+        .await;
+    let (s, _) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 201);
+    assert_eq!(discovered(&t, "acme").await, vec![1, 2]);
+
+    let pid = pid_of(&data, "acme", 2);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1] })
+        .await
+        .expect("left discovery");
+    // Traffic continues while it is gone (a publish that raced the kill is re-driven).
+    for i in 0..20 {
+        assert_eq!(t.webhook("acme", "hook", format!("{i}").into_bytes(), &[]).await, 202);
+    }
+    sink.wait_for("/acme", 20, WAIT).await;
+    wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1, 2] })
+        .await
+        .expect("came back");
+    assert_ne!(pid_of(&data, "acme", 2), pid, "not restarted");
+    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["tenants"][0]["instances"].as_array().unwrap().len(), 2, "{ready}");
+    assert!(
+        ready["tenants"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["healthy"] == true),
+        "{ready}"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            t.webhook("acme", "hook", format!("after {i}").into_bytes(), &[]).await,
+            202
+        );
+    }
+    sink.wait_for("/acme", 40, WAIT).await;
+    t.shutdown().await;
+}
+
+/// Unknown tenant, the instance limit, and a start that fails: precise answers and
+/// nothing half-made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_errors_leave_nothing_behind() {
+    let t = start().await;
+    let data = t.dir.path().to_path_buf();
+    let (s, _) = t.api(Method::POST, "/api/tenants/nobody/nats-instances", None).await;
+    assert_eq!(s, 404);
+    t.create_tenant("acme").await;
+    // Instance 2 cannot start: its directory is taken by a file.
+    std::fs::write(instance_dir(&data, "acme", 2), b"in the way").unwrap();
+    let (s, v) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nats:acme-2"), "{v}");
+    assert_eq!(discovered(&t, "acme").await, vec![1]);
+    assert!(
+        crate::common::find(&t.tree().await, "nats:acme-2").is_none(),
+        "half-made actor left"
+    );
+    assert_eq!(servers_under(&data.join("tenants")).len(), 1);
+    // Once the way is clear the same number is used again.
+    std::fs::remove_file(instance_dir(&data, "acme", 2)).unwrap();
+    let (s, v) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["instance_number"], 2);
+    // At the limit (2 in these tests).
+    let (s, v) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("limit is 2"), "{v}");
+    assert_eq!(discovered(&t, "acme").await, vec![1, 2]);
+    t.shutdown().await;
+}
+
+/// A node killed with kill -9 and restarted adopts the instances that kept running: no
+/// duplicate processes, the table and reality agree, delivery works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_adopts_running_instances() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) =
+        vrsky_runtime::nats::process::find_binary(std::env::var_os("VRSKY_NATS__SERVER_BIN").as_deref().map(Path::new))
+            .await
+            .unwrap();
+    let platform = vrsky_runtime::nats::process::start_server(
+        &bin,
+        &vrsky_runtime::nats::process::ServerOptions {
+            server_name: "adopt-platform".into(),
+            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
+            dir: dir.path().join("platform"),
+            jetstream: true,
+            sync_interval: "always".into(),
+            adopt: false,
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    let sink = Sink::start().await;
+    let data = dir.path().join("node");
+    let mut node = NodeProcess::start(data.clone(), &platform.url, &[]).await;
+    let http = reqwest::Client::new();
+    let call = |m: Method, path: String, body: Option<Value>| {
+        let (http, url) = (http.clone(), node.url(&path));
+        async move {
+            let mut r = http.request(m, url).bearer_auth(TOKEN);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(
+        call(
+            Method::POST,
+            "/api/tenants".into(),
+            Some(json!({"id": "acme", "name": "A"}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        call(
+            Method::POST,
+            "/api/tenants/acme/integrations".into(),
+            Some(spec("hook", &sink.url("/acme"), json!({})))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        call(Method::POST, "/api/tenants/acme/nats-instances".into(), None)
+            .await
+            .0,
+        201
+    );
+    let pids = [pid_of(&data, "acme", 1), pid_of(&data, "acme", 2)];
+    node.kill9().await;
+    // The instances outlive the node.
+    assert_eq!(servers_under(&data.join("tenants")).len(), 2);
+    node.restart().await;
+    assert_eq!(
+        [pid_of(&data, "acme", 1), pid_of(&data, "acme", 2)],
+        pids,
+        "instances were replaced, not adopted"
+    );
+    assert_eq!(
+        servers_under(&data.join("tenants")).len(),
+        2,
+        "duplicate nats-server processes"
+    );
+    let call = |m: Method, path: String| {
+        let (http, url) = (http.clone(), node.url(&path));
+        async move {
+            let r = http.request(m, url).bearer_auth(TOKEN).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let list = call(Method::GET, "/api/tenants/acme/nats-instances".into()).await;
+    assert_eq!(list["nats_instances"].as_array().unwrap().len(), 2, "{list}");
+    for i in 0..10 {
+        let r = http
+            .post(node.url("/webhooks/acme/hook"))
+            .body(format!("{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    sink.wait_for("/acme", 10, WAIT).await;
+    node.stop().await;
+    assert!(
+        servers_under(&data.join("tenants")).is_empty(),
+        "servers survived a clean stop"
+    );
+    platform.stop.stop().await;
+}
