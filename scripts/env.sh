@@ -25,6 +25,17 @@ ensure_nats_server() {
     echo "nats-server: $("$bin" --version) at $bin" >&2
 }
 
+# kubernetes-validate (PyPI): strict schema checks of the Kubernetes objects VRSky makes.
+ensure_kubernetes_validate() {
+    if ! command -v kubernetes-validate >/dev/null 2>&1; then
+        echo "installing kubernetes-validate (pip)..." >&2
+        python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate >&2
+    fi
+    local scripts
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    case ":$PATH:" in *":$scripts:"*) ;; *) export PATH="$scripts:$PATH" ;; esac
+}
+
 # PostgreSQL on 127.0.0.1:5432 (trust auth) for the test suite.
 ensure_postgres() {
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

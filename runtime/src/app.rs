@@ -15,10 +15,11 @@ use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn
 /// Name of the RetryScheduler under the runtime supervisor.
 pub const SCHEDULER_CHILD: &str = "retry-scheduler";
 
-use crate::config::Config;
+use crate::config::{Config, ProvisionerKind};
 use crate::control::{Control, ControlSettings};
 use crate::db::Db;
 use crate::http::{AppState, router};
+use crate::k8s::{KubeProvisioner, KubeSettings};
 use crate::nats::LocalProvisioner;
 use crate::nats::process::{ServerOptions, find_binary, free_port, require_supported, start_server};
 use crate::platform::{Platform, PlatformSettings};
@@ -120,7 +121,23 @@ impl Runtime {
         info!(backend = db.backend(), "metadata store ready");
 
         let (root, _) = spawn_root(SupervisorArgs::empty("runtime")).await?;
-        let provisioner = Arc::new(LocalProvisioner::new(bin, cfg.data_dir.clone(), startup_timeout));
+        let provisioner: crate::nats::SharedProvisioner = match cfg.nats.provisioner {
+            ProvisionerKind::Local => Arc::new(LocalProvisioner::new(bin, cfg.data_dir.clone(), startup_timeout)),
+            ProvisionerKind::Kubernetes => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API (nats.provisioner = kubernetes)")?;
+                let k = &cfg.nats.kubernetes;
+                Arc::new(KubeProvisioner::new(
+                    client,
+                    KubeSettings {
+                        image: k.image.clone(),
+                        ready_timeout: Duration::from_millis(k.ready_timeout_ms),
+                        poll_interval: Duration::from_millis(k.poll_interval_ms),
+                    },
+                ))
+            }
+        };
         let control = Arc::new(Control::new(
             db,
             platform_state.clone(),

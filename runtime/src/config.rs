@@ -95,6 +95,44 @@ pub struct NatsConfig {
     pub health_interval_ms: u64,
     /// Most NATS instances one tenant may have.
     pub instances_per_tenant_max: usize,
+    /// Who runs tenant instances: `local` processes (the default, `vrsky dev`, tests) or
+    /// `kubernetes` objects in namespace `vrsky-tenants`.
+    pub provisioner: ProvisionerKind,
+    /// Settings of the Kubernetes provisioner.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Who runs tenant NATS instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionerKind {
+    /// A `nats-server` process per instance on this machine.
+    Local,
+    /// A Deployment, Service and Secret per instance, through the Kubernetes API
+    /// (in-cluster service account, or the local kubeconfig).
+    Kubernetes,
+}
+
+/// Settings of the Kubernetes provisioner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// nats-server image, 2.10 or newer.
+    pub image: String,
+    /// How long an instance may take to become ready.
+    pub ready_timeout_ms: u64,
+    /// How often readiness is polled.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            image: "nats:2.10-alpine".into(),
+            ready_timeout_ms: 120_000,
+            poll_interval_ms: 2_000,
+        }
+    }
 }
 
 /// Webhook ingress settings.
@@ -161,6 +199,8 @@ impl Default for NatsConfig {
             startup_timeout_ms: 10_000,
             health_interval_ms: 10_000,
             instances_per_tenant_max: 8,
+            provisioner: ProvisionerKind::Local,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -228,6 +268,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "nats.health_interval_ms",
                 message: "must be 1 to 50000 (an unreachable instance must leave discovery within 60 s)".into(),
+            });
+        }
+        let image_version = self.nats.kubernetes.image.rsplit(':').next().unwrap_or("");
+        if self.nats.provisioner == ProvisionerKind::Kubernetes
+            && !crate::nats::process::Version::parse(image_version).is_some_and(|v| v.supported())
+        {
+            return Err(ConfigError::Invalid {
+                field: "nats.kubernetes.image",
+                message: format!(
+                    "the image tag must name nats-server 2.10 or newer, got {:?}",
+                    self.nats.kubernetes.image
+                ),
             });
         }
         if self.nats.instances_per_tenant_max == 0 {
@@ -339,6 +391,25 @@ mod tests {
             jail.set_env("VRSKY_NOT_A_KEY", "1");
             let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
             assert!(err.contains("not_a_key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn kubernetes_image_must_be_new_enough() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VRSKY_NATS__PROVISIONER", "kubernetes");
+            jail.set_env("VRSKY_NATS__KUBERNETES__IMAGE", "nats:2.9.10");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("nats.kubernetes.image"), "{err}");
+            jail.set_env("VRSKY_NATS__KUBERNETES__IMAGE", "nats:2.10.24-alpine");
+            assert_eq!(
+                Config::load(None, NoFlags {}).unwrap().nats.provisioner,
+                ProvisionerKind::Kubernetes
+            );
+            jail.set_env("VRSKY_NATS__PROVISIONER", "docker");
+            assert!(Config::load(None, NoFlags {}).is_err());
             Ok(())
         });
     }

@@ -31,7 +31,7 @@ use vrsky_actors::{Envelope, MessageId, wire};
 
 use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
 use crate::instances::{InstanceLink, InstanceSet};
-use crate::nats::{SharedProvisioner, connect_tenant, process::free_port};
+use crate::nats::{SharedProvisioner, connect_tenant};
 use crate::platform::{DeadLetterSummary, Platform, PlatformError};
 use crate::producer::HttpProducer;
 
@@ -511,10 +511,13 @@ impl Control {
             )));
         }
         let number = rows.iter().map(|r| r.instance_number).max().unwrap_or(0) + 1;
-        let port = free_port().map_err(|e| ControlError::Unavailable(format!("no free port: {e}")))?;
+        let dns_name = self
+            .provisioner
+            .endpoint(t, number as u32)
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         let integrations = self.db.integrations(t).await?.len() as i32;
         self.db
-            .insert_instance(t, number, &format!("127.0.0.1:{port}"), integrations)
+            .insert_instance(t, number, &dns_name, integrations)
             .await
             .map_err(|e| match e {
                 DbError::Conflict => {
@@ -677,14 +680,14 @@ impl Control {
         if self.db.tenant(t).await?.is_some() {
             return Err(ControlError::Conflict(format!("tenant {t} already exists")));
         }
-        let port = free_port().map_err(|e| ControlError::Unavailable(format!("no free port: {e}")))?;
-        self.db
-            .create_tenant(t, name, &format!("127.0.0.1:{port}"))
-            .await
-            .map_err(|e| match e {
-                DbError::Conflict => ControlError::Conflict(format!("tenant {t} already exists")),
-                other => other.into(),
-            })?;
+        let dns_name = self.provisioner.endpoint(t, 1).map_err(|e| ControlError::Invalid {
+            field: "id".into(),
+            message: e.to_string(),
+        })?;
+        self.db.create_tenant(t, name, &dns_name).await.map_err(|e| match e {
+            DbError::Conflict => ControlError::Conflict(format!("tenant {t} already exists")),
+            other => other.into(),
+        })?;
         if let Err(e) = self.start_tenant(t).await {
             warn!(tenant_id = %t, error = %e, "tenant start failed; rolling back");
             self.stop_tenant_subtree(t).await;
@@ -702,7 +705,18 @@ impl Control {
         if self.db.tenant(t).await?.is_none() {
             return Err(ControlError::NotFound(format!("tenant {t} not found")));
         }
+        let rows = self.db.instances(t).await?;
         self.stop_tenant_subtree(t).await;
+        for row in &rows {
+            let spec = InstanceSpec {
+                tenant_id: t.clone(),
+                instance_number: row.instance_number as u32,
+                client_port: local_port(&row.dns_name).unwrap_or(4222),
+            };
+            if let Err(e) = self.provisioner.decommission(spec).await {
+                warn!(tenant_id = %t, instance = row.instance_number, error = %e, "decommission failed");
+            }
+        }
         self.db.delete_tenant(t).await?;
         Ok(())
     }

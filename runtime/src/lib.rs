@@ -11,6 +11,7 @@ pub mod db;
 pub mod dev;
 pub mod http;
 pub mod instances;
+pub mod k8s;
 pub mod nats;
 pub mod platform;
 pub mod producer;

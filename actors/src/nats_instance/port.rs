@@ -73,6 +73,12 @@ impl StopHandle {
 
 /// Runs tenant NATS instances.
 pub trait Provisioner: Send + Sync + 'static {
-    /// Starts the instance and returns once it accepts clients.
+    /// Where a new instance will listen: the `dns_name` stored in `nats_instances`
+    /// (`host` for port 4222, or `host:port`), chosen once for the instance's life.
+    fn endpoint(&self, tenant: &TenantId, instance_number: u32) -> Result<String, ProvisionError>;
+    /// Starts the instance (or takes over one still running) and returns once it accepts
+    /// clients.
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<RunningInstance, ProvisionError>>;
+    /// Removes what the instance left (objects, directories) once it is stopped for good.
+    fn decommission(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<(), ProvisionError>>;
 }

@@ -30,20 +30,38 @@ impl LocalProvisioner {
             startup_timeout,
         }
     }
+
+    fn instance_dir(&self, spec: &InstanceSpec) -> PathBuf {
+        self.base_dir
+            .join("tenants")
+            .join(spec.tenant_id.as_str())
+            .join(spec.instance_number.to_string())
+    }
 }
 
 impl Provisioner for LocalProvisioner {
+    fn endpoint(&self, _tenant: &vrsky_actors::TenantId, _number: u32) -> Result<String, ProvisionError> {
+        Ok(format!("127.0.0.1:{}", process::free_port()?))
+    }
+
+    fn decommission(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<(), ProvisionError>> {
+        let dir = self.instance_dir(&spec);
+        Box::pin(async move {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<RunningInstance, ProvisionError>> {
         let this = self.clone();
         Box::pin(async move {
             let opts = ServerOptions {
                 server_name: format!("nats-{}-{}", spec.tenant_id, spec.instance_number),
                 client_port: spec.client_port,
-                dir: this
-                    .base_dir
-                    .join("tenants")
-                    .join(spec.tenant_id.as_str())
-                    .join(spec.instance_number.to_string()),
+                dir: this.instance_dir(&spec),
                 jetstream: false,
                 sync_interval: String::new(),
                 adopt: true,

@@ -1,0 +1,252 @@
+//! The Kubernetes provisioner without an API server: pure object checks, strict schema
+//! validation (PyPI `kubernetes-validate`), and kube's `tower_test` verifier pattern that
+//! asserts every request the provisioner makes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+use vrsky_actors::TenantId;
+
+fn spec() -> InstanceSpec {
+    InstanceSpec {
+        tenant_id: TenantId::new("acme").unwrap(),
+        instance_number: 1,
+        client_port: 0,
+    }
+}
+
+#[test]
+fn objects_are_named_labelled_sized_and_probed() {
+    let d = deployment(&spec(), "nats:2.10-alpine").unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("nats-acme-1"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let l = d.metadata.labels.as_ref().unwrap();
+    assert_eq!(l["app"], "nats");
+    assert_eq!(l["app.kubernetes.io/managed-by"], "vrsky");
+    assert_eq!(l["vrsky.io/tenant"], "acme");
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    let r = c.resources.as_ref().unwrap();
+    assert_eq!(r.limits.as_ref().unwrap()["cpu"].0, "2");
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "4Gi");
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
+    assert!(server_config("nats-acme-1").contains("listen: \"0.0.0.0:4222\""));
+    assert!(!server_config("nats-acme-1").contains("jetstream"));
+    assert_eq!(
+        instance_url(&spec()).unwrap(),
+        "nats://nats-acme-1.vrsky-tenants.svc.cluster.local:4222"
+    );
+    let long = InstanceSpec {
+        tenant_id: TenantId::new("a".repeat(60)).unwrap(),
+        ..spec()
+    };
+    assert!(instance_name(&long).unwrap_err().to_string().contains("63"));
+}
+
+#[test]
+fn objects_pass_strict_schema_validation() {
+    let owner = OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "nats-acme-1".into(),
+        uid: "0b1c2d3e-0000-4000-8000-000000000001".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let objects = [
+        (
+            "deployment.json",
+            serde_json::to_vec(&deployment(&spec(), "nats:2.10-alpine").unwrap()).unwrap(),
+        ),
+        (
+            "service.json",
+            serde_json::to_vec(&service(&spec(), Some(&owner)).unwrap()).unwrap(),
+        ),
+        (
+            "secret.json",
+            serde_json::to_vec(&secret(&spec(), Some(&owner)).unwrap()).unwrap(),
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, bytes) in objects {
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(v.get("apiVersion").is_some() && v.get("kind").is_some(), "{name}: {v}");
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        files.push(p);
+    }
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.33.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate is needed: scripts/test installs it (pip install kubernetes-validate)");
+    assert!(
+        out.status.success(),
+        "strict validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+async fn body_json(req: Request<Body>) -> Value {
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+fn respond(v: Value) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .body(Body::from(serde_json::to_vec(&v).unwrap()))
+        .unwrap()
+}
+
+/// One expected request: method, path, and what to check of its query and body.
+async fn expect(
+    handle: &mut Handle,
+    method: Method,
+    path: &str,
+) -> (Value, String, tower_test::mock::SendResponse<Response<Body>>) {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .expect("service dropped");
+    assert_eq!(req.method(), method, "{}", req.uri());
+    assert_eq!(req.uri().path(), path);
+    let query = req.uri().query().unwrap_or("").to_owned();
+    (body_json(req).await, query, send)
+}
+
+fn apply_query_ok(q: &str) {
+    assert!(q.contains("fieldManager=vrsky"), "{q}");
+    assert!(q.contains("force=true"), "{q}");
+}
+
+#[tokio::test]
+async fn verifier_create_wait_ready_delete() {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(mock, "default");
+    let p = KubeProvisioner::new(
+        client,
+        KubeSettings {
+            image: "nats:2.10-alpine".into(),
+            ready_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(10),
+        },
+    );
+    let starting = tokio::spawn({
+        let p = p.clone();
+        async move { p.start(spec()).await }
+    });
+    let base = "/apis/apps/v1/namespaces/vrsky-tenants/deployments/nats-acme-1";
+
+    // 1. Deployment applied first; the API server answers with its uid.
+    let (body, q, send) = expect(&mut handle, Method::PATCH, base).await;
+    apply_query_ok(&q);
+    assert_eq!(
+        (body["kind"].as_str(), body["metadata"]["name"].as_str()),
+        (Some("Deployment"), Some("nats-acme-1"))
+    );
+    assert_eq!(body["metadata"]["labels"]["vrsky.io/tenant"], "acme");
+    let mut created = body.clone();
+    created["metadata"]["uid"] = json!("uid-1");
+    send.send_response(respond(created.clone()));
+    // 2 and 3. Service and Secret, owned by the Deployment so they are never orphaned.
+    for (path, kind) in [
+        ("/api/v1/namespaces/vrsky-tenants/services/nats-acme-1", "Service"),
+        ("/api/v1/namespaces/vrsky-tenants/secrets/nats-acme-1", "Secret"),
+    ] {
+        let (body, q, send) = expect(&mut handle, Method::PATCH, path).await;
+        apply_query_ok(&q);
+        assert_eq!(body["kind"], kind);
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1", "{kind}: {body}");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "vrsky");
+        send.send_response(respond(body));
+    }
+    // 4. Not ready yet, then ready.
+    let (_, _, send) = expect(&mut handle, Method::GET, base).await;
+    let mut status = created.clone();
+    status["status"] = json!({"replicas": 1, "readyReplicas": 0});
+    send.send_response(respond(status.clone()));
+    let (_, _, send) = expect(&mut handle, Method::GET, base).await;
+    status["status"] = json!({"replicas": 1, "readyReplicas": 1});
+    send.send_response(respond(status.clone()));
+    let running = tokio::time::timeout(Duration::from_secs(5), starting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.url, "nats://nats-acme-1.vrsky-tenants.svc.cluster.local:4222");
+    // Stopping the actor stops the watch and deletes nothing; it may have polled once.
+    let stopper = tokio::spawn(running.stop.stop());
+    if let Ok(Some((req, send))) = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await {
+        assert_eq!(req.method(), Method::GET, "stopping must not delete");
+        send.send_response(respond(status.clone()));
+    }
+    stopper.await.unwrap();
+
+    // 5. Decommission: one foreground delete of the Deployment.
+    let deleting = tokio::spawn({
+        let p = p.clone();
+        async move { p.delete(&spec()).await }
+    });
+    let (body, _, send) = expect(&mut handle, Method::DELETE, base).await;
+    assert_eq!(body["propagationPolicy"], "Foreground", "{body}");
+    send.send_response(respond(
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    ));
+    deleting.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn verifier_readiness_times_out_with_a_clear_error() {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let p = KubeProvisioner::new(
+        kube::Client::new(mock, "default"),
+        KubeSettings {
+            image: "nats:2.10-alpine".into(),
+            ready_timeout: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(20),
+        },
+    );
+    let starting = tokio::spawn(async move { p.start(spec()).await });
+    // Answer every request: applies echo, readiness never comes.
+    let responder = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let is_get = req.method() == Method::GET;
+            let mut v = body_json(req).await;
+            if is_get {
+                v = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "nats-acme-1"},
+                           "status": {"readyReplicas": 0}});
+            }
+            send.send_response(respond(v));
+        }
+    });
+    let err = starting.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("nats-acme-1 not ready"), "{err}");
+    responder.abort();
+}
