@@ -342,3 +342,25 @@ async fn restarted_node_adopts_running_instances() {
     );
     platform.stop.stop().await;
 }
+
+/// An instance whose process is alive but does not answer (SIGSTOP) fails its health
+/// probe and leaves discovery within the check interval; it returns once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresponsive_instance_leaves_discovery_by_probe() {
+    let t = start().await;
+    let data = t.dir.path().to_path_buf();
+    t.create_tenant("acme").await;
+    let (s, _) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 201);
+    let pid = pid_of(&data, "acme", 2).to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let left = wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1] }).await;
+    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    left.expect("a stopped instance stayed in discovery");
+    let reason = ready["tenants"][0]["instances"][1]["reason"].as_str().unwrap_or("").to_owned();
+    assert!(reason.contains("did not answer"), "{ready}");
+    wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1, 2] }).await.expect("came back");
+    assert_eq!(pid_of(&data, "acme", 2).to_string(), pid, "restarted instead of waiting for it");
+    t.shutdown().await;
+}
