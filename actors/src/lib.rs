@@ -22,6 +22,22 @@ pub(crate) mod testkit {
     //! `proptest-regressions/` (tests run with the crate directory as working directory).
     use proptest::test_runner::{Config, FileFailurePersistence};
 
+    /// A small envelope for component tests.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn envelope(content_type: Option<&str>) -> crate::Envelope {
+        crate::Envelope {
+            message_id: crate::MessageId::generate(),
+            tenant_id: crate::TenantId::new("t").unwrap(),
+            integration_id: crate::IntegrationId::new("i").unwrap(),
+            headers: vec![],
+            content_type: content_type.map(str::to_owned),
+            payload: bytes::Bytes::new(),
+            trace_context: None,
+            attempt: 1,
+            received_at_ms: 0,
+        }
+    }
+
     /// A config persisting failures to `proptest-regressions/<file>`.
     pub(crate) fn proptest_config(file: &'static str) -> Config {
         Config {

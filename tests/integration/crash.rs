@@ -9,33 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use vrsky_runtime::nats::process::{ServerOptions, find_binary, free_port, start_server};
-
 use crate::common::node::NodeProcess;
 use crate::common::{FailFirst, Sink, TOKEN, spec, wait_until};
 
 async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::process::ServerProcess {
-    let (bin, _) = find_binary(
-        std::env::var_os("VRSKY_NATS__SERVER_BIN")
-            .as_deref()
-            .map(std::path::Path::new),
-    )
-    .await
-    .unwrap();
-    start_server(
-        &bin,
-        &ServerOptions {
-            server_name: "crash-platform".into(),
-            client_port: free_port().unwrap(),
-            dir: dir.join("platform"),
-            jetstream: true,
-            sync_interval: "always".into(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-        },
-    )
-    .await
-    .unwrap()
+    crate::common::external_platform(dir, "platform").await
 }
 
 async fn api(

@@ -536,27 +536,7 @@ async fn old_nats_server_is_refused_at_startup() {
 async fn configured_platform_nats_is_used() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = vrsky_runtime::nats::process::find_binary(
-        std::env::var_os("VRSKY_NATS__SERVER_BIN")
-            .as_deref()
-            .map(std::path::Path::new),
-    )
-    .await
-    .unwrap();
-    let platform = vrsky_runtime::nats::process::start_server(
-        &bin,
-        &vrsky_runtime::nats::process::ServerOptions {
-            server_name: "external-platform".into(),
-            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
-            dir: dir.path().join("external"),
-            jetstream: true,
-            sync_interval: "always".into(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-        },
-    )
-    .await
-    .unwrap();
+    let platform = crate::common::external_platform(dir.path(), "external-platform").await;
     let mut cfg = crate::common::test_config(&dir.path().join("node"), None);
     cfg.nats.platform_url = Some(platform.url.clone());
     let rt = vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default())
@@ -577,27 +557,7 @@ async fn configured_platform_nats_is_used() {
 async fn incompatible_platform_stream_refuses_startup() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = vrsky_runtime::nats::process::find_binary(
-        std::env::var_os("VRSKY_NATS__SERVER_BIN")
-            .as_deref()
-            .map(std::path::Path::new),
-    )
-    .await
-    .unwrap();
-    let platform = vrsky_runtime::nats::process::start_server(
-        &bin,
-        &vrsky_runtime::nats::process::ServerOptions {
-            server_name: "wrong-platform".into(),
-            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
-            dir: dir.path().join("external"),
-            jetstream: true,
-            sync_interval: "always".into(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-        },
-    )
-    .await
-    .unwrap();
+    let platform = crate::common::external_platform(dir.path(), "wrong-platform").await;
     // Someone made retry_queue a limits stream: retention cannot be changed in place.
     let js = async_nats::jetstream::new(async_nats::connect(platform.url.as_str()).await.unwrap());
     js.create_stream(async_nats::jetstream::stream::Config {

@@ -242,24 +242,7 @@ async fn provisioning_errors_leave_nothing_behind() {
 async fn restarted_node_adopts_running_instances() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) =
-        vrsky_runtime::nats::process::find_binary(std::env::var_os("VRSKY_NATS__SERVER_BIN").as_deref().map(Path::new))
-            .await
-            .unwrap();
-    let platform = vrsky_runtime::nats::process::start_server(
-        &bin,
-        &vrsky_runtime::nats::process::ServerOptions {
-            server_name: "adopt-platform".into(),
-            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
-            dir: dir.path().join("platform"),
-            jetstream: true,
-            sync_interval: "always".into(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-        },
-    )
-    .await
-    .unwrap();
+    let platform = crate::common::external_platform(dir.path(), "adopt-platform").await;
     let sink = Sink::start().await;
     let data = dir.path().join("node");
     let mut node = NodeProcess::start(data.clone(), &platform.url, &[]).await;
@@ -353,14 +336,35 @@ async fn unresponsive_instance_leaves_discovery_by_probe() {
     let (s, _) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
     assert_eq!(s, 201);
     let pid = pid_of(&data, "acme", 2).to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let left = wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1] }).await;
     let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     left.expect("a stopped instance stayed in discovery");
-    let reason = ready["tenants"][0]["instances"][1]["reason"].as_str().unwrap_or("").to_owned();
+    let reason = ready["tenants"][0]["instances"][1]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     assert!(reason.contains("did not answer"), "{ready}");
-    wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1, 2] }).await.expect("came back");
-    assert_eq!(pid_of(&data, "acme", 2).to_string(), pid, "restarted instead of waiting for it");
+    wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1, 2] })
+        .await
+        .expect("came back");
+    assert_eq!(
+        pid_of(&data, "acme", 2).to_string(),
+        pid,
+        "restarted instead of waiting for it"
+    );
     t.shutdown().await;
 }

@@ -78,21 +78,10 @@ impl Converter for JsonMapConverter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ids::{IntegrationId, MessageId, TenantId};
     use serde_json::json;
 
     fn env() -> Envelope {
-        Envelope {
-            message_id: MessageId::generate(),
-            tenant_id: TenantId::new("t").unwrap(),
-            integration_id: IntegrationId::new("i").unwrap(),
-            headers: vec![],
-            content_type: Some("text/plain".into()),
-            payload: Bytes::new(),
-            trace_context: None,
-            attempt: 1,
-            received_at_ms: 0,
-        }
+        crate::testkit::envelope(Some("text/plain"))
     }
 
     fn map(fields: &[(&str, &str)], consts: &[(&str, Value)], m: MissingField) -> JsonMapConverter {

@@ -41,21 +41,10 @@ impl Filter for JsonFieldFilter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ids::{IntegrationId, MessageId, TenantId};
     use serde_json::json;
 
     fn env() -> Envelope {
-        Envelope {
-            message_id: MessageId::generate(),
-            tenant_id: TenantId::new("t").unwrap(),
-            integration_id: IntegrationId::new("i").unwrap(),
-            headers: vec![],
-            content_type: None,
-            payload: bytes::Bytes::new(),
-            trace_context: None,
-            attempt: 1,
-            received_at_ms: 0,
-        }
+        crate::testkit::envelope(None)
     }
 
     #[test]

@@ -94,77 +94,66 @@ impl Committer<'_> {
         envelope: Option<&Envelope>,
         now_ms: u64,
     ) -> Result<Committed, StoreError> {
-        commit_inner(self, current, revision, event, envelope, now_ms).await
-    }
-}
-
-async fn commit_inner(
-    c: &Committer<'_>,
-    current: &MessageState,
-    revision: u64,
-    event: &Event,
-    envelope: Option<&Envelope>,
-    now_ms: u64,
-) -> Result<Committed, StoreError> {
-    let (store, publisher, policy) = (c.store, c.publisher, c.policy);
-    let next = match current.apply(event, policy, now_ms) {
-        Ok(n) => n,
-        Err(e) => return Ok(Committed::Illegal(e.to_string())),
-    };
-    if next.status == Status::DeadLetter {
-        let env = match envelope {
-            Some(e) => Some(e.clone()),
-            None => {
-                store
-                    .load_envelope(&next.tenant_id, &next.message_id, next.retry_count)
-                    .await?
-            }
+        let (store, publisher, policy) = (self.store, self.publisher, self.policy);
+        let next = match current.apply(event, policy, now_ms) {
+            Ok(n) => n,
+            Err(e) => return Ok(Committed::Illegal(e.to_string())),
         };
-        // An envelope that expired from the bucket is dead-lettered without its body
-        // rather than left to be re-driven forever.
-        let env = env.unwrap_or_else(|| Envelope {
-            message_id: next.message_id.clone(),
-            tenant_id: next.tenant_id.clone(),
-            integration_id: next.integration_id.clone(),
-            headers: Vec::new(),
-            content_type: None,
-            payload: bytes::Bytes::new(),
-            trace_context: None,
-            attempt: next.retry_count,
-            received_at_ms: next.created_at_ms,
-        });
-        store.dead_letter(&next, &env).await?;
-    }
-    let Some(new_rev) = store.write(&next, revision).await? else {
-        return Ok(Committed::Conflict);
-    };
-    match next.status {
-        Status::Retry => store.schedule_retry(&next).await?,
-        Status::Received => {
-            if let Some(publisher) = publisher {
-                let env = match envelope {
-                    Some(e) => Some(Envelope {
-                        attempt: next.next_attempt(),
-                        ..e.clone()
-                    }),
-                    None => {
-                        store
-                            .load_envelope(&next.tenant_id, &next.message_id, next.next_attempt())
-                            .await?
-                    }
-                };
-                if let Some(env) = env {
-                    // A failed publish is not an error of the commit: the state is written,
-                    // and the re-driver publishes again after the deadline.
-                    if let Err(e) = publisher.publish(&env, &next, new_rev).await {
-                        tracing::warn!(message_id = %next.message_id, error = %e, "publish after commit failed; re-drive will retry");
+        if next.status == Status::DeadLetter {
+            let env = match envelope {
+                Some(e) => Some(e.clone()),
+                None => {
+                    store
+                        .load_envelope(&next.tenant_id, &next.message_id, next.retry_count)
+                        .await?
+                }
+            };
+            // An envelope that expired from the bucket is dead-lettered without its body
+            // rather than left to be re-driven forever.
+            let env = env.unwrap_or_else(|| Envelope {
+                message_id: next.message_id.clone(),
+                tenant_id: next.tenant_id.clone(),
+                integration_id: next.integration_id.clone(),
+                headers: Vec::new(),
+                content_type: None,
+                payload: bytes::Bytes::new(),
+                trace_context: None,
+                attempt: next.retry_count,
+                received_at_ms: next.created_at_ms,
+            });
+            store.dead_letter(&next, &env).await?;
+        }
+        let Some(new_rev) = store.write(&next, revision).await? else {
+            return Ok(Committed::Conflict);
+        };
+        match next.status {
+            Status::Retry => store.schedule_retry(&next).await?,
+            Status::Received => {
+                if let Some(publisher) = publisher {
+                    let env = match envelope {
+                        Some(e) => Some(Envelope {
+                            attempt: next.next_attempt(),
+                            ..e.clone()
+                        }),
+                        None => {
+                            store
+                                .load_envelope(&next.tenant_id, &next.message_id, next.next_attempt())
+                                .await?
+                        }
+                    };
+                    if let Some(env) = env {
+                        // A failed publish is not an error of the commit: the state is written,
+                        // and the re-driver publishes again after the deadline.
+                        if let Err(e) = publisher.publish(&env, &next, new_rev).await {
+                            tracing::warn!(message_id = %next.message_id, error = %e, "publish after commit failed; re-drive will retry");
+                        }
                     }
                 }
             }
+            _ => {}
         }
-        _ => {}
+        Ok(Committed::Written(next, new_rev))
     }
-    Ok(Committed::Written(next, new_rev))
 }
 
 /// Shared handle to a store.

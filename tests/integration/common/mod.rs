@@ -264,6 +264,33 @@ impl TestRuntime {
     }
 }
 
+/// The nats-server binary the tests use.
+pub async fn nats_bin() -> PathBuf {
+    let configured = std::env::var_os("VRSKY_NATS__SERVER_BIN").map(PathBuf::from);
+    vrsky_runtime::nats::process::find_binary(configured.as_deref())
+        .await
+        .unwrap()
+        .0
+}
+
+/// A platform JetStream server owned by the test (as in production, it outlives nodes).
+pub async fn external_platform(dir: &std::path::Path, name: &str) -> vrsky_runtime::nats::process::ServerProcess {
+    vrsky_runtime::nats::process::start_server(
+        &nats_bin().await,
+        &vrsky_runtime::nats::process::ServerOptions {
+            server_name: name.into(),
+            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
+            dir: dir.join(name),
+            jetstream: true,
+            sync_interval: "always".into(),
+            adopt: false,
+            startup_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Finds a node by name in a tree JSON.
 pub fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
     if node["name"] == name {
