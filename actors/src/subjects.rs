@@ -18,6 +18,11 @@ pub fn dead_letter(tenant: &TenantId, id: &MessageId) -> String {
     format!("vrsky.dlq.{tenant}.{id}")
 }
 
+/// Every scheduled retry of one tenant.
+pub fn tenant_retries(tenant: &TenantId) -> String {
+    format!("vrsky.retry.{tenant}.>")
+}
+
 /// Every dead letter of one tenant.
 pub fn tenant_dead_letters(tenant: &TenantId) -> String {
     format!("vrsky.dlq.{tenant}.>")

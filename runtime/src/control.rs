@@ -480,6 +480,7 @@ impl Control {
             url,
             client,
             health: Arc::default(),
+            accepting: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -540,6 +541,10 @@ impl Control {
             if let Some(link) = entry.ctx.instances.remove(number as u32) {
                 tokio::spawn(async move { drop(link.client.drain().await) });
             }
+            // Integrations may have been moved already: put them back on the old set.
+            if let Err(again) = self.restart_integrations(&entry, t).await {
+                warn!(tenant_id = %t, error = %again, "integrations not restored after a failed instance start");
+            }
             self.db.delete_instance(t, number).await?;
             return Err(e);
         }
@@ -554,6 +559,7 @@ impl Control {
 
     async fn start_instance(&self, entry: &TenantEntry, t: &TenantId, row: &InstanceRow) -> Result<(), ControlError> {
         let link = self.link(t, row).await?;
+        link.accepting.store(false, std::sync::atomic::Ordering::Relaxed);
         entry.ctx.instances.insert(link.clone());
         let sup = self.tenant_supervisor(t).await?;
         let name = instance_child_name(t, row.instance_number as u32);
@@ -571,7 +577,15 @@ impl Control {
             )));
         }
         self.wait_connected(&link).await?;
-        // Workers listen on every instance: restart each integration on the new set.
+        self.restart_integrations(entry, t).await?;
+        link.accepting.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Restarts every integration of a tenant on its current instance set (workers listen
+    /// on every instance). Messages in flight meanwhile are re-driven.
+    async fn restart_integrations(&self, entry: &TenantEntry, t: &TenantId) -> Result<(), ControlError> {
+        let sup = self.tenant_supervisor(t).await?;
         for row in self.db.integrations(t).await? {
             let spec = parse_stored(&row).map_err(ControlError::Internal)?;
             let args = entry.ctx.integration_args(&spec)?;
@@ -717,6 +731,7 @@ impl Control {
                 warn!(tenant_id = %t, instance = row.instance_number, error = %e, "decommission failed");
             }
         }
+        self.platform.purge_tenant(t).await?;
         self.db.delete_tenant(t).await?;
         Ok(())
     }
@@ -1060,7 +1075,8 @@ impl Control {
                 }
             }
         }
-        self.platform.delete_dead_letter(t, id).await?;
+        // Exactly the entry replayed: a new one (the replay failed again at once) stays.
+        self.platform.delete_dead_letter_at(d.sequence).await?;
         info!(tenant_id = %t, message_id = %id, "dead letter replayed");
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! A tenant's NATS instances as this node sees them: one client per instance, its health,
 //! and the round-robin choice of where the next publish goes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vrsky_actors::nats_instance::InstanceHealth;
@@ -17,6 +17,9 @@ pub struct InstanceLink {
     pub client: async_nats::Client,
     /// Written by its NatsInstanceActor.
     pub health: Arc<InstanceHealth>,
+    /// In the publish rotation. A new instance joins only once every integration
+    /// subscribes on it, so nothing is published where nobody listens.
+    pub accepting: AtomicBool,
 }
 
 impl InstanceLink {
@@ -75,10 +78,12 @@ impl InstanceSet {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotation = |k: usize| &links[(start + k) % links.len()];
+        let accepting = |l: &&Arc<InstanceLink>| l.accepting.load(Ordering::Relaxed);
         (0..links.len())
-            .map(|k| &links[(start + k) % links.len()])
-            .find(|l| l.usable())
-            .or_else(|| links.get(start % links.len()))
+            .map(rotation)
+            .find(|l| accepting(l) && l.usable())
+            .or_else(|| (0..links.len()).map(rotation).find(accepting))
             .cloned()
     }
 }

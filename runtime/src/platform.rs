@@ -317,7 +317,24 @@ impl Platform {
                     revision: ack.sequence,
                 })
             }
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Accepted::Duplicate),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                // A duplicate only if a live state is there: a delete marker (a rolled-back
+                // earlier attempt) must not swallow the retry of a refused request.
+                match self.kv.entry(state_key(t, id)).await.map_err(req)? {
+                    Some(entry) if entry.operation == kv::Operation::Put => Ok(Accepted::Duplicate),
+                    _ => {
+                        let json = Bytes::from(serde_json::to_vec(&state).map_err(req)?);
+                        match self.kv.create(state_key(t, id), json).await {
+                            Ok(revision) => {
+                                self.kv.put(payload_key(t, id), record).await.map_err(req)?;
+                                Ok(Accepted::New { state, revision })
+                            }
+                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Accepted::Duplicate),
+                            Err(e) => Err(req(e)),
+                        }
+                    }
+                }
+            }
             Err(e) => Err(req(e)),
         }
     }
@@ -472,9 +489,33 @@ impl Platform {
     /// Deletes a dead letter; false when there was none.
     pub async fn delete_dead_letter(&self, tenant: &TenantId, id: &MessageId) -> Result<bool, PlatformError> {
         match self.dead_letter(tenant, id).await? {
-            Some(d) => self.dlq.delete_message(d.sequence).await.map_err(req),
+            Some(d) => self.delete_dead_letter_at(d.sequence).await,
             None => Ok(false),
         }
+    }
+
+    /// Deletes the dead-letter entry at this sequence (and no newer one of the message).
+    pub async fn delete_dead_letter_at(&self, sequence: u64) -> Result<bool, PlatformError> {
+        match self.dlq.delete_message(sequence).await {
+            Ok(deleted) => Ok(deleted),
+            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) => Err(req(e)),
+        }
+    }
+
+    /// Forgets everything of a deleted tenant: its states and envelopes, its scheduled
+    /// retries and its dead letters, so a tenant created later with the same id sees none
+    /// of it.
+    pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<(), PlatformError> {
+        let kv_stream = self.js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        for (stream, filter) in [
+            (&kv_stream, format!("$KV.{STATE_BUCKET}.{tenant}.>")),
+            (&self.retry, subjects::tenant_retries(tenant)),
+            (&self.dlq, subjects::tenant_dead_letters(tenant)),
+        ] {
+            stream.purge().filter(filter).await.map_err(req)?;
+        }
+        Ok(())
     }
 
     /// Per bucket and stream: name, messages held, bytes held, last sequence (messages ever
@@ -551,7 +592,7 @@ impl MessageStore for Platform {
             header(
                 &mut h,
                 H_MSG_ID,
-                &format!("{}-r{}", state.message_id, state.retry_count),
+                &format!("{}-r{}-{}", state.message_id, state.retry_count, state.updated_at_ms),
             );
             self.js
                 .publish_with_headers(
@@ -567,11 +608,18 @@ impl MessageStore for Platform {
         })
     }
 
+    fn retract_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.delete_dead_letter_at(sequence).await.map_err(store_err)?;
+            Ok(())
+        })
+    }
+
     fn dead_letter<'a>(
         &'a self,
         state: &'a MessageState,
         envelope: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let json = serde_json::to_vec(state).map_err(store_err)?;
             let record = encode_envelope(envelope).map_err(store_err)?;
@@ -587,7 +635,8 @@ impl MessageStore for Platform {
                 H_LAST_ERROR,
                 &one_line(state.last_error.as_deref().unwrap_or("")),
             );
-            self.js
+            let ack = self
+                .js
                 .publish_with_headers(
                     subjects::dead_letter(&state.tenant_id, &state.message_id),
                     h,
@@ -597,7 +646,7 @@ impl MessageStore for Platform {
                 .map_err(store_err)?
                 .await
                 .map_err(store_err)?;
-            Ok(())
+            Ok(ack.sequence)
         })
     }
 }

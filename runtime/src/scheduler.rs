@@ -108,7 +108,13 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
         publisher: Some(&*args.control),
         policy: &policy,
     };
-    match committer.commit(&state, rev, &Event::RetryDue, None, now).await {
+    let event = match args.control.delivery_policy(&state.tenant_id, &state.integration_id) {
+        Some(_) => Event::RetryDue,
+        None => Event::Abandon {
+            reason: format!("integration {} no longer exists", state.integration_id),
+        },
+    };
+    match committer.commit(&state, rev, &event, None, now).await {
         Ok(Committed::Written(..)) => {
             debug!(tenant_id = %t, message_id = %id, retry = retry_count, "retry due; published");
             AckKind::Ack
@@ -137,7 +143,13 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
         policy: &policy,
     };
     let from = state.status;
-    match committer.commit(&state, rev, &Event::Redrive, None, now_ms()).await {
+    let event = match args.control.delivery_policy(&state.tenant_id, &state.integration_id) {
+        Some(_) => Event::Redrive,
+        None => Event::Abandon {
+            reason: format!("integration {} no longer exists", state.integration_id),
+        },
+    };
+    match committer.commit(&state, rev, &event, None, now_ms()).await {
         Ok(Committed::Written(next, _)) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }

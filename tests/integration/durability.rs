@@ -478,3 +478,66 @@ async fn retry_policy_and_tenant_scoping_are_checked() {
     }
     t.shutdown().await;
 }
+
+/// A state key deleted after a refused request (a rollback leaves a delete marker) must
+/// not make the client's retry with the same idempotency key look like a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_over_a_rolled_back_state_is_accepted() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    let key = [("idempotency-key", "order-77")];
+    let (s, v) = t.webhook_json("acme", "hook", b"one".to_vec(), &key).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["message_id"].as_str().unwrap().to_owned();
+    t.wait_status("acme", &id, "completed").await;
+    let js = async_nats::jetstream::new(async_nats::connect(t.rt().platform_url.as_str()).await.unwrap());
+    let kv = js.get_key_value("message_state").await.unwrap();
+    kv.delete(format!("acme.{id}")).await.unwrap();
+    let (s, v) = t.webhook_json("acme", "hook", b"two".to_vec(), &key).await;
+    assert_eq!(s, 202, "swallowed as a duplicate: {v}");
+    assert_eq!(v["message_id"].as_str(), Some(id.as_str()));
+    t.wait_status("acme", &id, "completed").await;
+    assert_eq!(sink.for_message(&id).len(), 2);
+    t.shutdown().await;
+}
+
+/// A message waiting for a retry when its integration is deleted is dead-lettered with
+/// the reason instead of being re-driven forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_deleted_integration_are_dead_lettered() {
+    let sink = Sink::start().await;
+    sink.set_status(503);
+    let t = setup(&sink, json!({"max_retries": 3, "backoff_base_s": 0.5})).await;
+    let id = send(&t, "x").await;
+    t.wait_status("acme", &id, "retry").await;
+    let (s, _) = t.api(Method::DELETE, "/api/tenants/acme/integrations/hook", None).await;
+    assert_eq!(s, 204);
+    let state = t.wait_status("acme", &id, "dead_letter").await;
+    assert!(
+        state["last_error"].as_str().unwrap().contains("no longer exists"),
+        "{state}"
+    );
+    t.shutdown().await;
+}
+
+/// Deleting a tenant forgets its messages and dead letters: a tenant created later with
+/// the same id sees none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_tenant_leaves_no_messages_behind() {
+    let sink = Sink::start().await;
+    sink.set_status(400);
+    let t = setup(&sink, fast_retry(0)).await;
+    let id = send(&t, "secret of the old tenant").await;
+    t.wait_status("acme", &id, "dead_letter").await;
+    let (s, _) = t.api(Method::DELETE, "/api/tenants/acme", None).await;
+    assert_eq!(s, 204);
+    t.create_tenant("acme").await;
+    let (s, v) = t.api(Method::GET, "/api/tenants/acme/dead-letters", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["dead_letters"].as_array().unwrap().len(), 0, "{v}");
+    let (s, _) = t
+        .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+        .await;
+    assert_eq!(s, 404);
+    t.shutdown().await;
+}

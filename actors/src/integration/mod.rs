@@ -72,6 +72,8 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
     if env.tenant_id != args.tenant_id
         || env.integration_id != args.integration_id
         || claim.state.message_id != env.message_id
+        || claim.state.tenant_id != args.tenant_id
+        || claim.state.integration_id != args.integration_id
     {
         c.malformed.fetch_add(1, Ordering::Relaxed);
         warn!(tenant_id = %args.tenant_id, integration_id = %args.integration_id,

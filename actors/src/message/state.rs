@@ -127,6 +127,12 @@ pub enum Event {
     Redrive,
     /// A tenant replays it from the dead-letter queue: attempts start over.
     Replay,
+    /// It can no longer be delivered (its envelope expired, its integration was
+    /// deleted): dead-letter it with the reason, whatever it was doing.
+    Abandon {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A transition the lifecycle does not allow.
@@ -147,6 +153,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::RetryDue => "retry_due",
         Event::Redrive => "redrive",
         Event::Replay => "replay",
+        Event::Abandon { .. } => "abandon",
     }
 }
 
@@ -260,6 +267,12 @@ impl MessageState {
                 },
                 now_ms,
             )),
+            (Status::Received | Status::Processing | Status::Retry, Event::Abandon { reason }) => {
+                next.status = Status::DeadLetter;
+                next.last_error = Some(clip(reason));
+                next.next_attempt_at_ms = None;
+                Ok(next)
+            }
             (Status::DeadLetter, Event::Replay) => {
                 next.status = Status::Received;
                 next.retry_count = 0;
@@ -367,6 +380,26 @@ mod tests {
         let s = s.apply(&Event::Redrive, &p, 2).unwrap();
         assert_eq!(s.status, Status::DeadLetter);
         assert!(s.last_error.unwrap().contains("worker lost"));
+    }
+
+    #[test]
+    fn abandon_dead_letters_unfinished_messages_only() {
+        let p = RetryPolicy::default();
+        let a = Event::Abandon {
+            reason: "integration gone".into(),
+        };
+        let s = msg().apply(&a, &p, 5).unwrap();
+        assert_eq!(
+            (s.status, s.last_error.as_deref()),
+            (Status::DeadLetter, Some("integration gone"))
+        );
+        let done = msg()
+            .apply(&Event::Claim, &p, 1)
+            .unwrap()
+            .apply(&Event::Delivered, &p, 2)
+            .unwrap();
+        assert!(done.apply(&a, &p, 3).is_err());
+        assert!(s.apply(&a, &p, 6).is_err());
     }
 
     #[test]

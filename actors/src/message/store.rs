@@ -34,12 +34,14 @@ pub trait MessageStore: Send + Sync + 'static {
     fn write<'a>(&'a self, next: &'a MessageState, expected: u64) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
     /// Durably schedules the retry of a message in `retry` status.
     fn schedule_retry<'a>(&'a self, state: &'a MessageState) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Durably records a dead letter with its envelope.
+    /// Durably records a dead letter with its envelope; returns the entry's sequence.
     fn dead_letter<'a>(
         &'a self,
         state: &'a MessageState,
         envelope: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Removes a dead-letter entry whose state write lost its revision check.
+    fn retract_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// Publishes a message for delivery on its tenant's NATS (core NATS: may be lost; the
@@ -95,10 +97,29 @@ impl Committer<'_> {
         now_ms: u64,
     ) -> Result<Committed, StoreError> {
         let (store, publisher, policy) = (self.store, self.publisher, self.policy);
-        let next = match current.apply(event, policy, now_ms) {
+        let mut next = match current.apply(event, policy, now_ms) {
             Ok(n) => n,
             Err(e) => return Ok(Committed::Illegal(e.to_string())),
         };
+        // A message about to be published again needs its envelope; one whose envelope is
+        // gone can never be delivered, and re-driving it would keep it alive forever.
+        let mut loaded = None;
+        if next.status == Status::Received && publisher.is_some() && envelope.is_none() {
+            loaded = store
+                .load_envelope(&next.tenant_id, &next.message_id, next.next_attempt())
+                .await?;
+            if loaded.is_none() {
+                let abandon = Event::Abandon {
+                    reason: "its envelope is no longer in the message_state bucket (expired)".into(),
+                };
+                next = match current.apply(&abandon, policy, now_ms) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(Committed::Illegal(e.to_string())),
+                };
+            }
+        }
+        let envelope = envelope.or(loaded.as_ref());
+        let mut dead_letter_seq = None;
         if next.status == Status::DeadLetter {
             let env = match envelope {
                 Some(e) => Some(e.clone()),
@@ -121,9 +142,14 @@ impl Committer<'_> {
                 attempt: next.retry_count,
                 received_at_ms: next.created_at_ms,
             });
-            store.dead_letter(&next, &env).await?;
+            dead_letter_seq = Some(store.dead_letter(&next, &env).await?);
         }
         let Some(new_rev) = store.write(&next, revision).await? else {
+            // Someone else moved the message on: the dead letter written for this outcome
+            // must not stay behind to be replayed later.
+            if let Some(seq) = dead_letter_seq {
+                store.retract_dead_letter(seq).await?;
+            }
             return Ok(Committed::Conflict);
         };
         match next.status {

@@ -162,8 +162,9 @@ fn config_text(o: &ServerOptions, monitor_port: u16) -> String {
     c
 }
 
-/// Reads the server's INFO line; returns its version once it accepts connections.
-async fn read_info(port: u16) -> Option<String> {
+/// Reads the INFO line on `port`; returns the version once it accepts connections, and
+/// only if the server there is `server_name` (not another process that took the port).
+async fn read_info(port: u16, server_name: &str) -> Option<String> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let mut lines = BufReader::new(stream).lines();
     let line = tokio::time::timeout(Duration::from_secs(2), lines.next_line())
@@ -172,6 +173,9 @@ async fn read_info(port: u16) -> Option<String> {
         .ok()??;
     let json = line.strip_prefix("INFO ")?;
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    if v.get("server_name")?.as_str()? != server_name {
+        return None;
+    }
     v.get("version")?.as_str().map(str::to_owned)
 }
 
@@ -200,7 +204,7 @@ fn running_from(dir: &Path) -> Option<u32> {
 /// watched by polling (it is not our child), and stopping it sends SIGTERM.
 async fn adopt(o: &ServerOptions) -> Option<ServerProcess> {
     let pid = running_from(&o.dir)?;
-    let version = read_info(o.client_port).await?;
+    let version = read_info(o.client_port, &o.server_name).await?;
     let conf = std::fs::read_to_string(o.dir.join("nats.conf")).ok()?;
     let monitor = conf
         .lines()
@@ -302,7 +306,7 @@ pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess
                 o.server_name
             )));
         }
-        if let Some(v) = read_info(o.client_port).await {
+        if let Some(v) = read_info(o.client_port, &o.server_name).await {
             break v;
         }
         if tokio::time::Instant::now() >= deadline {
