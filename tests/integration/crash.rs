@@ -47,6 +47,29 @@ async fn dead_lettered(http: &reqwest::Client, node: &NodeProcess) -> HashSet<St
         .unwrap_or_default()
 }
 
+/// Creates tenant `acme` with integration `hook` (delivering to `sink`, with `retry`).
+async fn create_hook(http: &reqwest::Client, node: &NodeProcess, sink: &Sink, retry: Value) {
+    let (s, v) = api(
+        http,
+        node,
+        reqwest::Method::POST,
+        "/api/tenants",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let body = spec("hook", &sink.url("/hook"), json!({ "retry": retry }));
+    let (s, v) = api(
+        http,
+        node,
+        reqwest::Method::POST,
+        "/api/tenants/acme/integrations",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
 /// Steady load; kill -9 the node three times and restart it. 0 lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing() {
@@ -56,28 +79,7 @@ async fn kill_9_under_load_loses_nothing() {
     let sink = Sink::start().await;
     let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
     let http = reqwest::Client::new();
-    let (s, v) = api(
-        &http,
-        &node,
-        reqwest::Method::POST,
-        "/api/tenants",
-        Some(json!({"id": "acme", "name": "Acme"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = api(
-        &http,
-        &node,
-        reqwest::Method::POST,
-        "/api/tenants/acme/integrations",
-        Some(spec(
-            "hook",
-            &sink.url("/hook"),
-            json!({"retry": {"max_retries": 5, "backoff_base_s": 0.1}}),
-        )),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    create_hook(&http, &node, &sink, json!({"max_retries": 5, "backoff_base_s": 0.1})).await;
 
     // Load: 8 senders, each recording the ids answered 202.
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -178,28 +180,8 @@ async fn pending_retries_fire_after_kill_9() {
     });
     let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
     let http = reqwest::Client::new();
-    api(
-        &http,
-        &node,
-        reqwest::Method::POST,
-        "/api/tenants",
-        Some(json!({"id": "acme", "name": "Acme"})),
-    )
-    .await;
     // First retry after 2 s: long enough to kill the node while every retry is pending.
-    let (s, v) = api(
-        &http,
-        &node,
-        reqwest::Method::POST,
-        "/api/tenants/acme/integrations",
-        Some(spec(
-            "hook",
-            &sink.url("/hook"),
-            json!({"retry": {"max_retries": 3, "backoff_base_s": 1.0}}),
-        )),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    create_hook(&http, &node, &sink, json!({"max_retries": 3, "backoff_base_s": 1.0})).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let r = http
