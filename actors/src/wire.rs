@@ -76,10 +76,16 @@ pub fn encode_claimable(
     revision: u64,
 ) -> Result<(HeaderMap, Bytes), EncodeError> {
     let (mut h, payload) = encode(env)?;
-    let state = serde_json::to_string(claim).map_err(|_| EncodeError { name: H_STATE.into() })?;
-    put(&mut h, H_REVISION, &revision.to_string())?;
-    put(&mut h, H_STATE, &state)?;
+    add_claim(&mut h, claim, revision)?;
     Ok((h, payload))
+}
+
+/// Adds the claim data to headers made by [`encode`], so an envelope encoded once (to
+/// check it before storing) is not encoded again to publish it.
+pub fn add_claim(h: &mut HeaderMap, claim: &MessageState, revision: u64) -> Result<(), EncodeError> {
+    let state = serde_json::to_string(claim).map_err(|_| EncodeError { name: H_STATE.into() })?;
+    put(h, H_REVISION, &revision.to_string())?;
+    put(h, H_STATE, &state)
 }
 
 /// Reads the claim data of a message published by [`encode_claimable`].

@@ -1118,20 +1118,32 @@ impl TenantPublisher for Control {
         revision: u64,
     ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let route = self
-                .route(&envelope.tenant_id, &envelope.integration_id)
-                .map_err(|e| StoreError(e.to_string()))?;
             let (h, payload) =
                 wire::encode_claimable(envelope, state, revision).map_err(|e| StoreError(e.to_string()))?;
-            let link = route
-                .instances
-                .pick()
-                .ok_or_else(|| StoreError(format!("tenant {} has no nats instance", envelope.tenant_id)))?;
-            link.client
-                .publish_with_headers(route.subject.clone(), h, payload)
+            self.publish_encoded(&envelope.tenant_id, &envelope.integration_id, h, payload)
                 .await
-                .map_err(|e| StoreError(e.to_string()))
         })
+    }
+}
+
+impl Control {
+    /// Publishes an already encoded message on the next instance of its tenant.
+    pub async fn publish_encoded(
+        &self,
+        t: &TenantId,
+        i: &IntegrationId,
+        headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        let route = self.route(t, i).map_err(|e| StoreError(e.to_string()))?;
+        let link = route
+            .instances
+            .pick()
+            .ok_or_else(|| StoreError(format!("tenant {t} has no nats instance")))?;
+        link.client
+            .publish_with_headers(route.subject.clone(), headers, payload)
+            .await
+            .map_err(|e| StoreError(e.to_string()))
     }
 }
 

@@ -51,8 +51,6 @@ pub enum SchedulerMsg {
     Tick,
     /// An input stream ended; the actor fails and is restarted.
     InputEnded(&'static str),
-    /// Number of unfinished messages tracked.
-    Tracked(ractor::RpcReplyPort<usize>),
 }
 
 /// The actor.
@@ -259,9 +257,6 @@ impl Actor for RetryScheduler {
                 }
             }
             SchedulerMsg::InputEnded(what) => return Err(format!("{what} ended").into()),
-            SchedulerMsg::Tracked(reply) => {
-                let _ = reply.send(state.deadlines.len());
-            }
         }
         Ok(())
     }

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ractor::RpcReplyPort;
-
 use crate::components::{Pipeline, Producer};
 use crate::ids::{IntegrationId, TenantId};
 use crate::message::{RetryPolicy, SharedStore};
@@ -37,8 +35,6 @@ pub struct IntegrationArgs {
 pub enum IntegrationMsg {
     /// The NATS subscription closed; the actor fails so its supervisor restarts it.
     SubscriptionEnded,
-    /// Current counters.
-    GetStats(RpcReplyPort<IntegrationStats>),
 }
 
 /// Outcome counters of one integration on this node.

@@ -36,7 +36,6 @@ impl Drop for AbortOnDrop {
 #[derive(Debug)]
 pub struct IntegrationState {
     _pump: AbortOnDrop,
-    counters: Arc<IntegrationCounters>,
 }
 
 fn now_ms() -> u64 {
@@ -191,7 +190,6 @@ impl Actor for IntegrationActor {
         let mut sub = futures::stream::select_all(subs);
         info!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, %subject,
             instances = args.clients.len(), "integration subscribed");
-        let counters = args.counters.clone();
         // Bound: at most `max_in_flight` deliveries run at once; beyond that the pump
         // stops reading and NATS buffers (and, being core NATS, may drop: see ARCHITECTURE).
         let permits = Arc::new(Semaphore::new(args.max_in_flight));
@@ -211,7 +209,6 @@ impl Actor for IntegrationActor {
         });
         Ok(IntegrationState {
             _pump: AbortOnDrop(pump),
-            counters,
         })
     }
 
@@ -219,14 +216,10 @@ impl Actor for IntegrationActor {
         &self,
         _myself: ActorRef<IntegrationMsg>,
         msg: IntegrationMsg,
-        state: &mut IntegrationState,
+        _state: &mut IntegrationState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             IntegrationMsg::SubscriptionEnded => Err("nats subscription ended".into()),
-            IntegrationMsg::GetStats(reply) => {
-                let _ = reply.send(state.counters.snapshot());
-                Ok(())
-            }
         }
     }
 }

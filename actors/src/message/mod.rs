@@ -14,7 +14,7 @@ pub use record::{RecordError, decode_envelope, encode_envelope};
 pub use redrive::Deadlines;
 pub use retry::{MAX_RETRIES_LIMIT, RetryPolicy};
 pub use state::{Attempt, Event, IllegalTransition, MessageState, Status};
-pub use store::{Committed, Committer, MessageStore, SharedPublisher, SharedStore, StoreError, TenantPublisher};
+pub use store::{Committed, Committer, MessageStore, SharedStore, StoreError, TenantPublisher};
 
 #[cfg(test)]
 mod model_tests;

@@ -184,5 +184,3 @@ impl Committer<'_> {
 
 /// Shared handle to a store.
 pub type SharedStore = Arc<dyn MessageStore>;
-/// Shared handle to a publisher.
-pub type SharedPublisher = Arc<dyn TenantPublisher>;

@@ -8,7 +8,7 @@ mod port;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
 pub use health::{InstanceHealth, probe};
@@ -36,25 +36,15 @@ pub struct NatsInstanceArgs {
 pub enum NatsInstanceMsg {
     /// The instance's process (or pod) went away.
     Exited(String),
-    /// Where it listens and what it runs.
-    GetStatus(RpcReplyPort<InstanceStatus>),
     /// Time to probe the instance.
     HealthTick,
-}
-
-/// What a running instance reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct InstanceStatus {
-    /// Client URL.
-    pub url: String,
-    /// nats-server version.
-    pub server_version: String,
 }
 
 /// Running state. Dropping it (stop, failure, kill) marks the instance unhealthy.
 #[derive(Debug)]
 pub struct NatsInstanceState {
-    status: InstanceStatus,
+    /// Client URL.
+    url: String,
     stop: Option<StopHandle>,
     health: Arc<InstanceHealth>,
     _ticker: crate::integration::AbortOnDrop,
@@ -94,7 +84,7 @@ impl Actor for NatsInstanceActor {
         args.health.set(true, None);
         let ticker = myself.send_interval(args.health_interval, || NatsInstanceMsg::HealthTick);
         Ok(NatsInstanceState {
-            status: InstanceStatus { url, server_version },
+            url,
             stop: Some(stop),
             health: args.health.clone(),
             _ticker: crate::integration::AbortOnDrop(ticker),
@@ -120,21 +110,17 @@ impl Actor for NatsInstanceActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NatsInstanceMsg::Exited(reason) => {
-                warn!(url = %state.status.url, %reason, "nats instance exited");
+                warn!(url = %state.url, %reason, "nats instance exited");
                 // Nothing left to stop; fail so the supervisor restarts the instance.
                 state.stop = None;
                 state.health.set(false, Some(format!("exited: {reason}")));
-                Err(format!("nats instance {} exited: {reason}", state.status.url).into())
-            }
-            NatsInstanceMsg::GetStatus(reply) => {
-                let _ = reply.send(state.status.clone());
-                Ok(())
+                Err(format!("nats instance {} exited: {reason}", state.url).into())
             }
             NatsInstanceMsg::HealthTick => {
-                match probe(&state.status.url, Duration::from_secs(2)).await {
+                match probe(&state.url, Duration::from_secs(2)).await {
                     Ok(()) => state.health.set(true, None),
                     Err(e) => {
-                        warn!(url = %state.status.url, error = %e, "nats instance failed its health check");
+                        warn!(url = %state.url, error = %e, "nats instance failed its health check");
                         state.health.set(false, Some(e));
                     }
                 }

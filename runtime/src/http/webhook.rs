@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tracing::{Instrument, info_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
-use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
+use vrsky_actors::message::idempotent_message_id;
 use vrsky_actors::{IntegrationId, MessageId, TenantId, wire};
 
 use crate::platform::Accepted;
@@ -160,8 +160,10 @@ pub(crate) async fn receive(
             .consumer
             .accept(request)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
-        // Refuse what cannot travel before anything is stored.
-        wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
+        // Refuse what cannot travel before anything is stored; the encoding is kept and
+        // only the claim headers are added once the state is stored.
+        let (mut nats_headers, payload) =
+            wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
         // The durability point: the envelope and the `received` state are acknowledged by
         // the platform JetStream before the 202.
         let accepted = s
@@ -184,7 +186,15 @@ pub(crate) async fn receive(
             )),
             Accepted::New { state, revision } => {
                 // Core NATS: a lost publish is re-driven from the stored state.
-                if let Err(e) = s.control.publish(&envelope, &state, revision).await {
+                let published = match wire::add_claim(&mut nats_headers, &state, revision) {
+                    Ok(()) => {
+                        s.control
+                            .publish_encoded(&envelope.tenant_id, &envelope.integration_id, nats_headers, payload)
+                            .await
+                    }
+                    Err(e) => Err(vrsky_actors::message::StoreError(e.to_string())),
+                };
+                if let Err(e) = published {
                     warn!(error = %e, "publish failed; the message will be re-driven");
                 }
                 Ok((
