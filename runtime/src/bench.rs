@@ -59,6 +59,10 @@ pub struct Phase {
     pub p50_ms: Option<f64>,
     /// 99th percentile latency, ms.
     pub p99_ms: Option<f64>,
+    /// CPU time spent per message by this process and the nats-servers it started (load
+    /// generator and sink included), in microseconds: steadier than rates on a noisy
+    /// machine, and what a change to the message path moves.
+    pub cpu_us_per_msg: Option<f64>,
 }
 
 /// All figures of one run.
@@ -79,6 +83,36 @@ pub struct Report {
     pub ratio_to_raw_http: f64,
     /// vrsky_peak / raw_nats.
     pub ratio_to_raw_nats: f64,
+}
+
+/// CPU seconds used so far by this process and its live child processes (the nats-servers),
+/// from `/proc` (Linux; `None` elsewhere). Ticks are USER_HZ, 100 on Linux.
+fn cpu_seconds() -> Option<f64> {
+    fn ticks(stat: &str) -> Option<(u32, u64)> {
+        // Fields after the parenthesised command name: state, ppid, ..., utime (14), stime (15).
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some((
+            f.get(1)?.parse().ok()?,
+            f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+        ))
+    }
+    let me = std::process::id();
+    let (_, mut total) = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            && let Some((ppid, t)) = ticks(&stat)
+            && ppid == me
+        {
+            total += t;
+        }
+    }
+    Some(total as f64 / 100.0)
+}
+
+/// CPU µs per message between two [`cpu_seconds`] readings.
+fn cpu_per_msg(before: Option<f64>, after: Option<f64>, n: usize) -> Option<f64> {
+    Some((after? - before?) / n.max(1) as f64 * 1e6)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
@@ -114,6 +148,7 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
     const WINDOW: usize = 8192;
     let received = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let counter = {
         let received = received.clone();
         tokio::spawn(async move {
@@ -143,12 +178,14 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
     }
     pub_client.flush().await?;
     let (got, end) = counter.await?;
+    let cpu_us_per_msg = cpu_per_msg(cpu0, cpu_seconds(), got);
     server.stop.stop().await;
     Ok(Phase {
         completed: got,
         rate_per_s: got as f64 / (end - start).as_secs_f64(),
         p50_ms: None,
         p99_ms: None,
+        cpu_us_per_msg,
     })
 }
 
@@ -187,6 +224,7 @@ async fn raw_kv_put(
     const WINDOW: usize = 256;
     let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut done = 0usize;
     for i in 0..n {
         acks.push_back(js.publish(format!("$KV.bench.k{i}"), payload.clone()).await?);
@@ -202,12 +240,14 @@ async fn raw_kv_put(
         done += 1;
     }
     let elapsed = start.elapsed();
+    let cpu_us_per_msg = cpu_per_msg(cpu0, cpu_seconds(), done);
     server.stop.stop().await;
     Ok(Phase {
         completed: done,
         rate_per_s: done as f64 / elapsed.as_secs_f64(),
         p50_ms: None,
         p99_ms: None,
+        cpu_us_per_msg,
     })
 }
 
@@ -271,11 +311,13 @@ async fn raw_http(client: &reqwest::Client, n: usize, concurrency: usize, size: 
     let url = format!("http://{addr}/raw");
     let body = Bytes::from(vec![b'x'; size]);
     let client = client.clone();
+    let cpu0 = cpu_seconds();
     let (mut lat, elapsed) = closed_loop(n, concurrency, move |_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
         async move { matches!(client.post(&url).body(body).send().await, Ok(r) if r.status().is_success()) }
     })
     .await;
+    let cpu_us_per_msg = cpu_per_msg(cpu0, cpu_seconds(), lat.len());
     let _ = stop.send(());
     lat.sort();
     Ok(Phase {
@@ -283,6 +325,7 @@ async fn raw_http(client: &reqwest::Client, n: usize, concurrency: usize, size: 
         rate_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
+        cpu_us_per_msg,
     })
 }
 
@@ -330,6 +373,7 @@ async fn vrsky_phase(
 ) -> Phase {
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let epoch = arrivals.epoch;
     let send_one = {
         let (e, sent) = (e.clone(), sent.clone());
@@ -383,6 +427,7 @@ async fn vrsky_phase(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu_after = cpu_seconds();
     let mut lat = Vec::with_capacity(n);
     let mut last_arrival = 0u64;
     for i in 0..n {
@@ -401,13 +446,18 @@ async fn vrsky_phase(
         rate_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
+        cpu_us_per_msg: cpu_per_msg(cpu0, cpu_after, lat.len()),
     }
 }
 
 fn line(name: &str, p: &Phase) {
     let ms = |v: Option<f64>| v.map(|v| format!("{v:8.2}")).unwrap_or_else(|| "       -".into());
+    let cpu = p
+        .cpu_us_per_msg
+        .map(|v| format!("{v:10.1}"))
+        .unwrap_or_else(|| "         -".into());
     println!(
-        "{name:<34} {:>9} {:>12.0} {} {}",
+        "{name:<34} {:>9} {:>12.0} {} {} {cpu}",
         p.completed,
         p.rate_per_s,
         ms(p.p50_ms),
@@ -488,7 +538,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let peak = vrsky_phase(&e2e, &arrivals, 0, args.messages, args.concurrency, None).await;
     let half_rate = (peak.rate_per_s / 2.0).max(1.0);
     eprintln!(
-        "phase 4/4: vrsky end to end paced at {half_rate:.0}/s ({} webhooks)",
+        "phase 5/5: vrsky end to end paced at {half_rate:.0}/s ({} webhooks)",
         args.messages
     );
     let half = vrsky_phase(
@@ -514,8 +564,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         vrsky_half_peak: half,
     };
     println!(
-        "\n{:<34} {:>9} {:>12} {:>8} {:>8}",
-        "phase", "completed", "msgs/s", "p50 ms", "p99 ms"
+        "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",
+        "phase", "completed", "msgs/s", "p50 ms", "p99 ms", "cpu µs/msg"
     );
     line("raw core NATS pub->sub", &report.raw_nats);
     line("raw pipelined KV put", &report.raw_kv_put);
@@ -529,7 +579,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.ratio_to_raw_nats * 100.0,
         report.vrsky_peak.rate_per_s / report.raw_kv_put.rate_per_s * 100.0
     );
-    println!("(each VRSky message costs 4 JetStream writes: envelope, received, processing, completed)");
+    println!(
+        "(each VRSky message costs 3 JetStream writes: received with its envelope, processing, completed;\n \
+         cpu µs/msg counts this process, load generator and sink included, and its nats-servers)"
+    );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

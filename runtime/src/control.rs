@@ -24,10 +24,10 @@ use vrsky_actors::{IntegrationId, TenantId, subjects};
 use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorError, SupervisorExt, SupervisorMsg, TreeNode};
 
 use vrsky_actors::message::{
-    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, SharedStore, Status, StoreError,
+    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, SharedStore, Status, StoreError, Stored,
     TenantPublisher,
 };
-use vrsky_actors::{Envelope, MessageId, wire};
+use vrsky_actors::{MessageId, wire};
 
 use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
 use crate::instances::{InstanceLink, InstanceSet};
@@ -963,8 +963,8 @@ impl Control {
     /// dead-letter queue.
     pub async fn message(&self, t: &TenantId, id: &MessageId) -> Result<MessageView, ControlError> {
         self.entry_or_404(t)?;
-        if let Some((s, _)) = self.platform.load(t, id).await? {
-            return Ok(MessageView::of(&s));
+        if let Some(stored) = self.platform.load(t, id).await? {
+            return Ok(MessageView::of(&stored.state));
         }
         match self.platform.dead_letter(t, id).await? {
             Some(d) => Ok(MessageView::of(&d.state)),
@@ -1031,15 +1031,16 @@ impl Control {
         let route = self.route(t, &integration).map_err(|_| {
             ControlError::Conflict(format!("integration {integration} of message {id} no longer exists"))
         })?;
-        // The envelope may have expired from the bucket; the dead letter has it.
-        self.platform.put_envelope(&d.envelope).await?;
+        // The dead letter has the envelope: a replayed message is stored with it again.
         let committer = Committer {
             store: &self.platform,
             publisher: Some(self),
             policy: &route.retry,
         };
         match self.platform.load(t, id).await? {
-            Some((state, rev)) => {
+            Some(Stored {
+                state, revision: rev, ..
+            }) => {
                 if state.status != Status::DeadLetter {
                     return Err(ControlError::Conflict(format!(
                         "message {id} is {}, not dead-lettered",
@@ -1047,7 +1048,7 @@ impl Control {
                     )));
                 }
                 match committer
-                    .commit(&state, rev, &Event::Replay, Some(&d.envelope), now_ms())
+                    .commit(&state, rev, &Event::Replay, Some(&d.record), now_ms())
                     .await?
                 {
                     Committed::Written(..) => {}
@@ -1061,16 +1062,12 @@ impl Control {
             None => {
                 let mut fresh = MessageState::received(id.clone(), t.clone(), integration, d.state.created_at_ms);
                 fresh.updated_at_ms = now_ms();
-                let rev = self
+                let (stored, rev) = self
                     .platform
-                    .recreate(&fresh)
+                    .recreate(&fresh, &d.record)
                     .await?
                     .ok_or_else(|| ControlError::Conflict(format!("message {id} changed meanwhile; try again")))?;
-                let env = Envelope {
-                    attempt: 1,
-                    ..d.envelope.clone()
-                };
-                if let Err(e) = self.publish(&env, &fresh, rev).await {
+                if let Err(e) = self.publish(&fresh, stored, rev).await {
                     warn!(message_id = %id, error = %e, "replay publish failed; re-drive will retry");
                 }
             }
@@ -1111,39 +1108,26 @@ impl Control {
 }
 
 impl TenantPublisher for Control {
+    /// Publishes on the next instance of the message's tenant.
     fn publish<'a>(
         &'a self,
-        envelope: &'a Envelope,
         state: &'a MessageState,
+        stored: bytes::Bytes,
         revision: u64,
     ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let (h, payload) =
-                wire::encode_claimable(envelope, state, revision).map_err(|e| StoreError(e.to_string()))?;
-            self.publish_encoded(&envelope.tenant_id, &envelope.integration_id, h, payload)
+            let (t, i) = (&state.tenant_id, &state.integration_id);
+            let route = self.route(t, i).map_err(|e| StoreError(e.to_string()))?;
+            let link = route
+                .instances
+                .pick()
+                .ok_or_else(|| StoreError(format!("tenant {t} has no nats instance")))?;
+            let (headers, payload) = wire::encode(stored, revision);
+            link.client
+                .publish_with_headers(route.subject.clone(), headers, payload)
                 .await
+                .map_err(|e| StoreError(e.to_string()))
         })
-    }
-}
-
-impl Control {
-    /// Publishes an already encoded message on the next instance of its tenant.
-    pub async fn publish_encoded(
-        &self,
-        t: &TenantId,
-        i: &IntegrationId,
-        headers: async_nats::HeaderMap,
-        payload: bytes::Bytes,
-    ) -> Result<(), StoreError> {
-        let route = self.route(t, i).map_err(|e| StoreError(e.to_string()))?;
-        let link = route
-            .instances
-            .pick()
-            .ok_or_else(|| StoreError(format!("tenant {t} has no nats instance")))?;
-        link.client
-            .publish_with_headers(route.subject.clone(), headers, payload)
-            .await
-            .map_err(|e| StoreError(e.to_string()))
     }
 }
 

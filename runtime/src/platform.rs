@@ -2,17 +2,20 @@
 //! `dead_letter_queue` streams. Creates them if missing, reads their configuration back,
 //! and refuses to start when the server dropped a setting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, kv, stream};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
 use vrsky_actors::message::{
-    MessageState, MessageStore, StoreError, decode_envelope, encode_envelope, payload_key, state_key,
+    Deadlines, MessageState, MessageStore, StoreError, Stored, decode_envelope, decode_stored, encode_envelope,
+    encode_stored, parse_state_key, state_key,
 };
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, subjects};
 
@@ -83,6 +86,8 @@ pub enum Accepted {
         state: MessageState,
         /// Its revision.
         revision: u64,
+        /// The bytes stored (state and envelope), which are also what is published.
+        stored: Bytes,
     },
     /// The id exists already (idempotency key seen within the TTL): answer 200, do nothing.
     Duplicate,
@@ -110,6 +115,8 @@ pub struct DeadLetter {
     pub sequence: u64,
     /// The state when it was dead-lettered (attempt history, last error).
     pub state: MessageState,
+    /// The envelope record as stored, for a replay.
+    pub record: Bytes,
     /// The envelope, with the original headers and payload.
     pub envelope: Envelope,
 }
@@ -122,6 +129,10 @@ pub struct Platform {
     retry: stream::Stream,
     dlq: stream::Stream,
     settings: PlatformSettings,
+    /// Unfinished messages this node wrote or found at start; the re-driver's input.
+    deadlines: Arc<Mutex<Deadlines>>,
+    /// Whether the start-up scan of the bucket has completed in this process.
+    scanned: Arc<AtomicBool>,
 }
 
 fn kv_subject(key: &str) -> String {
@@ -202,7 +213,8 @@ impl Platform {
         let js = jetstream::new(client);
         let kv_want = kv::Config {
             bucket: STATE_BUCKET.into(),
-            description: "VRSky message state: {tenant}.{message_id} and {tenant}.{message_id}.p".into(),
+            description: "VRSky message state: {tenant}.{message_id} -> state line, then the envelope until finished"
+                .into(),
             history: 1,
             max_age: settings.message_state_ttl,
             storage: stream::StorageType::File,
@@ -268,6 +280,8 @@ impl Platform {
             retry,
             dlq,
             settings,
+            deadlines: Arc::default(),
+            scanned: Arc::default(),
         })
     }
 
@@ -276,100 +290,145 @@ impl Platform {
         &self.settings
     }
 
-    /// Ingress: stores the envelope and the create-only `received` state, pipelined (both
-    /// writes in flight at once), and waits for both acknowledgements.
+    /// Ingress: stores the `received` state with the envelope in one create-only write,
+    /// acknowledged by JetStream before it returns.
     pub async fn accept(&self, env: &Envelope, now_ms: u64) -> Result<Accepted, PlatformError> {
         let t = &env.tenant_id;
         let id = &env.message_id;
         let state = MessageState::received(id.clone(), t.clone(), env.integration_id.clone(), now_ms);
         let record = encode_envelope(env).map_err(req)?;
-        let state_json = Bytes::from(serde_json::to_vec(&state).map_err(req)?);
+        let stored = encode_stored(&state, Some(&record)).map_err(req)?;
+        let key = state_key(t, id);
         let mut create = HeaderMap::new();
         header(&mut create, H_EXPECTED_LAST_SUBJECT_SEQ, "0");
-        let payload_ack = self
+        let ack = self
             .js
-            .publish_with_headers(kv_subject(&payload_key(t, id)), create.clone(), record.clone())
+            .publish_with_headers(kv_subject(&key), create, stored.clone())
             .await
-            .map_err(req)?;
-        let state_ack = self
-            .js
-            .publish_with_headers(kv_subject(&state_key(t, id)), create, state_json)
-            .await
-            .map_err(req)?;
-        let payload_result = payload_ack.await;
-        match state_ack.await {
-            Ok(ack) => {
-                if let Err(e) = payload_result {
-                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-                        // A stale payload outlived an expired state by moments: overwrite it.
-                        self.kv.put(payload_key(t, id), record).await.map_err(req)?;
-                    } else {
-                        // Do not leave a state without its envelope behind a refused request.
-                        let _ = self
-                            .kv
-                            .delete_expect_revision(state_key(t, id), Some(ack.sequence))
-                            .await;
-                        return Err(req(e));
-                    }
-                }
-                Ok(Accepted::New {
-                    state,
-                    revision: ack.sequence,
-                })
-            }
+            .map_err(req)?
+            .await;
+        let revision = match ack {
+            Ok(ack) => ack.sequence,
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 // A duplicate only if a live state is there: a delete marker (a rolled-back
                 // earlier attempt) must not swallow the retry of a refused request.
-                match self.kv.entry(state_key(t, id)).await.map_err(req)? {
-                    Some(entry) if entry.operation == kv::Operation::Put => Ok(Accepted::Duplicate),
-                    _ => {
-                        let json = Bytes::from(serde_json::to_vec(&state).map_err(req)?);
-                        match self.kv.create(state_key(t, id), json).await {
-                            Ok(revision) => {
-                                self.kv.put(payload_key(t, id), record).await.map_err(req)?;
-                                Ok(Accepted::New { state, revision })
-                            }
-                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Accepted::Duplicate),
-                            Err(e) => Err(req(e)),
-                        }
-                    }
+                match self.kv.entry(&key).await.map_err(req)? {
+                    Some(entry) if entry.operation == kv::Operation::Put => return Ok(Accepted::Duplicate),
+                    _ => match self.kv.create(&key, stored.clone()).await {
+                        Ok(revision) => revision,
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(Accepted::Duplicate),
+                        Err(e) => return Err(req(e)),
+                    },
                 }
             }
-            Err(e) => Err(req(e)),
-        }
+            Err(e) => return Err(req(e)),
+        };
+        self.observe(&state, revision);
+        Ok(Accepted::New {
+            state,
+            revision,
+            stored,
+        })
     }
 
-    /// Stores an envelope again (a replay after the original expired from the bucket).
-    pub async fn put_envelope(&self, env: &Envelope) -> Result<(), PlatformError> {
-        let record = encode_envelope(env).map_err(req)?;
-        self.kv
-            .put(payload_key(&env.tenant_id, &env.message_id), record)
-            .await
-            .map_err(req)?;
-        Ok(())
-    }
-
-    /// Creates a `received` state for a message whose state expired (a replay from the
-    /// dead-letter queue); `None` when a state exists.
-    pub async fn recreate(&self, state: &MessageState) -> Result<Option<u64>, PlatformError> {
-        let json = Bytes::from(serde_json::to_vec(state).map_err(req)?);
+    /// Creates a `received` state, with its envelope record, for a message whose state
+    /// expired (a replay from the dead-letter queue): the bytes stored and their revision,
+    /// or `None` when a state exists.
+    pub async fn recreate(&self, state: &MessageState, record: &Bytes) -> Result<Option<(Bytes, u64)>, PlatformError> {
+        let stored = encode_stored(state, Some(record)).map_err(req)?;
         match self
             .kv
-            .create(state_key(&state.tenant_id, &state.message_id), json)
+            .create(state_key(&state.tenant_id, &state.message_id), stored.clone())
             .await
         {
-            Ok(rev) => Ok(Some(rev)),
+            Ok(rev) => {
+                self.observe(state, rev);
+                Ok(Some((stored, rev)))
+            }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(req(e)),
         }
     }
 
-    /// A watch of every state key (never payloads), current values first.
-    pub async fn watch_states(&self) -> Result<kv::Watch, PlatformError> {
-        self.kv
-            .watch_with_history(vrsky_actors::message::ALL_STATE_KEYS)
-            .await
-            .map_err(req)
+    fn deadlines(&self) -> std::sync::MutexGuard<'_, Deadlines> {
+        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a state this node stored (or found), for re-drive.
+    pub fn observe(&self, state: &MessageState, revision: u64) {
+        self.deadlines().observe(state, revision);
+    }
+
+    /// Stops tracking a message that is gone.
+    pub fn forget(&self, tenant: &TenantId, id: &MessageId) {
+        self.deadlines().forget(tenant, id);
+    }
+
+    /// Overdue messages (see [`Deadlines::take_due`]).
+    pub fn take_due(
+        &self,
+        now_ms: u64,
+        grace_ms: u64,
+        max: usize,
+        processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
+    ) -> Vec<(TenantId, MessageId)> {
+        self.deadlines().take_due(now_ms, grace_ms, max, processing_ms)
+    }
+
+    /// Unfinished messages tracked for re-drive.
+    pub fn tracked(&self) -> usize {
+        self.deadlines().len()
+    }
+
+    /// Whether the start-up scan has completed.
+    pub fn scanned(&self) -> bool {
+        self.scanned.load(Ordering::Acquire)
+    }
+
+    /// Reads the latest value of every key of the bucket once and tracks the unfinished
+    /// messages, so a node restarted after a crash re-drives what was in flight. Runs once
+    /// per process; the cost grows with the bucket (every message of the last TTL).
+    /// Returns how many unfinished messages were found.
+    pub async fn scan_unfinished(&self) -> Result<usize, PlatformError> {
+        if self.scanned() {
+            return Ok(0);
+        }
+        let mut kv_stream = self.js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        let mut found = 0;
+        // An ordered consumer of an empty stream would wait for a first message forever.
+        if kv_stream.info().await.map_err(req)?.state.messages > 0 {
+            let consumer = kv_stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: format!("$KV.{STATE_BUCKET}.>"),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(req)?;
+            let mut messages = consumer.messages().await.map_err(req)?;
+            loop {
+                let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                    Ok(Some(m)) => m.map_err(req)?,
+                    Ok(None) => break,
+                    Err(_) => return Err(req("scan of the message_state bucket stalled")),
+                };
+                let (revision, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).map_err(req)?;
+                let key = m.subject.strip_prefix(&format!("$KV.{STATE_BUCKET}.")).unwrap_or("");
+                if let (Some((t, id)), Ok((state, _))) = (parse_state_key(key), decode_stored(&m.payload))
+                    && state.tenant_id == t
+                    && state.message_id == id
+                    && !state.status.is_terminal()
+                {
+                    self.observe(&state, revision);
+                    found += 1;
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        self.scanned.store(true, Ordering::Release);
+        Ok(found)
     }
 
     /// The RetryScheduler's durable consumer of the retry queue.
@@ -472,16 +531,13 @@ impl Platform {
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(req(e)),
         };
-        let nl = msg
-            .payload
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| req("corrupt dead letter: no state line"))?;
-        let state: MessageState = serde_json::from_slice(&msg.payload[..nl]).map_err(req)?;
-        let envelope = decode_envelope(&msg.payload.slice(nl + 1..), state.retry_count).map_err(req)?;
+        let (state, record) = decode_stored(&msg.payload).map_err(req)?;
+        let record = record.ok_or_else(|| req("corrupt dead letter: no envelope"))?;
+        let envelope = decode_envelope(&record, state.retry_count).map_err(req)?;
         Ok(Some(DeadLetter {
             sequence: msg.sequence,
             state,
+            record,
             envelope,
         }))
     }
@@ -540,41 +596,38 @@ impl MessageStore for Platform {
         &'a self,
         tenant: &'a TenantId,
         id: &'a MessageId,
-    ) -> BoxFuture<'a, Result<Option<(MessageState, u64)>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
         Box::pin(async move {
             match self.kv.entry(state_key(tenant, id)).await.map_err(store_err)? {
                 Some(e) if e.operation == kv::Operation::Put => {
-                    let s: MessageState = serde_json::from_slice(&e.value).map_err(store_err)?;
-                    Ok(Some((s, e.revision)))
+                    let (state, record) = decode_stored(&e.value).map_err(store_err)?;
+                    Ok(Some(Stored {
+                        state,
+                        revision: e.revision,
+                        record,
+                    }))
                 }
                 _ => Ok(None),
             }
         })
     }
 
-    fn load_envelope<'a>(
+    fn write<'a>(
         &'a self,
-        tenant: &'a TenantId,
-        id: &'a MessageId,
-        attempt: u32,
-    ) -> BoxFuture<'a, Result<Option<Envelope>, StoreError>> {
+        next: &'a MessageState,
+        value: Bytes,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
-            match self.kv.get(payload_key(tenant, id)).await.map_err(store_err)? {
-                Some(b) if !b.is_empty() => Ok(Some(decode_envelope(&b, attempt).map_err(store_err)?)),
-                _ => Ok(None),
-            }
-        })
-    }
-
-    fn write<'a>(&'a self, next: &'a MessageState, expected: u64) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        Box::pin(async move {
-            let json = Bytes::from(serde_json::to_vec(next).map_err(store_err)?);
             match self
                 .kv
-                .update(state_key(&next.tenant_id, &next.message_id), json, expected)
+                .update(state_key(&next.tenant_id, &next.message_id), value, expected)
                 .await
             {
-                Ok(rev) => Ok(Some(rev)),
+                Ok(rev) => {
+                    self.observe(next, rev);
+                    Ok(Some(rev))
+                }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(store_err(e)),
             }
@@ -615,18 +668,9 @@ impl MessageStore for Platform {
         })
     }
 
-    fn dead_letter<'a>(
-        &'a self,
-        state: &'a MessageState,
-        envelope: &'a Envelope,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn dead_letter<'a>(&'a self, state: &'a MessageState, record: &'a Bytes) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_vec(state).map_err(store_err)?;
-            let record = encode_envelope(envelope).map_err(store_err)?;
-            let mut body = BytesMut::with_capacity(json.len() + 1 + record.len());
-            body.put_slice(&json);
-            body.put_u8(b'\n');
-            body.put_slice(&record);
+            let body = encode_stored(state, Some(record)).map_err(store_err)?;
             let mut h = HeaderMap::new();
             header(&mut h, H_INTEGRATION, state.integration_id.as_str());
             header(&mut h, H_DEAD_AT, &state.updated_at_ms.to_string());
@@ -637,11 +681,7 @@ impl MessageStore for Platform {
             );
             let ack = self
                 .js
-                .publish_with_headers(
-                    subjects::dead_letter(&state.tenant_id, &state.message_id),
-                    h,
-                    body.freeze(),
-                )
+                .publish_with_headers(subjects::dead_letter(&state.tenant_id, &state.message_id), h, body)
                 .await
                 .map_err(store_err)?
                 .await

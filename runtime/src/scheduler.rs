@@ -4,10 +4,11 @@
 //! - **Due retries.** A durable work-queue consumer of `retry_queue`: an entry not yet due
 //!   is NAKed with the remaining delay; a due one moves its message `retry -> received` and
 //!   publishes it for delivery, then is acknowledged.
-//! - **Re-drive.** A watch of every state key keeps [`Deadlines`] of unfinished messages;
-//!   every tick, a message past its deadline gets [`Event::Redrive`]: a lost publish is
-//!   published again, a claim whose worker died counts as a failed attempt, an overdue
-//!   retry is made due.
+//! - **Re-drive.** Every tick, a message past its deadline in the platform's
+//!   [`Deadlines`](vrsky_actors::message::Deadlines) index gets [`Event::Redrive`]: a lost
+//!   publish is published again, a claim whose worker died counts as a failed attempt, an
+//!   overdue retry is made due. The index holds what this node stored; at start the
+//!   scheduler scans the bucket once so what a crashed predecessor left is found too.
 //!
 //! Handling runs in tasks bounded by `concurrency`; the actor itself only routes.
 
@@ -21,8 +22,10 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
-use vrsky_actors::message::{Committed, Committer, Deadlines, Event, MessageState, MessageStore, RetryPolicy, Status};
-use vrsky_actors::{MessageId, TenantId, message};
+use vrsky_actors::message::{
+    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, Status, Stored, deadline_of,
+};
+use vrsky_actors::{MessageId, TenantId};
 
 use crate::control::Control;
 use crate::platform::{Platform, retry_entry_of};
@@ -45,11 +48,10 @@ pub struct SchedulerArgs {
 /// Messages of the scheduler.
 #[derive(Debug)]
 pub enum SchedulerMsg {
-    /// The watch saw a state change (`None`: deleted or expired).
-    Observed(TenantId, MessageId, Option<MessageState>, u64),
     /// Time to look for overdue messages.
     Tick,
-    /// An input stream ended; the actor fails and is restarted.
+    /// An input stream ended (or the start-up scan failed); the actor fails and is
+    /// restarted.
     InputEnded(&'static str),
 }
 
@@ -60,10 +62,9 @@ pub struct RetryScheduler;
 /// Running state.
 pub struct SchedulerState {
     args: SchedulerArgs,
-    deadlines: Deadlines,
     permits: Arc<Semaphore>,
     _retry_pump: AbortOnDrop,
-    _watch_pump: AbortOnDrop,
+    _scan: AbortOnDrop,
     _ticker: AbortOnDrop,
 }
 
@@ -87,7 +88,11 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
     if due_ms > now + 5 {
         return AckKind::Nak(Some(Duration::from_millis(due_ms - now)));
     }
-    let (state, rev) = match args.platform.load(&t, &id).await {
+    let Stored {
+        state,
+        revision: rev,
+        record,
+    } = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
         // Gone (expired or deleted): nothing to retry.
         Ok(None) => return AckKind::Ack,
@@ -112,7 +117,7 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
             reason: format!("integration {} no longer exists", state.integration_id),
         },
     };
-    match committer.commit(&state, rev, &event, None, now).await {
+    match committer.commit(&state, rev, &event, record.as_ref(), now).await {
         Ok(Committed::Written(..)) => {
             debug!(tenant_id = %t, message_id = %id, retry = retry_count, "retry due; published");
             AckKind::Ack
@@ -126,13 +131,30 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
     }
 }
 
-/// Re-drives one overdue message.
+fn processing_ms(control: &Control, t: &TenantId, i: &vrsky_actors::IntegrationId) -> u64 {
+    control.delivery_policy(t, i).map(|(_, timeout)| timeout).unwrap_or(0)
+}
+
+/// Re-drives one overdue message, after checking it is still overdue: the index may hold
+/// an older state than the bucket (another node moved the message on).
 async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
-    let Ok(Some((state, rev))) = args.platform.load(&t, &id).await else {
-        return;
+    let Stored {
+        state,
+        revision: rev,
+        record,
+    } = match args.platform.load(&t, &id).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return args.platform.forget(&t, &id),
+        Err(e) => {
+            return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: state unavailable; will try again");
+        }
     };
-    if state.status.is_terminal() {
-        return;
+    let grace = args.redrive_after.as_millis() as u64;
+    let timeout = processing_ms(&args.control, &state.tenant_id, &state.integration_id);
+    match deadline_of(&state, grace, timeout) {
+        Some(due) if due <= now_ms() => {}
+        // Finished, or moved on and not overdue yet: track what the bucket has.
+        _ => return args.platform.observe(&state, rev),
     }
     let policy = policy_of(&args.control, &state);
     let committer = Committer {
@@ -147,7 +169,7 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
             reason: format!("integration {} no longer exists", state.integration_id),
         },
     };
-    match committer.commit(&state, rev, &event, None, now_ms()).await {
+    match committer.commit(&state, rev, &event, record.as_ref(), now_ms()).await {
         Ok(Committed::Written(next, _)) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
@@ -190,26 +212,16 @@ impl Actor for RetryScheduler {
             }
             let _ = me.send_message(SchedulerMsg::InputEnded("retry queue"));
         });
-        // State changes, for deadlines.
-        let mut watch = args.platform.watch_states().await?;
-        let me = myself.clone();
-        let watch_pump = tokio::spawn(async move {
-            while let Some(Ok(entry)) = watch.next().await {
-                let Some((t, id)) = message::parse_state_key(&entry.key) else {
-                    continue;
-                };
-                let state = match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
-                    _ => None,
-                };
-                if me
-                    .send_message(SchedulerMsg::Observed(t, id, state, entry.revision))
-                    .is_err()
-                {
-                    return;
+        // What a crashed predecessor left unfinished (once per process).
+        let (me, platform) = (myself.clone(), args.platform.clone());
+        let scan = tokio::spawn(async move {
+            match platform.scan_unfinished().await {
+                Ok(found) => info!(found, "message_state scanned for unfinished messages"),
+                Err(e) => {
+                    warn!(error = %e, "message_state scan failed");
+                    let _ = me.send_message(SchedulerMsg::InputEnded("message_state scan"));
                 }
             }
-            let _ = me.send_message(SchedulerMsg::InputEnded("state watch"));
         });
         let ticker = myself.send_interval(args.tick, || SchedulerMsg::Tick);
         info!(
@@ -218,10 +230,9 @@ impl Actor for RetryScheduler {
         );
         Ok(SchedulerState {
             args,
-            deadlines: Deadlines::default(),
             permits,
             _retry_pump: AbortOnDrop(retry_pump),
-            _watch_pump: AbortOnDrop(watch_pump),
+            _scan: AbortOnDrop(scan),
             _ticker: AbortOnDrop(ticker),
         })
     }
@@ -233,19 +244,15 @@ impl Actor for RetryScheduler {
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SchedulerMsg::Observed(t, id, s, rev) => {
-                let grace = state.args.redrive_after.as_millis() as u64;
-                let timeout = s
-                    .as_ref()
-                    .and_then(|s| state.args.control.delivery_policy(&s.tenant_id, &s.integration_id))
-                    .map(|(_, timeout)| timeout)
-                    .unwrap_or(0);
-                state.deadlines.observe(t, id, s.as_ref(), rev, grace, timeout);
-            }
             SchedulerMsg::Tick => {
                 let grace = state.args.redrive_after.as_millis() as u64;
                 let available = state.permits.available_permits();
-                for (t, id) in state.deadlines.take_due(now_ms(), grace, available) {
+                let control = &state.args.control;
+                let due = state
+                    .args
+                    .platform
+                    .take_due(now_ms(), grace, available, |t, i| processing_ms(control, t, i));
+                for (t, id) in due {
                     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
                         break;
                     };

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use vrsky_actors::message::{Event, MessageStore, RetryPolicy};
+use vrsky_actors::message::{Event, MessageStore, RetryPolicy, decode_stored, encode_stored};
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId};
 
 use crate::common::{Backend, FailFirst, Sink, TestRuntime, spec};
@@ -311,13 +311,19 @@ async fn claimed_message_of_a_dead_worker_is_redriven() {
     t.create_integration("acme", s).await;
     let platform = t.rt().control.platform();
     let id = MessageId::generate();
-    let vrsky_runtime::platform::Accepted::New { state, revision } =
-        platform.accept(&envelope(&id), now_ms()).await.unwrap()
+    let vrsky_runtime::platform::Accepted::New {
+        state,
+        revision,
+        stored,
+    } = platform.accept(&envelope(&id), now_ms()).await.unwrap()
     else {
         panic!("duplicate")
     };
+    // Claimed as a worker claims: the same envelope record, written back with the new state.
     let claimed = state.apply(&Event::Claim, &RetryPolicy::default(), now_ms()).unwrap();
-    platform.write(&claimed, revision).await.unwrap().expect("claim");
+    let (_, record) = decode_stored(&stored).unwrap();
+    let value = encode_stored(&claimed, record.as_ref()).unwrap();
+    platform.write(&claimed, value, revision).await.unwrap().expect("claim");
     let state = t.wait_status("acme", id.as_str(), "completed").await;
     assert_eq!(state["retry_count"], 1, "{state}");
     let reqs = sink.for_message(id.as_str());

@@ -53,14 +53,7 @@ fn jitter_sample() -> f64 {
 async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
     let c = &args.counters;
     c.received.fetch_add(1, Ordering::Relaxed);
-    let decoded = wire::decode(msg.headers.as_ref(), msg.payload)
-        .map_err(|e| e.to_string())
-        .and_then(|env| {
-            wire::decode_claimable(msg.headers.as_ref())
-                .map(|c| (env, c))
-                .map_err(|e| e.to_string())
-        });
-    let (env, claim) = match decoded {
+    let claim = match wire::decode(msg.headers.as_ref(), &msg.payload) {
         Ok(d) => d,
         Err(error) => {
             c.malformed.fetch_add(1, Ordering::Relaxed);
@@ -68,20 +61,16 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             return;
         }
     };
-    if env.tenant_id != args.tenant_id
-        || env.integration_id != args.integration_id
-        || claim.state.message_id != env.message_id
-        || claim.state.tenant_id != args.tenant_id
-        || claim.state.integration_id != args.integration_id
-    {
+    if claim.state.tenant_id != args.tenant_id || claim.state.integration_id != args.integration_id {
         c.malformed.fetch_add(1, Ordering::Relaxed);
         warn!(tenant_id = %args.tenant_id, integration_id = %args.integration_id,
-            claimed_tenant = %env.tenant_id, claimed_integration = %env.integration_id,
+            claimed_tenant = %claim.state.tenant_id, claimed_integration = %claim.state.integration_id,
             "message for another integration dropped");
         return;
     }
-    let span = info_span!("integration.deliver", tenant_id = %env.tenant_id,
-        integration_id = %env.integration_id, message_id = %env.message_id, attempt = claim.state.next_attempt());
+    let span = info_span!("integration.deliver", tenant_id = %claim.state.tenant_id,
+        integration_id = %claim.state.integration_id, message_id = %claim.state.message_id,
+        attempt = claim.state.next_attempt());
     let args = args.clone();
     async move {
         let c = &args.counters;
@@ -92,7 +81,13 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
         };
         // The claim: received -> processing at the published revision. One worker wins.
         let (state, revision) = match committer
-            .commit(&claim.state, claim.revision, &Event::Claim, None, now_ms())
+            .commit(
+                &claim.state,
+                claim.revision,
+                &Event::Claim,
+                Some(&claim.record),
+                now_ms(),
+            )
             .await
         {
             Ok(Committed::Written(s, r)) => (s, r),
@@ -108,11 +103,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 return;
             }
         };
-        let env = crate::Envelope {
-            attempt: state.next_attempt(),
-            ..env
-        };
-        let event = match args.pipeline.run(env.clone()) {
+        let event = match args.pipeline.run(claim.envelope) {
             Outcome::Deliver(out) => match args.producer.deliver(&out).await {
                 Ok(d) => {
                     c.delivered.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +139,10 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 }
             }
         };
-        match committer.commit(&state, revision, &event, Some(&env), now_ms()).await {
+        match committer
+            .commit(&state, revision, &event, Some(&claim.record), now_ms())
+            .await
+        {
             Ok(Committed::Written(s, _)) => match s.status {
                 Status::Retry => {
                     c.retried.fetch_add(1, Ordering::Relaxed);

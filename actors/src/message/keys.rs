@@ -1,8 +1,7 @@
 //! Keys in the `message_state` bucket, built only here, from validated ids.
 //!
-//! `{tenant}.{message_id}` holds the small [`super::MessageState`] record and
-//! `{tenant}.{message_id}.p` the envelope with its payload, written once at ingress. Watchers
-//! on `*.*` therefore see every state change and never a payload.
+//! `{tenant}.{message_id}` holds the message as [`super::encode_stored`] writes it: the
+//! [`super::MessageState`] line and, until the message is finished, its envelope.
 //!
 //! **Invariant:** every key starts with the tenant, so a lookup made with one tenant's id
 //! can never reach another tenant's message.
@@ -14,15 +13,7 @@ pub fn state_key(tenant: &TenantId, id: &MessageId) -> String {
     format!("{tenant}.{id}")
 }
 
-/// Key of a message's envelope and payload.
-pub fn payload_key(tenant: &TenantId, id: &MessageId) -> String {
-    format!("{tenant}.{id}.p")
-}
-
-/// Watch filter matching every state key and no payload key.
-pub const ALL_STATE_KEYS: &str = "*.*";
-
-/// Splits a state key back into its ids; `None` for payload keys and foreign keys.
+/// Splits a state key back into its ids; `None` for foreign keys.
 pub fn parse_state_key(key: &str) -> Option<(TenantId, MessageId)> {
     let (t, id) = key.split_once('.')?;
     if id.contains('.') {
@@ -46,12 +37,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_round_trip_and_payload_keys_are_not_state_keys() {
+    fn keys_round_trip_and_foreign_keys_are_refused() {
         let t = TenantId::new("acme").unwrap();
         let id = MessageId::generate();
         let k = state_key(&t, &id);
         assert_eq!(parse_state_key(&k), Some((t.clone(), id.clone())));
-        assert_eq!(parse_state_key(&payload_key(&t, &id)), None);
+        assert_eq!(parse_state_key(&format!("{k}.p")), None);
         assert_eq!(parse_state_key("nodot"), None);
     }
 

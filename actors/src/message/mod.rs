@@ -9,12 +9,12 @@ mod retry;
 mod state;
 mod store;
 
-pub use keys::{ALL_STATE_KEYS, idempotent_message_id, parse_state_key, payload_key, state_key};
-pub use record::{RecordError, decode_envelope, encode_envelope};
-pub use redrive::Deadlines;
+pub use keys::{idempotent_message_id, parse_state_key, state_key};
+pub use record::{RecordError, decode_envelope, decode_stored, empty_envelope, encode_envelope, encode_stored};
+pub use redrive::{Deadlines, deadline_of};
 pub use retry::{MAX_RETRIES_LIMIT, RetryPolicy};
 pub use state::{Attempt, Event, IllegalTransition, MessageState, Status};
-pub use store::{Committed, Committer, MessageStore, SharedStore, StoreError, TenantPublisher};
+pub use store::{Committed, Committer, MessageStore, SharedStore, StoreError, Stored, TenantPublisher};
 
 #[cfg(test)]
 mod model_tests;

@@ -1,9 +1,19 @@
-//! The envelope as stored under a payload key: one JSON line of metadata, a newline, then
-//! the payload bytes untouched (no base64 inflation of tenant bodies).
+//! How a message is stored, published and dead-lettered: one byte format everywhere.
+//!
+//! - An **envelope record** is one JSON line of metadata, a newline, then the payload bytes
+//!   untouched (no base64 inflation of tenant bodies).
+//! - A **stored message** is the state as one JSON line, then, while the message can still
+//!   be delivered (`received`, `processing`, `retry`), a newline and its envelope record.
+//!   It is the value of `{tenant}.{message_id}` in `message_state`, the payload published
+//!   on the tenant's NATS, and the body of a dead letter (which always has the record).
+//!
+//! So ingress encodes an envelope once, a worker's claim re-uses the record bytes it
+//! received, and one write per transition keeps state and envelope together.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::MessageState;
 use crate::envelope::Envelope;
 use crate::ids::{IntegrationId, MessageId, TenantId};
 
@@ -64,6 +74,44 @@ pub fn decode_envelope(bytes: &Bytes, attempt: u32) -> Result<Envelope, RecordEr
     })
 }
 
+/// A message's state followed by its envelope record, when it has one.
+pub fn encode_stored(state: &MessageState, record: Option<&Bytes>) -> Result<Bytes, RecordError> {
+    let json = serde_json::to_vec(state).map_err(|e| RecordError(e.to_string()))?;
+    let Some(record) = record else {
+        return Ok(Bytes::from(json));
+    };
+    let mut buf = BytesMut::with_capacity(json.len() + 1 + record.len());
+    buf.put_slice(&json);
+    buf.put_u8(b'\n');
+    buf.put_slice(record);
+    Ok(buf.freeze())
+}
+
+/// Splits what [`encode_stored`] wrote: the state, and the envelope record (a zero-copy
+/// slice) if there is one.
+pub fn decode_stored(bytes: &Bytes) -> Result<(MessageState, Option<Bytes>), RecordError> {
+    let nl = bytes.iter().position(|b| *b == b'\n');
+    let line = &bytes[..nl.unwrap_or(bytes.len())];
+    let state = serde_json::from_slice(line).map_err(|e| RecordError(format!("state line: {e}")))?;
+    let record = nl.map(|n| bytes.slice(n + 1..)).filter(|r| !r.is_empty());
+    Ok((state, record))
+}
+
+/// The envelope of a message whose record is gone: ids and times only, no body.
+pub fn empty_envelope(state: &MessageState) -> Envelope {
+    Envelope {
+        message_id: state.message_id.clone(),
+        tenant_id: state.tenant_id.clone(),
+        integration_id: state.integration_id.clone(),
+        headers: Vec::new(),
+        content_type: None,
+        payload: Bytes::new(),
+        trace_context: None,
+        attempt: state.retry_count,
+        received_at_ms: state.created_at_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -88,6 +136,34 @@ mod tests {
             let back = decode_envelope(&encode_envelope(&env).unwrap(), attempt).unwrap();
             prop_assert_eq!(back, env);
         }
+    }
+
+    #[test]
+    fn stored_messages_round_trip_with_and_without_a_record() {
+        let env = Envelope {
+            payload: Bytes::from_static(b"line one\nline two\n"),
+            ..empty_envelope(&MessageState::received(
+                MessageId::generate(),
+                TenantId::new("t").unwrap(),
+                IntegrationId::new("i").unwrap(),
+                9,
+            ))
+        };
+        let state = MessageState::received(
+            env.message_id.clone(),
+            env.tenant_id.clone(),
+            env.integration_id.clone(),
+            9,
+        );
+        let record = encode_envelope(&env).unwrap();
+        let (s, r) = decode_stored(&encode_stored(&state, Some(&record)).unwrap()).unwrap();
+        assert_eq!(s, state);
+        assert_eq!(r.as_ref(), Some(&record));
+        assert_eq!(decode_envelope(&r.unwrap(), 0).unwrap(), env);
+        let (s, r) = decode_stored(&encode_stored(&state, None).unwrap()).unwrap();
+        assert_eq!((s, r), (state, None));
+        assert!(decode_stored(&Bytes::from_static(b"{oops\nrecord")).is_err());
+        assert!(decode_stored(&Bytes::new()).is_err());
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{Event, MessageState, RetryPolicy, Status};
-use crate::envelope::Envelope;
+use super::{Event, MessageState, RetryPolicy, Status, empty_envelope, encode_envelope, encode_stored};
 use crate::ids::{MessageId, TenantId};
 
 /// A store operation that failed; the message stays where it was and is re-driven later.
@@ -14,32 +14,35 @@ use crate::ids::{MessageId, TenantId};
 #[error("message store: {0}")]
 pub struct StoreError(pub String);
 
+/// A message as loaded: its state, the revision it is at, and its envelope record while it
+/// has one (see [`super::encode_stored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The state.
+    pub state: MessageState,
+    /// Its revision.
+    pub revision: u64,
+    /// The envelope record; `None` once the message is finished.
+    pub record: Option<Bytes>,
+}
+
 /// The platform's message state (JetStream KV and streams).
 pub trait MessageStore: Send + Sync + 'static {
-    /// The current state and its revision.
-    fn load<'a>(
+    /// The message, if the bucket still has it.
+    fn load<'a>(&'a self, tenant: &'a TenantId, id: &'a MessageId)
+    -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+    /// Writes `value` (`next` encoded with [`super::encode_stored`]) if the stored revision
+    /// is still `expected`: `Some(new revision)`, or `None` when someone else wrote first.
+    fn write<'a>(
         &'a self,
-        tenant: &'a TenantId,
-        id: &'a MessageId,
-    ) -> BoxFuture<'a, Result<Option<(MessageState, u64)>, StoreError>>;
-    /// The stored envelope, with the given attempt number.
-    fn load_envelope<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        id: &'a MessageId,
-        attempt: u32,
-    ) -> BoxFuture<'a, Result<Option<Envelope>, StoreError>>;
-    /// Writes `next` if the stored revision is still `expected`: `Some(new revision)`, or
-    /// `None` when someone else wrote first.
-    fn write<'a>(&'a self, next: &'a MessageState, expected: u64) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+        next: &'a MessageState,
+        value: Bytes,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
     /// Durably schedules the retry of a message in `retry` status.
     fn schedule_retry<'a>(&'a self, state: &'a MessageState) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Durably records a dead letter with its envelope; returns the entry's sequence.
-    fn dead_letter<'a>(
-        &'a self,
-        state: &'a MessageState,
-        envelope: &'a Envelope,
-    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Durably records a dead letter with its envelope record; returns the entry's sequence.
+    fn dead_letter<'a>(&'a self, state: &'a MessageState, record: &'a Bytes) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// Removes a dead-letter entry whose state write lost its revision check.
     fn retract_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -47,11 +50,12 @@ pub trait MessageStore: Send + Sync + 'static {
 /// Publishes a message for delivery on its tenant's NATS (core NATS: may be lost; the
 /// re-driver covers that).
 pub trait TenantPublisher: Send + Sync + 'static {
-    /// Publishes `envelope` carrying `state` at `revision` so a worker can claim it.
+    /// Publishes `stored` (what was written for `state`) at `revision`, so a worker can
+    /// claim it.
     fn publish<'a>(
         &'a self,
-        envelope: &'a Envelope,
         state: &'a MessageState,
+        stored: Bytes,
         revision: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
@@ -67,14 +71,21 @@ pub enum Committed {
     Illegal(String),
 }
 
-/// Applies an event to a stored state and performs the writes its outcome needs:
+/// Whether a message in this status still needs its envelope stored with it.
+fn carries_envelope(status: Status) -> bool {
+    matches!(status, Status::Received | Status::Processing | Status::Retry)
+}
+
+/// Applies an event to a stored state and performs the writes its outcome needs, one
+/// revision-checked write of the state (with the envelope record while the message is
+/// unfinished) plus its side effect:
 ///
 /// - `retry`: state first, then the retry-queue entry. A crash in between leaves a `retry`
 ///   state with no entry; the re-driver makes it due once its time has passed.
 /// - `dead_letter`: the dead-letter entry first, then the state. A crash in between leaves
 ///   the old state, which is re-driven and dead-lettered again (the entry is replaced).
-/// - `received` (retry due, re-drive, replay): state first, then the publish. A lost
-///   publish is re-driven after the deadline.
+/// - `received` (retry due, re-drive, replay): state first, then the publish of the same
+///   bytes. A lost publish is re-driven after the deadline.
 /// - anything else: the state.
 #[derive(Clone, Copy)]
 pub struct Committer<'a> {
@@ -88,12 +99,13 @@ pub struct Committer<'a> {
 
 impl Committer<'_> {
     /// Applies `event` to `current` at `revision` and performs the writes (see above).
+    /// `record` is the message's envelope record (from the load or the publish).
     pub async fn commit(
         &self,
         current: &MessageState,
         revision: u64,
         event: &Event,
-        envelope: Option<&Envelope>,
+        record: Option<&Bytes>,
         now_ms: u64,
     ) -> Result<Committed, StoreError> {
         let (store, publisher, policy) = (self.store, self.publisher, self.policy);
@@ -101,50 +113,28 @@ impl Committer<'_> {
             Ok(n) => n,
             Err(e) => return Ok(Committed::Illegal(e.to_string())),
         };
-        // A message about to be published again needs its envelope; one whose envelope is
-        // gone can never be delivered, and re-driving it would keep it alive forever.
-        let mut loaded = None;
-        if next.status == Status::Received && publisher.is_some() && envelope.is_none() {
-            loaded = store
-                .load_envelope(&next.tenant_id, &next.message_id, next.next_attempt())
-                .await?;
-            if loaded.is_none() {
-                let abandon = Event::Abandon {
-                    reason: "its envelope is no longer in the message_state bucket (expired)".into(),
-                };
-                next = match current.apply(&abandon, policy, now_ms) {
-                    Ok(n) => n,
-                    Err(e) => return Ok(Committed::Illegal(e.to_string())),
-                };
-            }
+        // A message without its envelope can never be delivered; re-driving it would keep
+        // it alive forever.
+        if carries_envelope(next.status) && record.is_none() {
+            let abandon = Event::Abandon {
+                reason: "its envelope is missing from the message_state record".into(),
+            };
+            next = match current.apply(&abandon, policy, now_ms) {
+                Ok(n) => n,
+                Err(e) => return Ok(Committed::Illegal(e.to_string())),
+            };
         }
-        let envelope = envelope.or(loaded.as_ref());
         let mut dead_letter_seq = None;
         if next.status == Status::DeadLetter {
-            let env = match envelope {
-                Some(e) => Some(e.clone()),
-                None => {
-                    store
-                        .load_envelope(&next.tenant_id, &next.message_id, next.retry_count)
-                        .await?
-                }
+            let record = match record {
+                Some(r) => r.clone(),
+                None => encode_envelope(&empty_envelope(&next)).map_err(|e| StoreError(e.to_string()))?,
             };
-            // An envelope that expired from the bucket is dead-lettered without its body
-            // rather than left to be re-driven forever.
-            let env = env.unwrap_or_else(|| Envelope {
-                message_id: next.message_id.clone(),
-                tenant_id: next.tenant_id.clone(),
-                integration_id: next.integration_id.clone(),
-                headers: Vec::new(),
-                content_type: None,
-                payload: bytes::Bytes::new(),
-                trace_context: None,
-                attempt: next.retry_count,
-                received_at_ms: next.created_at_ms,
-            });
-            dead_letter_seq = Some(store.dead_letter(&next, &env).await?);
+            dead_letter_seq = Some(store.dead_letter(&next, &record).await?);
         }
-        let Some(new_rev) = store.write(&next, revision).await? else {
+        let carried = if carries_envelope(next.status) { record } else { None };
+        let value = encode_stored(&next, carried).map_err(|e| StoreError(e.to_string()))?;
+        let Some(new_rev) = store.write(&next, value.clone(), revision).await? else {
             // Someone else moved the message on: the dead letter written for this outcome
             // must not stay behind to be replayed later.
             if let Some(seq) = dead_letter_seq {
@@ -156,23 +146,10 @@ impl Committer<'_> {
             Status::Retry => store.schedule_retry(&next).await?,
             Status::Received => {
                 if let Some(publisher) = publisher {
-                    let env = match envelope {
-                        Some(e) => Some(Envelope {
-                            attempt: next.next_attempt(),
-                            ..e.clone()
-                        }),
-                        None => {
-                            store
-                                .load_envelope(&next.tenant_id, &next.message_id, next.next_attempt())
-                                .await?
-                        }
-                    };
-                    if let Some(env) = env {
-                        // A failed publish is not an error of the commit: the state is written,
-                        // and the re-driver publishes again after the deadline.
-                        if let Err(e) = publisher.publish(&env, &next, new_rev).await {
-                            tracing::warn!(message_id = %next.message_id, error = %e, "publish after commit failed; re-drive will retry");
-                        }
+                    // A failed publish is not an error of the commit: the state is written,
+                    // and the re-driver publishes again after the deadline.
+                    if let Err(e) = publisher.publish(&next, value, new_rev).await {
+                        tracing::warn!(message_id = %next.message_id, error = %e, "publish after commit failed; re-drive will retry");
                     }
                 }
             }

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use tracing::{Instrument, info_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
-use vrsky_actors::message::idempotent_message_id;
-use vrsky_actors::{IntegrationId, MessageId, TenantId, wire};
+use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
+use vrsky_actors::{IntegrationId, MessageId, TenantId};
 
 use crate::platform::Accepted;
 
@@ -72,8 +72,8 @@ fn valid_traceparent(v: &str) -> bool {
         && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-/// Accepts a webhook: 202 `{"message_id"}` once the message is published on the tenant's
-/// NATS instance.
+/// Accepts a webhook: 202 `{"message_id"}` once the message is stored in the platform
+/// JetStream, then publishes it on the tenant's NATS.
 pub(crate) async fn receive(
     State(s): State<AppState>,
     Path((t, i)): Path<(String, String)>,
@@ -160,11 +160,7 @@ pub(crate) async fn receive(
             .consumer
             .accept(request)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
-        // Refuse what cannot travel before anything is stored; the encoding is kept and
-        // only the claim headers are added once the state is stored.
-        let (mut nats_headers, payload) =
-            wire::encode(&envelope).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
-        // The durability point: the envelope and the `received` state are acknowledged by
+        // The durability point: the `received` state with its envelope is acknowledged by
         // the platform JetStream before the 202.
         let accepted = s
             .control
@@ -184,17 +180,13 @@ pub(crate) async fn receive(
                 StatusCode::OK,
                 Json(serde_json::json!({"message_id": message_id, "duplicate": true})),
             )),
-            Accepted::New { state, revision } => {
-                // Core NATS: a lost publish is re-driven from the stored state.
-                let published = match wire::add_claim(&mut nats_headers, &state, revision) {
-                    Ok(()) => {
-                        s.control
-                            .publish_encoded(&envelope.tenant_id, &envelope.integration_id, nats_headers, payload)
-                            .await
-                    }
-                    Err(e) => Err(vrsky_actors::message::StoreError(e.to_string())),
-                };
-                if let Err(e) = published {
+            Accepted::New {
+                state,
+                revision,
+                stored,
+            } => {
+                // Core NATS, the bytes just stored: a lost publish is re-driven.
+                if let Err(e) = s.control.publish(&state, stored, revision).await {
                     warn!(error = %e, "publish failed; the message will be re-driven");
                 }
                 Ok((
