@@ -78,10 +78,12 @@ impl Runtime {
                         sync_interval: cfg.state.platform_sync_interval.clone(),
                         adopt: false,
                         startup_timeout,
+                        go_max_procs: cfg.nats.go_max_procs,
                     },
                 )
                 .await?;
-                info!(url = %p.url, version = %p.version, "platform nats started (jetstream, sync_interval always)");
+                info!(url = %p.url, version = %p.version, sync_interval = %cfg.state.platform_sync_interval,
+                    "platform nats started (jetstream)");
                 (p.url, Some(p.stop))
             }
         };
@@ -122,7 +124,12 @@ impl Runtime {
 
         let (root, _) = spawn_root(SupervisorArgs::empty("runtime")).await?;
         let provisioner: crate::nats::SharedProvisioner = match cfg.nats.provisioner {
-            ProvisionerKind::Local => Arc::new(LocalProvisioner::new(bin, cfg.data_dir.clone(), startup_timeout)),
+            ProvisionerKind::Local => Arc::new(LocalProvisioner::new(
+                bin,
+                cfg.data_dir.clone(),
+                startup_timeout,
+                cfg.nats.go_max_procs,
+            )),
             ProvisionerKind::Kubernetes => {
                 let client = kube::Client::try_default()
                     .await

@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// `always` or a duration such as `1s`.
     #[arg(long, default_value = "always")]
     pub platform_sync: String,
+    /// Rounds of (raw loopback HTTP, VRSky at saturation), run back to back so both see
+    /// the same machine; the ratio reported is the median round's. This machine's speed
+    /// drifts by tens of percent within a minute, so one round can mislead.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Also print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -79,10 +84,17 @@ pub struct Report {
     pub vrsky_peak: Phase,
     /// VRSky at a paced half of its peak.
     pub vrsky_half_peak: Phase,
-    /// vrsky_peak / raw_http.
+    /// vrsky_peak / raw_http, of the median round.
     pub ratio_to_raw_http: f64,
+    /// Every round: (raw HTTP rate, VRSky peak rate, ratio).
+    pub rounds: Vec<(f64, f64, f64)>,
     /// vrsky_peak / raw_nats.
     pub ratio_to_raw_nats: f64,
+}
+
+/// The raw baselines run their servers like VRSky's (see `nats.go_max_procs`).
+fn go_max_procs() -> u16 {
+    crate::config::NatsConfig::default().go_max_procs
 }
 
 /// CPU seconds used so far by this process and its live child processes (the nats-servers),
@@ -134,6 +146,7 @@ async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: 
             sync_interval: String::new(),
             adopt: false,
             startup_timeout: Duration::from_secs(10),
+            go_max_procs: go_max_procs(),
         },
     )
     .await?;
@@ -208,6 +221,7 @@ async fn raw_kv_put(
             sync_interval: sync.to_owned(),
             adopt: false,
             startup_timeout: Duration::from_secs(10),
+            go_max_procs: go_max_procs(),
         },
     )
     .await?;
@@ -469,8 +483,8 @@ fn line(name: &str, p: &Phase) {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::app::install_crypto_provider();
     anyhow::ensure!(
-        args.messages > 0 && args.concurrency > 0,
-        "--messages and --concurrency must be positive"
+        args.messages > 0 && args.concurrency > 0 && args.rounds > 0,
+        "--messages, --concurrency and --rounds must be positive"
     );
     let dir = tempfile_dir()?;
     let (bin, version) = find_binary(
@@ -496,9 +510,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--platform-sync must be `always` or a duration such as 1s"
     );
     let raw_kv_put = raw_kv_put(&bin, &dir, args.messages * 2, args.payload_bytes, &args.platform_sync).await?;
-    eprintln!("phase 3/5: raw loopback http ({} requests)", args.messages);
-    let raw_http = raw_http(&client, args.messages, args.concurrency, args.payload_bytes).await?;
-
     // VRSky under the same load generator, with an embedded platform and SQLite.
     let mut cfg = Config {
         http_addr: "127.0.0.1:0".parse()?,
@@ -512,7 +523,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt = Runtime::start(cfg, RuntimeOptions::default())
         .await
         .context("starting vrsky")?;
-    let total = args.messages * 2;
+    // One arrival slot per webhook: `rounds` saturation phases, then the paced one.
+    let total = args.messages * (args.rounds + 1);
     let arrivals = Arc::new(Arrivals {
         epoch: Instant::now(),
         at: (0..total).map(|_| AtomicU64::new(0)).collect(),
@@ -534,17 +546,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         body: Bytes::from(vec![b'x'; args.payload_bytes]),
     });
 
-    eprintln!("phase 4/5: vrsky end to end at saturation ({} webhooks)", args.messages);
-    let peak = vrsky_phase(&e2e, &arrivals, 0, args.messages, args.concurrency, None).await;
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for r in 0..args.rounds {
+        eprintln!(
+            "phase 3/5, round {}/{}: raw loopback http ({} requests)",
+            r + 1,
+            args.rounds,
+            args.messages
+        );
+        let raw = raw_http(&client, args.messages, args.concurrency, args.payload_bytes).await?;
+        eprintln!(
+            "phase 4/5, round {}/{}: vrsky end to end at saturation ({} webhooks)",
+            r + 1,
+            args.rounds,
+            args.messages
+        );
+        let peak = vrsky_phase(
+            &e2e,
+            &arrivals,
+            r * args.messages,
+            args.messages,
+            args.concurrency,
+            None,
+        )
+        .await;
+        rounds.push((raw, peak));
+    }
+    rounds.sort_by(|a, b| (a.1.rate_per_s / a.0.rate_per_s).total_cmp(&(b.1.rate_per_s / b.0.rate_per_s)));
+    let each: Vec<(f64, f64, f64)> = rounds
+        .iter()
+        .map(|(raw, peak)| (raw.rate_per_s, peak.rate_per_s, peak.rate_per_s / raw.rate_per_s))
+        .collect();
+    let (raw_http, peak) = rounds.swap_remove(rounds.len() / 2);
     let half_rate = (peak.rate_per_s / 2.0).max(1.0);
     eprintln!(
-        "phase 5/5: vrsky end to end paced at {half_rate:.0}/s ({} webhooks)",
+        "phase 5/5: vrsky end to end paced at {half_rate:.0}/s, half the median round's peak ({} webhooks)",
         args.messages
     );
     let half = vrsky_phase(
         &e2e,
         &arrivals,
-        args.messages,
+        args.rounds * args.messages,
         args.messages,
         args.concurrency,
         Some(half_rate),
@@ -556,6 +598,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let report = Report {
         ratio_to_raw_http: peak.rate_per_s / raw_http.rate_per_s,
+        rounds: each,
         ratio_to_raw_nats: peak.rate_per_s / raw_nats.rate_per_s,
         raw_nats,
         raw_kv_put,
@@ -569,11 +612,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     line("raw core NATS pub->sub", &report.raw_nats);
     line("raw pipelined KV put", &report.raw_kv_put);
-    line("raw loopback HTTP", &report.raw_http);
+    line("raw loopback HTTP (median round)", &report.raw_http);
     line("vrsky webhook->delivery (peak)", &report.vrsky_peak);
     line("vrsky webhook->delivery (half)", &report.vrsky_half_peak);
+    let rounds: Vec<String> = report
+        .rounds
+        .iter()
+        .map(|(raw, peak, ratio)| format!("{peak:.0}/{raw:.0} = {:.1}%", ratio * 100.0))
+        .collect();
+    println!("\nrounds (vrsky peak / raw HTTP, sorted): {}", rounds.join(", "));
     println!(
-        "\nplatform JetStream sync_interval: {}\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%   vrsky peak / raw KV put = {:.1}%",
+        "platform JetStream sync_interval: {}\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%   vrsky peak / raw KV put = {:.1}%",
         args.platform_sync,
         report.ratio_to_raw_http * 100.0,
         report.ratio_to_raw_nats * 100.0,

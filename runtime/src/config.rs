@@ -90,6 +90,11 @@ pub struct NatsConfig {
     pub platform_url: Option<String>,
     /// How long a spawned nats-server may take to accept clients.
     pub startup_timeout_ms: u64,
+    /// `GOMAXPROCS` of every nats-server this node spawns (the local platform server and
+    /// local tenant instances); 0 leaves Go's default of one per core. The default, 1,
+    /// keeps each server's Go scheduler on one core: on a small machine shared with the
+    /// runtime it halved the latency tail at moderate load (`vrsky bench`).
+    pub go_max_procs: u16,
     /// How often each tenant instance is probed; an unreachable one leaves discovery at
     /// the next probe (or at once when its process exits).
     pub health_interval_ms: u64,
@@ -197,6 +202,7 @@ impl Default for NatsConfig {
             server_bin: None,
             platform_url: None,
             startup_timeout_ms: 10_000,
+            go_max_procs: 1,
             health_interval_ms: 10_000,
             instances_per_tenant_max: 8,
             provisioner: ProvisionerKind::Local,

@@ -19,15 +19,18 @@ pub struct LocalProvisioner {
     bin: PathBuf,
     base_dir: PathBuf,
     startup_timeout: Duration,
+    go_max_procs: u16,
 }
 
 impl LocalProvisioner {
     /// A provisioner using a binary already checked by [`process::find_binary`].
-    pub fn new(bin: PathBuf, base_dir: PathBuf, startup_timeout: Duration) -> Self {
+    /// `go_max_procs` is each server's `GOMAXPROCS` (0: Go's default).
+    pub fn new(bin: PathBuf, base_dir: PathBuf, startup_timeout: Duration, go_max_procs: u16) -> Self {
         LocalProvisioner {
             bin,
             base_dir,
             startup_timeout,
+            go_max_procs,
         }
     }
 
@@ -66,6 +69,7 @@ impl Provisioner for LocalProvisioner {
                 sync_interval: String::new(),
                 adopt: true,
                 startup_timeout: this.startup_timeout,
+                go_max_procs: this.go_max_procs,
             };
             let p = start_server(&this.bin, &opts).await?;
             Ok(RunningInstance {

@@ -122,6 +122,8 @@ pub struct ServerOptions {
     pub adopt: bool,
     /// How long it may take to accept clients.
     pub startup_timeout: Duration,
+    /// `GOMAXPROCS` of the process; 0 leaves Go's default (one per core).
+    pub go_max_procs: u16,
 }
 
 /// A started server: its version and the channels to stop it or hear that it exited.
@@ -287,7 +289,11 @@ pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess
         .create(true)
         .append(true)
         .open(o.dir.join("nats-server.log"))?;
-    let mut child: Child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if o.go_max_procs > 0 {
+        cmd.env("GOMAXPROCS", o.go_max_procs.to_string());
+    }
+    let mut child: Child = cmd
         .arg("-c")
         .arg(&conf)
         .stdin(Stdio::null())
@@ -380,6 +386,7 @@ mod tests {
             sync_interval: "always".into(),
             adopt: false,
             startup_timeout: Duration::from_secs(1),
+            go_max_procs: 0,
         };
         let c = config_text(&o, 2);
         assert!(c.contains("sync_interval: always"));

@@ -285,6 +285,7 @@ pub async fn external_platform(dir: &std::path::Path, name: &str) -> vrsky_runti
             sync_interval: "always".into(),
             adopt: false,
             startup_timeout: Duration::from_secs(10),
+            go_max_procs: 1,
         },
     )
     .await
