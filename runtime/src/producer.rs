@@ -133,6 +133,9 @@ impl HttpProducer {
     }
 }
 
+/// Most bytes of a response body read (and discarded) to keep its connection reusable.
+const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
+
 /// `Retry-After` in delta-seconds (an HTTP-date is not understood and ignored: the
 /// backoff applies).
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
@@ -177,13 +180,24 @@ impl Producer for HttpProducer {
                     retry_after_ms: None,
                 })?;
             let status = resp.status().as_u16();
+            let retry_after = retry_after_ms(resp.headers());
+            // A response body left unread keeps its connection out of the pool: read and
+            // discard a small one; a large one is cut off and its connection closed.
+            let mut resp = resp;
+            let mut left = RESPONSE_DRAIN_MAX;
+            while left > 0 {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => left = left.saturating_sub(chunk.len()),
+                    _ => break,
+                }
+            }
             match classify_status(status) {
                 Ok(()) => Ok(Delivered { status }),
                 Err(kind) => Err(ProduceError {
                     kind,
                     status: Some(status),
                     message: format!("{} answered {}", self.url, resp.status()),
-                    retry_after_ms: retry_after_ms(resp.headers()),
+                    retry_after_ms: retry_after,
                 }),
             }
         })
@@ -223,6 +237,49 @@ mod tests {
         assert!(HttpProducer::new(c.clone(), &spec("ftp://example.com"), true).is_err());
         assert!(HttpProducer::new(c.clone(), &spec("not a url"), true).is_err());
         assert!(HttpProducer::new(c, &spec("http://u:p@example.com"), true).is_err());
+    }
+
+    /// Destinations answer with bodies; one left unread would cost a new connection per
+    /// delivery. Five deliveries in a row must arrive over one connection (one client port).
+    #[tokio::test]
+    async fn answered_bodies_are_read_so_connections_are_reused() {
+        use std::collections::HashSet;
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+
+        use axum::extract::{ConnectInfo, State};
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ports: Arc<Mutex<HashSet<u16>>> = Arc::default();
+        async fn answer(
+            State(ports): State<Arc<Mutex<HashSet<u16>>>>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        ) -> String {
+            ports.lock().unwrap().insert(peer.port());
+            "{\"ok\":true}".repeat(5000)
+        }
+        let app = axum::Router::new().fallback(answer).with_state(ports.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{addr}/hook")), true).unwrap();
+        let env = Envelope {
+            message_id: vrsky_actors::MessageId::generate(),
+            tenant_id: vrsky_actors::TenantId::new("t").unwrap(),
+            integration_id: vrsky_actors::IntegrationId::new("i").unwrap(),
+            headers: vec![],
+            content_type: None,
+            payload: bytes::Bytes::from_static(b"x"),
+            trace_context: None,
+            attempt: 1,
+            received_at_ms: 0,
+        };
+        for _ in 0..5 {
+            assert_eq!(p.deliver(&env).await.unwrap().status, 200);
+        }
+        assert_eq!(ports.lock().unwrap().len(), 1, "a new connection per delivery");
     }
 
     #[test]
