@@ -395,8 +395,9 @@ impl Platform {
         }
         let mut kv_stream = self.js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
         let mut found = 0;
+        let at_start = kv_stream.info().await.map_err(req)?.state.clone();
         // An ordered consumer of an empty stream would wait for a first message forever.
-        if kv_stream.info().await.map_err(req)?.state.messages > 0 {
+        if at_start.messages > 0 {
             let consumer = kv_stream
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subject: format!("$KV.{STATE_BUCKET}.>"),
@@ -422,7 +423,10 @@ impl Platform {
                     self.observe(&state, revision);
                     found += 1;
                 }
-                if pending == 0 {
+                // The last value of each key comes in stream order; anything past the
+                // stream's end at start is a live write, which this node observes itself.
+                // Stopping there keeps a scan under load from turning into a watch.
+                if pending == 0 || revision >= at_start.last_sequence {
                     break;
                 }
             }
