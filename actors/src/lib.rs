@@ -16,6 +16,15 @@ pub mod wire;
 pub use envelope::Envelope;
 pub use ids::{IdError, IntegrationId, MessageId, TenantId};
 
+/// Wall-clock time in ms since the Unix epoch: the time base of message state (0 if the
+/// clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 pub(crate) mod testkit {
     //! Shared proptest configuration: regressions go to the workspace's top-level

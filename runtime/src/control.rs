@@ -27,7 +27,7 @@ use vrsky_actors::message::{
     Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, SharedStore, Status, StoreError, Stored,
     TenantPublisher,
 };
-use vrsky_actors::{MessageId, wire};
+use vrsky_actors::{MessageId, now_ms, wire};
 
 use crate::db::{Db, DbError, InstanceRow, IntegrationRow, TenantRow};
 use crate::instances::{InstanceLink, InstanceSet};
@@ -349,13 +349,6 @@ pub struct ReplayReport {
     pub failed: Vec<(MessageId, String)>,
     /// Whether more matched than one call replays.
     pub truncated: bool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The control layer.

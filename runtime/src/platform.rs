@@ -407,6 +407,7 @@ impl Platform {
                 .await
                 .map_err(req)?;
             let mut messages = consumer.messages().await.map_err(req)?;
+            let prefix = format!("$KV.{STATE_BUCKET}.");
             loop {
                 let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                     Ok(Some(m)) => m.map_err(req)?,
@@ -414,7 +415,7 @@ impl Platform {
                     Err(_) => return Err(req("scan of the message_state bucket stalled")),
                 };
                 let (revision, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).map_err(req)?;
-                let key = m.subject.strip_prefix(&format!("$KV.{STATE_BUCKET}.")).unwrap_or("");
+                let key = m.subject.strip_prefix(prefix.as_str()).unwrap_or("");
                 if let (Some((t, id)), Ok((state, _))) = (parse_state_key(key), decode_stored(&m.payload))
                     && state.tenant_id == t
                     && state.message_id == id

@@ -23,9 +23,9 @@ use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
 use vrsky_actors::message::{
-    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, Status, Stored, deadline_of,
+    Committed, Committer, Event, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
 };
-use vrsky_actors::{MessageId, TenantId};
+use vrsky_actors::{MessageId, TenantId, now_ms};
 
 use crate::control::Control;
 use crate::platform::{Platform, retry_entry_of};
@@ -68,18 +68,27 @@ pub struct SchedulerState {
     _ticker: AbortOnDrop,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn policy_of(control: &Control, s: &MessageState) -> RetryPolicy {
-    control
-        .delivery_policy(&s.tenant_id, &s.integration_id)
-        .map(|(p, _)| p)
-        .unwrap_or_default()
+/// Commits `event` for a loaded message under its integration's retry policy, publishing
+/// it if it becomes `received`; a message whose integration is gone is abandoned instead.
+async fn commit_loaded(args: &SchedulerArgs, stored: &Stored, event: Event, now: u64) -> Result<Committed, StoreError> {
+    let s = &stored.state;
+    let (event, policy) = match args.control.delivery_policy(&s.tenant_id, &s.integration_id) {
+        Some((policy, _)) => (event, policy),
+        None => (
+            Event::Abandon {
+                reason: format!("integration {} no longer exists", s.integration_id),
+            },
+            RetryPolicy::default(),
+        ),
+    };
+    let committer = Committer {
+        store: &args.platform,
+        publisher: Some(&*args.control),
+        policy: &policy,
+    };
+    committer
+        .commit(s, stored.revision, &event, stored.record.as_ref(), now)
+        .await
 }
 
 /// Handles one retry-queue entry; returns how to answer the server.
@@ -88,11 +97,7 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
     if due_ms > now + 5 {
         return AckKind::Nak(Some(Duration::from_millis(due_ms - now)));
     }
-    let Stored {
-        state,
-        revision: rev,
-        record,
-    } = match args.platform.load(&t, &id).await {
+    let stored = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
         // Gone (expired or deleted): nothing to retry.
         Ok(None) => return AckKind::Ack,
@@ -101,23 +106,11 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
             return AckKind::Nak(Some(Duration::from_secs(1)));
         }
     };
-    if state.status != Status::Retry || state.retry_count != retry_count {
+    if stored.state.status != Status::Retry || stored.state.retry_count != retry_count {
         // Moved on (re-driven, replayed, or a duplicate entry): nothing to do.
         return AckKind::Ack;
     }
-    let policy = policy_of(&args.control, &state);
-    let committer = Committer {
-        store: &args.platform,
-        publisher: Some(&*args.control),
-        policy: &policy,
-    };
-    let event = match args.control.delivery_policy(&state.tenant_id, &state.integration_id) {
-        Some(_) => Event::RetryDue,
-        None => Event::Abandon {
-            reason: format!("integration {} no longer exists", state.integration_id),
-        },
-    };
-    match committer.commit(&state, rev, &event, record.as_ref(), now).await {
+    match commit_loaded(args, &stored, Event::RetryDue, now).await {
         Ok(Committed::Written(..)) => {
             debug!(tenant_id = %t, message_id = %id, retry = retry_count, "retry due; published");
             AckKind::Ack
@@ -138,38 +131,24 @@ fn processing_ms(control: &Control, t: &TenantId, i: &vrsky_actors::IntegrationI
 /// Re-drives one overdue message, after checking it is still overdue: the index may hold
 /// an older state than the bucket (another node moved the message on).
 async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
-    let Stored {
-        state,
-        revision: rev,
-        record,
-    } = match args.platform.load(&t, &id).await {
+    let stored = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
         Ok(None) => return args.platform.forget(&t, &id),
         Err(e) => {
             return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: state unavailable; will try again");
         }
     };
+    let state = &stored.state;
     let grace = args.redrive_after.as_millis() as u64;
     let timeout = processing_ms(&args.control, &state.tenant_id, &state.integration_id);
-    match deadline_of(&state, grace, timeout) {
-        Some(due) if due <= now_ms() => {}
+    let now = now_ms();
+    match deadline_of(state, grace, timeout) {
+        Some(due) if due <= now => {}
         // Finished, or moved on and not overdue yet: track what the bucket has.
-        _ => return args.platform.observe(&state, rev),
+        _ => return args.platform.observe(state, stored.revision),
     }
-    let policy = policy_of(&args.control, &state);
-    let committer = Committer {
-        store: &args.platform,
-        publisher: Some(&*args.control),
-        policy: &policy,
-    };
     let from = state.status;
-    let event = match args.control.delivery_policy(&state.tenant_id, &state.integration_id) {
-        Some(_) => Event::Redrive,
-        None => Event::Abandon {
-            reason: format!("integration {} no longer exists", state.integration_id),
-        },
-    };
-    match committer.commit(&state, rev, &event, record.as_ref(), now_ms()).await {
+    match commit_loaded(args, &stored, Event::Redrive, now).await {
         Ok(Committed::Written(next, _)) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use vrsky_actors::message::{Event, MessageStore, RetryPolicy, decode_stored, encode_stored};
-use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId};
+use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::common::{Backend, FailFirst, Sink, TestRuntime, spec};
 
@@ -268,13 +268,6 @@ fn envelope(id: &MessageId) -> Envelope {
         attempt: 1,
         received_at_ms: now_ms(),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Ingress stored a message and died before publishing it: the re-driver publishes it.

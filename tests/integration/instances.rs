@@ -368,3 +368,35 @@ async fn unresponsive_instance_leaves_discovery_by_probe() {
     );
     t.shutdown().await;
 }
+
+/// `nats.go_max_procs` reaches every nats-server the node spawns: the platform server
+/// and the tenant's instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_servers_get_the_configured_gomaxprocs() {
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| c.nats.go_max_procs = 3).await;
+    t.create_tenant("acme").await;
+    fn pid_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pid_files(&path, out);
+            } else if path.file_name() == Some(std::ffi::OsStr::new(vrsky_runtime::nats::process::PID_FILE)) {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    pid_files(t.dir.path(), &mut files);
+    assert_eq!(files.len(), 2, "platform and one tenant instance: {files:?}");
+    for f in files {
+        let pid = std::fs::read_to_string(&f).unwrap().trim().to_owned();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        assert!(
+            vars.contains(&&b"GOMAXPROCS=3"[..]),
+            "{} runs without GOMAXPROCS=3",
+            f.display()
+        );
+    }
+    t.shutdown().await;
+}

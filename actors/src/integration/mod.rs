@@ -16,7 +16,7 @@ pub use messages::{IntegrationArgs, IntegrationCounters, IntegrationMsg, Integra
 
 use crate::components::{Outcome, ProduceErrorKind};
 use crate::message::{Committed, Committer, Event, Status};
-use crate::{subjects, wire};
+use crate::{now_ms, subjects, wire};
 
 /// The actor. Its state owns the subscription pump; dropping the state (stop, failure or
 /// kill) aborts the pump and unsubscribes. Deliveries already started run to completion.
@@ -40,13 +40,6 @@ const BATCH_MAX: usize = 32;
 #[derive(Debug)]
 pub struct IntegrationState {
     _pump: AbortOnDrop,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A jitter sample in [0, 1).

@@ -1,7 +1,5 @@
 //! `POST /webhooks/{tenant_id}/{integration_id}`: the HTTP consumer's front door.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,7 +10,7 @@ use tracing::{Instrument, info_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
 use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
-use vrsky_actors::{IntegrationId, MessageId, TenantId};
+use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::platform::Accepted;
 
@@ -140,10 +138,7 @@ pub(crate) async fn receive(
             .filter(|v| valid_traceparent(v))
             .map(str::to_owned)
             .unwrap_or_else(new_traceparent);
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let received_at_ms = now_ms();
         let request = InboundRequest {
             message_id: message_id.clone(),
             tenant_id: tenant,

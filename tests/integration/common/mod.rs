@@ -195,14 +195,7 @@ impl TestRuntime {
 
     /// Posts a webhook; returns the status.
     pub async fn webhook(&self, tenant: &str, integration: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> u16 {
-        let mut req = self
-            .http
-            .post(self.url(&format!("/webhooks/{tenant}/{integration}")))
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.unwrap().status().as_u16()
+        self.webhook_json(tenant, integration, body, headers).await.0
     }
 
     /// A webhook's full answer: status and JSON body.
