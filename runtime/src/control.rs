@@ -120,7 +120,7 @@ struct TenantContext {
     instances: Arc<InstanceSet>,
     provisioner: SharedProvisioner,
     health_interval: Duration,
-    http: reqwest::Client,
+    http: crate::producer::HttpClient,
     allow_private_targets: bool,
     store: SharedStore,
     /// Counters outlive actor restarts. Bound: one entry per integration of the tenant.
@@ -357,7 +357,7 @@ pub struct Control {
     platform: Platform,
     root: ActorRef<SupervisorMsg>,
     provisioner: SharedProvisioner,
-    http: reqwest::Client,
+    http: crate::producer::HttpClient,
     settings: ControlSettings,
     /// Bound: one entry per tenant owned by this node.
     tenants: RwLock<HashMap<TenantId, Arc<TenantEntry>>>,
@@ -431,7 +431,7 @@ impl Control {
         platform: Platform,
         root: ActorRef<SupervisorMsg>,
         provisioner: SharedProvisioner,
-        http: reqwest::Client,
+        http: crate::producer::HttpClient,
         settings: ControlSettings,
     ) -> Self {
         Control {

@@ -3,30 +3,56 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, Url};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
 
 use vrsky_actors::Envelope;
 use vrsky_actors::components::{
     Delivered, HttpMethod, HttpProducerSpec, ProduceError, ProduceErrorKind, Producer, SpecError,
 };
 
-/// Builds the runtime's one HTTP client: rustls (ring), no redirects, pooled.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(64)
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("vrsky/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// The runtime's one delivery client: hyper's connection pool over TCP or rustls (ring,
+/// the platform's trust store), HTTP/1.1 or HTTP/2 by ALPN. It never follows redirects
+/// (a 3xx is an answer, classified as permanent) and retries nothing itself: retries
+/// are the message's, with backoff and a dead-letter queue.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Most idle connections kept per destination.
+const IDLE_PER_HOST: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the delivery client. Fails only if the platform trust store cannot be read.
+pub fn http_client() -> Result<HttpClient, rustls::Error> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()?
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IDLE_PER_HOST)
+        .build(connector))
 }
+
+const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("vrsky/", env!("CARGO_PKG_VERSION")));
 
 /// Delivers envelopes with an HTTP request.
 #[derive(Debug, Clone)]
 pub struct HttpProducer {
-    client: reqwest::Client,
+    client: HttpClient,
     url: Url,
+    uri: Uri,
     method: Method,
     headers: HeaderMap,
     timeout: Duration,
@@ -58,11 +84,7 @@ impl HttpProducer {
     /// Checks the spec's URL and headers and builds the producer. Unless
     /// `allow_private_targets`, URLs naming loopback, private or link-local addresses (or
     /// `localhost`) are refused. Host names are not resolved here.
-    pub fn new(
-        client: reqwest::Client,
-        spec: &HttpProducerSpec,
-        allow_private_targets: bool,
-    ) -> Result<Self, SpecError> {
+    pub fn new(client: HttpClient, spec: &HttpProducerSpec, allow_private_targets: bool) -> Result<Self, SpecError> {
         let url =
             Url::parse(&spec.url).map_err(|e| spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)))?;
         if url.scheme() != "http" && url.scheme() != "https" {
@@ -100,9 +122,17 @@ impl HttpProducer {
             HttpMethod::Delete => Method::DELETE,
             HttpMethod::Get => Method::GET,
         };
+        // Fragments never reach the server (and `Uri` has none).
+        let mut target = url.clone();
+        target.set_fragment(None);
+        let uri: Uri = target
+            .as_str()
+            .parse()
+            .map_err(|e| spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)))?;
         Ok(HttpProducer {
             client,
             url,
+            uri,
             method,
             headers,
             timeout: Duration::from_millis(spec.timeout_ms),
@@ -110,7 +140,8 @@ impl HttpProducer {
     }
 
     fn request_headers(&self, env: &Envelope) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(env.headers.len() + self.headers.len() + 4);
+        let mut h = HeaderMap::with_capacity(env.headers.len() + self.headers.len() + 5);
+        h.insert(USER_AGENT, USER_AGENT_VALUE);
         if let Some(ct) = env.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
             h.insert(CONTENT_TYPE, ct);
         }
@@ -139,13 +170,7 @@ const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 /// `Retry-After` in delta-seconds (an HTTP-date is not understood and ignored: the
 /// backoff applies).
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
-    let secs: u64 = h
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let secs: u64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(secs.saturating_mul(1000))
 }
 
@@ -158,45 +183,81 @@ pub fn classify_status(status: u16) -> Result<(), ProduceErrorKind> {
     }
 }
 
+impl HttpProducer {
+    fn failed(&self, kind: ProduceErrorKind, message: String) -> ProduceError {
+        ProduceError {
+            kind,
+            status: None,
+            message: format!("request to {} failed: {message}", self.url),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The request, its answer and the drain of a small answer body, within the timeout.
+    async fn exchange(&self, env: &Envelope) -> Result<(u16, Option<u64>), ProduceError> {
+        let mut req = Request::new(Full::new(env.payload.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.request_headers(env);
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| self.failed(ProduceErrorKind::Retryable, error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after_ms(resp.headers());
+        // A response body left unread keeps its connection out of the pool: read and
+        // discard a small one; a large one is cut off and its connection closed.
+        let mut body = resp.into_body();
+        let mut left = RESPONSE_DRAIN_MAX;
+        while left > 0 {
+            match body.frame().await {
+                Some(Ok(frame)) => left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len)),
+                _ => break,
+            }
+        }
+        Ok((status, retry_after))
+    }
+}
+
+/// An error and its causes, one line ("client error (Connect): tcp connect error: ...").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 impl Producer for HttpProducer {
     fn deliver<'a>(&'a self, env: &'a Envelope) -> BoxFuture<'a, Result<Delivered, ProduceError>> {
         Box::pin(async move {
-            let resp = self
-                .client
-                .request(self.method.clone(), self.url.clone())
-                .headers(self.request_headers(env))
-                .timeout(self.timeout)
-                .body(env.payload.clone())
-                .send()
-                .await
-                .map_err(|e| ProduceError {
-                    kind: if e.is_builder() {
-                        ProduceErrorKind::Permanent
-                    } else {
-                        ProduceErrorKind::Retryable
-                    },
-                    status: None,
-                    message: format!("request to {} failed: {e}", self.url),
-                    retry_after_ms: None,
-                })?;
-            let status = resp.status().as_u16();
-            let retry_after = retry_after_ms(resp.headers());
-            // A response body left unread keeps its connection out of the pool: read and
-            // discard a small one; a large one is cut off and its connection closed.
-            let mut resp = resp;
-            let mut left = RESPONSE_DRAIN_MAX;
-            while left > 0 {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => left = left.saturating_sub(chunk.len()),
-                    _ => break,
-                }
-            }
+            let (status, retry_after) =
+                tokio::time::timeout(self.timeout, self.exchange(env))
+                    .await
+                    .map_err(|_| {
+                        self.failed(
+                            ProduceErrorKind::Retryable,
+                            format!("no answer within {} ms", self.timeout.as_millis()),
+                        )
+                    })??;
             match classify_status(status) {
                 Ok(()) => Ok(Delivered { status }),
                 Err(kind) => Err(ProduceError {
                     kind,
                     status: Some(status),
-                    message: format!("{} answered {}", self.url, resp.status()),
+                    message: format!(
+                        "{} answered {status}{}",
+                        self.url,
+                        http::StatusCode::from_u16(status)
+                            .ok()
+                            .and_then(|s| s.canonical_reason())
+                            .map(|r| format!(" {r}"))
+                            .unwrap_or_default()
+                    ),
                     retry_after_ms: retry_after,
                 }),
             }
@@ -239,6 +300,118 @@ mod tests {
         assert!(HttpProducer::new(c, &spec("http://u:p@example.com"), true).is_err());
     }
 
+    fn envelope() -> Envelope {
+        Envelope {
+            message_id: vrsky_actors::MessageId::generate(),
+            tenant_id: vrsky_actors::TenantId::new("t").unwrap(),
+            integration_id: vrsky_actors::IntegrationId::new("i").unwrap(),
+            headers: vec![("x-request-id".into(), "r1".into())],
+            content_type: Some("application/json".into()),
+            payload: bytes::Bytes::from_static(b"{}"),
+            trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            attempt: 2,
+            received_at_ms: 0,
+        }
+    }
+
+    async fn serve(app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr
+    }
+
+    /// What the destination sees: method, path and query, the envelope's headers, the
+    /// configured ones, VRSky's own, and the body.
+    #[tokio::test]
+    async fn the_request_carries_the_envelope() {
+        use std::sync::{Arc, Mutex};
+
+        use axum::extract::State;
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        type Seen = Arc<Mutex<Option<(String, String, HeaderMap, Bytes)>>>;
+        let seen: Seen = Arc::default();
+        async fn record(State(seen): State<Seen>, req: axum::extract::Request) -> http::StatusCode {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1024).await.unwrap();
+            *seen.lock().unwrap() = Some((parts.method.to_string(), parts.uri.to_string(), parts.headers, body));
+            http::StatusCode::NO_CONTENT
+        }
+        let addr = serve(axum::Router::new().fallback(record).with_state(seen.clone())).await;
+        let mut s = spec(&format!("http://{addr}/hook?a=1#fragment"));
+        s.method = HttpMethod::Put;
+        s.headers.insert("Authorization".into(), "Bearer k".into());
+        let p = HttpProducer::new(http_client().unwrap(), &s, true).unwrap();
+        let env = envelope();
+        assert_eq!(p.deliver(&env).await.unwrap().status, 204);
+        let (method, uri, h, body) = seen.lock().unwrap().take().unwrap();
+        assert_eq!(method, "PUT");
+        assert_eq!(uri, "/hook?a=1");
+        assert_eq!(&body[..], b"{}");
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(get("content-type").as_deref(), Some("application/json"));
+        assert_eq!(get("x-request-id").as_deref(), Some("r1"));
+        assert_eq!(get("authorization").as_deref(), Some("Bearer k"));
+        assert_eq!(get("x-vrsky-message-id").as_deref(), Some(env.message_id.as_str()));
+        assert_eq!(get("x-vrsky-attempt").as_deref(), Some("2"));
+        assert_eq!(get("traceparent"), env.trace_context);
+        assert!(get("user-agent").unwrap().starts_with("vrsky/"));
+        assert_eq!(get("host"), Some(addr.to_string()));
+    }
+
+    /// A redirect is an answer, never followed; a destination that does not answer within
+    /// the timeout is a retryable failure; one that refuses connections is retryable too.
+    #[tokio::test]
+    async fn redirects_timeouts_and_refusals() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::extract::State;
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let hits = Arc::new(AtomicUsize::new(0));
+        async fn target(State(hits): State<Arc<AtomicUsize>>) -> http::StatusCode {
+            hits.fetch_add(1, Ordering::SeqCst);
+            http::StatusCode::OK
+        }
+        let target_addr = serve(axum::Router::new().fallback(target).with_state(hits.clone())).await;
+        let to = format!("http://{target_addr}/elsewhere");
+        let redirect = serve(axum::Router::new().fallback(move || {
+            let to = to.clone();
+            async move { (http::StatusCode::FOUND, [(http::header::LOCATION, to)]) }
+        }))
+        .await;
+        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{redirect}/")), true).unwrap();
+        let e = p.deliver(&envelope()).await.unwrap_err();
+        assert_eq!((e.kind, e.status), (ProduceErrorKind::Permanent, Some(302)));
+        assert!(e.message.contains("answered 302 Found"), "{}", e.message);
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+
+        let slow = serve(axum::Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            http::StatusCode::OK
+        }))
+        .await;
+        let mut s = spec(&format!("http://{slow}/"));
+        s.timeout_ms = 200;
+        let p = HttpProducer::new(http_client().unwrap(), &s, true).unwrap();
+        let e = p.deliver(&envelope()).await.unwrap_err();
+        assert_eq!((e.kind, e.status), (ProduceErrorKind::Retryable, None));
+        assert!(e.message.contains("no answer within 200 ms"), "{}", e.message);
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{closed}/")), true).unwrap();
+        let e = p.deliver(&envelope()).await.unwrap_err();
+        assert_eq!((e.kind, e.status), (ProduceErrorKind::Retryable, None));
+        assert!(e.message.contains("refused"), "{}", e.message);
+    }
+
     /// Destinations answer with bodies; one left unread would cost a new connection per
     /// delivery. Five deliveries in a row must arrive over one connection (one client port).
     #[tokio::test]
@@ -265,17 +438,7 @@ mod tests {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
         let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{addr}/hook")), true).unwrap();
-        let env = Envelope {
-            message_id: vrsky_actors::MessageId::generate(),
-            tenant_id: vrsky_actors::TenantId::new("t").unwrap(),
-            integration_id: vrsky_actors::IntegrationId::new("i").unwrap(),
-            headers: vec![],
-            content_type: None,
-            payload: bytes::Bytes::from_static(b"x"),
-            trace_context: None,
-            attempt: 1,
-            received_at_ms: 0,
-        };
+        let env = envelope();
         for _ in 0..5 {
             assert_eq!(p.deliver(&env).await.unwrap().status, 200);
         }
@@ -286,12 +449,9 @@ mod tests {
     fn retry_after_seconds() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after_ms(&h), None);
-        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after_ms(&h), Some(7000));
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after_ms(&h), None);
     }
 
