@@ -167,11 +167,18 @@ impl HttpProducer {
 /// Most bytes of a response body read (and discarded) to keep its connection reusable.
 const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 
-/// `Retry-After` in delta-seconds (an HTTP-date is not understood and ignored: the
-/// backoff applies).
-fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
-    let secs: u64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(secs.saturating_mul(1000))
+/// `Retry-After` as a wait from `now`: delta-seconds, or an HTTP-date (a date already
+/// past is no wait). Anything else is ignored and the backoff applies.
+fn retry_after_ms(h: &HeaderMap, now: std::time::SystemTime) -> Option<u64> {
+    let value = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    )
 }
 
 /// Classifies an HTTP status: 2xx success; 408, 429 and 5xx retryable; the rest permanent.
@@ -205,7 +212,7 @@ impl HttpProducer {
             .await
             .map_err(|e| self.failed(ProduceErrorKind::Retryable, error_chain(&e)))?;
         let status = resp.status().as_u16();
-        let retry_after = retry_after_ms(resp.headers());
+        let retry_after = retry_after_ms(resp.headers(), std::time::SystemTime::now());
         // A response body left unread keeps its connection out of the pool: read and
         // discard a small one; a large one is cut off and its connection closed.
         let mut body = resp.into_body();
@@ -446,13 +453,23 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after_ms(&h), None);
-        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after_ms(&h), Some(7000));
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
-        assert_eq!(retry_after_ms(&h), None);
+    fn retry_after_seconds_or_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let at = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after_ms(&h, now)
+        };
+        assert_eq!(retry_after_ms(&HeaderMap::new(), now), None);
+        assert_eq!(at("7"), Some(7000));
+        assert_eq!(at(" 120 "), Some(120_000));
+        // IMF-fixdate, and the two obsolete forms RFC 9110 still asks recipients to accept.
+        assert_eq!(at("Wed, 21 Oct 2015 07:28:30 GMT"), Some(30_000));
+        assert_eq!(at("Wednesday, 21-Oct-15 07:29:00 GMT"), Some(60_000));
+        assert_eq!(at("Wed Oct 21 07:28:05 2015"), Some(5_000));
+        assert_eq!(at("Wed, 21 Oct 2015 07:00:00 GMT"), Some(0), "a past date is no wait");
+        assert_eq!(at("-5"), None);
+        assert_eq!(at("soon"), None);
     }
 
     #[test]
