@@ -122,9 +122,12 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
+            // The node logs at the production default (`info`), so what a span or an event
+            // per message costs is in the figures; async-nats' reconnect notices as the raw
+            // phases stop their servers are left out.
             telemetry::init(&crate::config::LogConfig {
                 format: crate::config::LogFormat::Text,
-                filter: "warn".into(),
+                filter: format!("{},async_nats=warn", crate::config::LogConfig::default().filter),
             });
             crate::bench::run(args).await
         }

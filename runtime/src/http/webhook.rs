@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use futures::StreamExt;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
 use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
@@ -130,7 +130,7 @@ pub(crate) async fn receive(
         None => MessageId::generate(),
     };
     let span =
-        info_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
+        debug_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
     async move {
         let trace_context = headers
             .get("traceparent")
@@ -163,7 +163,8 @@ pub(crate) async fn receive(
             .accept(&envelope, received_at_ms)
             .await
             .map_err(|e| {
-                warn!(error = %e, "message state not stored");
+                warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
+                    message_id = %envelope.message_id, error = %e, "message state not stored");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -182,7 +183,8 @@ pub(crate) async fn receive(
             } => {
                 // Core NATS, the bytes just stored: a lost publish is re-driven.
                 if let Err(e) = s.control.publish(&state, stored, revision).await {
-                    warn!(error = %e, "publish failed; the message will be re-driven");
+                    warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
+                        message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
                 }
                 Ok((
                     StatusCode::ACCEPTED,
