@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
 use vrsky_actors::message::{
-    Committed, Committer, Event, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
+    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
+    encode_stored,
 };
 use vrsky_actors::{MessageId, TenantId, now_ms};
 
@@ -147,12 +148,55 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
         // Finished, or moved on and not overdue yet: track what the bucket has.
         _ => return args.platform.observe(state, stored.revision),
     }
+    if state.status == Status::Processing {
+        // A worker that dead-letters writes the entry, then the state: if it died in
+        // between, the entry is there and the state still says `processing`. Retrying would
+        // deliver a message that is also in the dead-letter queue; finish its commit.
+        match args.platform.dead_letter(&t, &id).await {
+            Ok(Some(dl)) if dead_lettered_from(state, &dl.state) => {
+                return roll_forward(args, &stored, &dl.state).await;
+            }
+            Ok(_) => {}
+            // Unreadable (a corrupt entry must not hold the message forever): re-drive as
+            // usual; if the platform itself is down, that write fails too and is retried.
+            Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: dead-letter entry unreadable"),
+        }
+    }
     let from = state.status;
     match commit_loaded(args, &stored, Event::Redrive, now).await {
         Ok(Committed::Written(next, _)) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
         Ok(_) => {}
+        Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
+    }
+}
+
+/// Whether `dead` is the dead-letter state a worker wrote for this `processing` claim (and
+/// not an entry left from before a replay): same message lifetime, written at or after
+/// the claim (the worker's own clock both times), extending the claim's attempt history.
+fn dead_lettered_from(processing: &MessageState, dead: &MessageState) -> bool {
+    dead.status == Status::DeadLetter
+        && dead.message_id == processing.message_id
+        && dead.created_at_ms == processing.created_at_ms
+        && dead.updated_at_ms >= processing.updated_at_ms
+        && dead.attempts.len() > processing.attempts.len()
+        && dead.attempts.starts_with(&processing.attempts)
+}
+
+/// Writes the dead-letter state a crashed worker had already put in the queue.
+async fn roll_forward(args: &SchedulerArgs, stored: &Stored, dead: &MessageState) {
+    let (t, id) = (&dead.tenant_id, &dead.message_id);
+    let value = match encode_stored(dead, None) {
+        Ok(v) => v,
+        Err(e) => return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: cannot encode state"),
+    };
+    match args.platform.write(dead, value, stored.revision).await {
+        Ok(Some(_)) => {
+            info!(tenant_id = %t, message_id = %id, "found in the dead-letter queue; state set to dead_letter")
+        }
+        // Moved on meanwhile: the index tracks what the bucket has now.
+        Ok(None) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
     }
 }
@@ -245,5 +289,55 @@ impl Actor for RetryScheduler {
             SchedulerMsg::InputEnded(what) => return Err(format!("{what} ended").into()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use vrsky_actors::IntegrationId;
+
+    fn failed() -> Event {
+        Event::Failed {
+            error: "answered 400".into(),
+            status: Some(400),
+            retryable: false,
+            retry_after_ms: None,
+            jitter_sample: 0.0,
+        }
+    }
+
+    /// Only the entry written for this very claim finishes it; an entry left from before a
+    /// replay, or from an earlier life of the same id, does not.
+    #[test]
+    fn only_the_claims_own_dead_letter_rolls_forward() {
+        let p = RetryPolicy::default();
+        let (t, i) = (TenantId::new("t").unwrap(), IntegrationId::new("i").unwrap());
+        let id = MessageId::generate();
+        let claimed = MessageState::received(id.clone(), t.clone(), i.clone(), 1_000)
+            .apply(&Event::Claim, &p, 2_000)
+            .unwrap();
+        let dead = claimed.apply(&failed(), &p, 2_500).unwrap();
+        assert!(dead_lettered_from(&claimed, &dead));
+        assert!(!dead_lettered_from(&claimed, &claimed), "not a dead-letter state");
+
+        // Replayed, claimed again: the old entry (deleted after the replay's publish, unless
+        // that node died first) is older than the new claim.
+        let reclaimed = dead
+            .apply(&Event::Replay, &p, 3_000)
+            .unwrap()
+            .apply(&Event::Claim, &p, 4_000)
+            .unwrap();
+        assert!(!dead_lettered_from(&reclaimed, &dead));
+        let dead_again = reclaimed.apply(&failed(), &p, 4_100).unwrap();
+        assert!(dead_lettered_from(&reclaimed, &dead_again));
+
+        // The same id in another lifetime (its state expired, then re-created), claimed on a
+        // node whose clock is behind: the creation time tells them apart.
+        let other = MessageState::received(id, t, i, 5_000)
+            .apply(&Event::Claim, &p, 1_500)
+            .unwrap();
+        assert!(!dead_lettered_from(&other, &dead));
     }
 }

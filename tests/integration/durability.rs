@@ -325,6 +325,64 @@ async fn claimed_message_of_a_dead_worker_is_redriven() {
     t.shutdown().await;
 }
 
+/// A worker dead-lettered a message (the entry is written first) and died before writing
+/// the state: the re-driver finds the entry and finishes the commit instead of retrying,
+/// so the message is not delivered while it also sits in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_written_before_a_crash_is_not_retried() {
+    let sink = Sink::start().await;
+    let t = TestRuntime::start(Backend::Sqlite).await;
+    t.create_tenant("acme").await;
+    let mut s = spec("hook", &sink.url("/hook"), json!({"retry": fast_retry(3)}));
+    s["producer"]["timeout_ms"] = json!(500);
+    t.create_integration("acme", s).await;
+    let platform = t.rt().control.platform();
+    let id = MessageId::generate();
+    let vrsky_runtime::platform::Accepted::New {
+        state,
+        revision,
+        stored,
+    } = platform.accept(&envelope(&id), now_ms()).await.unwrap()
+    else {
+        panic!("duplicate")
+    };
+    let policy = RetryPolicy::default();
+    let claimed = state.apply(&Event::Claim, &policy, now_ms()).unwrap();
+    let (_, record) = decode_stored(&stored).unwrap();
+    let record = record.unwrap();
+    let value = encode_stored(&claimed, Some(&record)).unwrap();
+    platform.write(&claimed, value, revision).await.unwrap().expect("claim");
+    // The worker's outcome: a permanent failure. Its dead letter is written; the crash
+    // comes before the state write.
+    let failed = Event::Failed {
+        error: "http://dest answered 400 Bad Request".into(),
+        status: Some(400),
+        retryable: false,
+        retry_after_ms: None,
+        jitter_sample: 0.0,
+    };
+    let dead = claimed.apply(&failed, &policy, now_ms()).unwrap();
+    MessageStore::dead_letter(platform, &dead, &record).await.unwrap();
+
+    let state = t.wait_status("acme", id.as_str(), "dead_letter").await;
+    assert_eq!(state["retry_count"], 1, "{state}");
+    assert_eq!(state["last_error"], "http://dest answered 400 Bad Request", "{state}");
+    assert!(
+        sink.for_message(id.as_str()).is_empty(),
+        "delivered although dead-lettered"
+    );
+    let (code, page) = t.api(Method::GET, "/api/tenants/acme/dead-letters", None).await;
+    assert_eq!(code, 200, "{page}");
+    let ids: Vec<&str> = page["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["message_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()], "{page}");
+    t.shutdown().await;
+}
+
 /// Dead letters page newest first; a bulk replay reports its matches on a dry run, then
 /// replays them; a dead letter can be deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

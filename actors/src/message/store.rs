@@ -83,7 +83,8 @@ fn carries_envelope(status: Status) -> bool {
 /// - `retry`: state first, then the retry-queue entry. A crash in between leaves a `retry`
 ///   state with no entry; the re-driver makes it due once its time has passed.
 /// - `dead_letter`: the dead-letter entry first, then the state. A crash in between leaves
-///   the old state, which is re-driven and dead-lettered again (the entry is replaced).
+///   the `processing` state; when it is re-driven, the entry is found and the dead-letter
+///   state written, so the message is not retried while it sits in the queue.
 /// - `received` (retry due, re-drive, replay): state first, then the publish of the same
 ///   bytes. A lost publish is re-driven after the deadline.
 /// - anything else: the state.
