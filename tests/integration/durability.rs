@@ -7,7 +7,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use vrsky_actors::message::{Event, MessageStore, RetryPolicy, decode_stored, encode_stored};
+use vrsky_actors::message::{Event, MessageState, MessageStore, RetryPolicy, decode_stored, encode_stored};
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::common::{Backend, FailFirst, Sink, TestRuntime, spec};
@@ -292,11 +292,10 @@ async fn stored_but_unpublished_message_is_redriven() {
     t.shutdown().await;
 }
 
-/// A worker claimed a message and died: after the delivery timeout plus grace it is
-/// re-driven as a failed attempt and delivered on attempt 2.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claimed_message_of_a_dead_worker_is_redriven() {
-    let sink = Sink::start().await;
+/// A node whose integration delivers to `sink` (500 ms delivery timeout), and a message
+/// stored and claimed as a worker claims it (the same envelope record, written back with
+/// the new state) and never published: what a worker that died after its claim leaves.
+async fn claimed_by_a_dead_worker(sink: &Sink) -> (TestRuntime, MessageId, MessageState, bytes::Bytes) {
     let t = TestRuntime::start(Backend::Sqlite).await;
     t.create_tenant("acme").await;
     let mut s = spec("hook", &sink.url("/hook"), json!({"retry": fast_retry(3)}));
@@ -312,11 +311,19 @@ async fn claimed_message_of_a_dead_worker_is_redriven() {
     else {
         panic!("duplicate")
     };
-    // Claimed as a worker claims: the same envelope record, written back with the new state.
     let claimed = state.apply(&Event::Claim, &RetryPolicy::default(), now_ms()).unwrap();
-    let (_, record) = decode_stored(&stored).unwrap();
-    let value = encode_stored(&claimed, record.as_ref()).unwrap();
+    let record = decode_stored(&stored).unwrap().1.unwrap();
+    let value = encode_stored(&claimed, Some(&record)).unwrap();
     platform.write(&claimed, value, revision).await.unwrap().expect("claim");
+    (t, id, claimed, record)
+}
+
+/// A worker claimed a message and died: after the delivery timeout plus grace it is
+/// re-driven as a failed attempt and delivered on attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_message_of_a_dead_worker_is_redriven() {
+    let sink = Sink::start().await;
+    let (t, id, _, _) = claimed_by_a_dead_worker(&sink).await;
     let state = t.wait_status("acme", id.as_str(), "completed").await;
     assert_eq!(state["retry_count"], 1, "{state}");
     let reqs = sink.for_message(id.as_str());
@@ -331,27 +338,7 @@ async fn claimed_message_of_a_dead_worker_is_redriven() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_written_before_a_crash_is_not_retried() {
     let sink = Sink::start().await;
-    let t = TestRuntime::start(Backend::Sqlite).await;
-    t.create_tenant("acme").await;
-    let mut s = spec("hook", &sink.url("/hook"), json!({"retry": fast_retry(3)}));
-    s["producer"]["timeout_ms"] = json!(500);
-    t.create_integration("acme", s).await;
-    let platform = t.rt().control.platform();
-    let id = MessageId::generate();
-    let vrsky_runtime::platform::Accepted::New {
-        state,
-        revision,
-        stored,
-    } = platform.accept(&envelope(&id), now_ms()).await.unwrap()
-    else {
-        panic!("duplicate")
-    };
-    let policy = RetryPolicy::default();
-    let claimed = state.apply(&Event::Claim, &policy, now_ms()).unwrap();
-    let (_, record) = decode_stored(&stored).unwrap();
-    let record = record.unwrap();
-    let value = encode_stored(&claimed, Some(&record)).unwrap();
-    platform.write(&claimed, value, revision).await.unwrap().expect("claim");
+    let (t, id, claimed, record) = claimed_by_a_dead_worker(&sink).await;
     // The worker's outcome: a permanent failure. Its dead letter is written; the crash
     // comes before the state write.
     let failed = Event::Failed {
@@ -361,8 +348,10 @@ async fn dead_letter_written_before_a_crash_is_not_retried() {
         retry_after_ms: None,
         jitter_sample: 0.0,
     };
-    let dead = claimed.apply(&failed, &policy, now_ms()).unwrap();
-    MessageStore::dead_letter(platform, &dead, &record).await.unwrap();
+    let dead = claimed.apply(&failed, &RetryPolicy::default(), now_ms()).unwrap();
+    MessageStore::dead_letter(t.rt().control.platform(), &dead, &record)
+        .await
+        .unwrap();
 
     let state = t.wait_status("acme", id.as_str(), "dead_letter").await;
     assert_eq!(state["retry_count"], 1, "{state}");
