@@ -112,6 +112,21 @@ pub struct Route {
     pub timeout_ms: u64,
 }
 
+impl Route {
+    /// Publishes a stored message (written at `revision`) on the tenant's next instance.
+    pub async fn publish(&self, stored: bytes::Bytes, revision: u64) -> Result<(), StoreError> {
+        let link = self
+            .instances
+            .pick()
+            .ok_or_else(|| StoreError("the tenant has no nats instance".into()))?;
+        let (headers, payload) = wire::encode(stored, revision);
+        link.client
+            .publish_with_headers(self.subject.clone(), headers, payload)
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
 /// Everything needed to (re)build a tenant's children; cloned into its child source.
 #[derive(Clone)]
 struct TenantContext {
@@ -1109,17 +1124,10 @@ impl TenantPublisher for Control {
         revision: u64,
     ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let (t, i) = (&state.tenant_id, &state.integration_id);
-            let route = self.route(t, i).map_err(|e| StoreError(e.to_string()))?;
-            let link = route
-                .instances
-                .pick()
-                .ok_or_else(|| StoreError(format!("tenant {t} has no nats instance")))?;
-            let (headers, payload) = wire::encode(stored, revision);
-            link.client
-                .publish_with_headers(route.subject.clone(), headers, payload)
-                .await
-                .map_err(|e| StoreError(e.to_string()))
+            let route = self
+                .route(&state.tenant_id, &state.integration_id)
+                .map_err(|e| StoreError(e.to_string()))?;
+            route.publish(stored, revision).await
         })
     }
 }

@@ -191,9 +191,10 @@ pub fn classify_status(status: u16) -> Result<(), ProduceErrorKind> {
 }
 
 impl HttpProducer {
-    fn failed(&self, kind: ProduceErrorKind, message: String) -> ProduceError {
+    /// A delivery that got no answer: worth retrying.
+    fn unanswered(&self, message: String) -> ProduceError {
         ProduceError {
-            kind,
+            kind: ProduceErrorKind::Retryable,
             status: None,
             message: format!("request to {} failed: {message}", self.url),
             retry_after_ms: None,
@@ -201,7 +202,7 @@ impl HttpProducer {
     }
 
     /// The request, its answer and the drain of a small answer body, within the timeout.
-    async fn exchange(&self, env: &Envelope) -> Result<(u16, Option<u64>), ProduceError> {
+    async fn exchange(&self, env: &Envelope) -> Result<(http::StatusCode, Option<u64>), ProduceError> {
         let mut req = Request::new(Full::new(env.payload.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
@@ -210,8 +211,8 @@ impl HttpProducer {
             .client
             .request(req)
             .await
-            .map_err(|e| self.failed(ProduceErrorKind::Retryable, error_chain(&e)))?;
-        let status = resp.status().as_u16();
+            .map_err(|e| self.unanswered(error_chain(&e)))?;
+        let status = resp.status();
         let retry_after = retry_after_ms(resp.headers(), std::time::SystemTime::now());
         // A response body left unread keeps its connection out of the pool: read and
         // discard a small one; a large one is cut off and its connection closed.
@@ -242,29 +243,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Producer for HttpProducer {
     fn deliver<'a>(&'a self, env: &'a Envelope) -> BoxFuture<'a, Result<Delivered, ProduceError>> {
         Box::pin(async move {
-            let (status, retry_after) =
-                tokio::time::timeout(self.timeout, self.exchange(env))
-                    .await
-                    .map_err(|_| {
-                        self.failed(
-                            ProduceErrorKind::Retryable,
-                            format!("no answer within {} ms", self.timeout.as_millis()),
-                        )
-                    })??;
-            match classify_status(status) {
-                Ok(()) => Ok(Delivered { status }),
+            let (status, retry_after) = tokio::time::timeout(self.timeout, self.exchange(env))
+                .await
+                .map_err(|_| self.unanswered(format!("no answer within {} ms", self.timeout.as_millis())))??;
+            match classify_status(status.as_u16()) {
+                Ok(()) => Ok(Delivered {
+                    status: status.as_u16(),
+                }),
                 Err(kind) => Err(ProduceError {
                     kind,
-                    status: Some(status),
-                    message: format!(
-                        "{} answered {status}{}",
-                        self.url,
-                        http::StatusCode::from_u16(status)
-                            .ok()
-                            .and_then(|s| s.canonical_reason())
-                            .map(|r| format!(" {r}"))
-                            .unwrap_or_default()
-                    ),
+                    status: Some(status.as_u16()),
+                    message: format!("{} answered {status}", self.url),
                     retry_after_ms: retry_after,
                 }),
             }

@@ -71,11 +71,6 @@ pub enum Committed {
     Illegal(String),
 }
 
-/// Whether a message in this status still needs its envelope stored with it.
-fn carries_envelope(status: Status) -> bool {
-    matches!(status, Status::Received | Status::Processing | Status::Retry)
-}
-
 /// Applies an event to a stored state and performs the writes its outcome needs, one
 /// revision-checked write of the state (with the envelope record while the message is
 /// unfinished) plus its side effect:
@@ -114,9 +109,9 @@ impl Committer<'_> {
             Ok(n) => n,
             Err(e) => return Ok(Committed::Illegal(e.to_string())),
         };
-        // A message without its envelope can never be delivered; re-driving it would keep
-        // it alive forever.
-        if carries_envelope(next.status) && record.is_none() {
+        // An unfinished message is stored with its envelope; one without it can never be
+        // delivered, and re-driving it would keep it alive forever.
+        if !next.status.is_terminal() && record.is_none() {
             let abandon = Event::Abandon {
                 reason: "its envelope is missing from the message_state record".into(),
             };
@@ -133,7 +128,7 @@ impl Committer<'_> {
             };
             dead_letter_seq = Some(store.dead_letter(&next, &record).await?);
         }
-        let carried = if carries_envelope(next.status) { record } else { None };
+        let carried = if !next.status.is_terminal() { record } else { None };
         let value = encode_stored(&next, carried).map_err(|e| StoreError(e.to_string()))?;
         let Some(new_rev) = store.write(&next, value.clone(), revision).await? else {
             // Someone else moved the message on: the dead letter written for this outcome

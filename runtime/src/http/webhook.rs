@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tracing::{Instrument, debug_span, warn};
 
 use vrsky_actors::components::{Consumer, InboundRequest};
-use vrsky_actors::message::{TenantPublisher, idempotent_message_id};
+use vrsky_actors::message::idempotent_message_id;
 use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::platform::Accepted;
@@ -182,7 +182,7 @@ pub(crate) async fn receive(
                 stored,
             } => {
                 // Core NATS, the bytes just stored: a lost publish is re-driven.
-                if let Err(e) = s.control.publish(&state, stored, revision).await {
+                if let Err(e) = route.publish(stored, revision).await {
                     warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
                         message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
                 }
