@@ -4,9 +4,11 @@
 //! 3. VRSky end to end (webhook -> tenant NATS -> IntegrationActor -> HTTP sink):
 //!    throughput at saturation, and p50/p99 latency both at saturation and at a paced
 //!    half of the achieved peak,
+//! 4. the design's floor: the same writes, hop and exchanges per message with none of
+//!    VRSky's own logic (`bench/floor.rs`),
 //!
-//! and prints VRSky's rate as a ratio of the raw limits. Machines here are noisy: compare
-//! ratios from one run, not absolute figures across runs.
+//! and prints VRSky's rate as a ratio of the raw limits and of the floor. Machines here are
+//! noisy: compare ratios from one run, not absolute figures across runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +24,9 @@ use serde::Serialize;
 
 use crate::app::{Runtime, RuntimeOptions};
 use crate::config::Config;
-use crate::nats::process::{ServerOptions, find_binary, free_port, start_server};
+use crate::nats::process::{ServerOptions, ServerProcess, find_binary, free_port, start_server};
+
+mod floor;
 
 /// Benchmark arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,30 +94,59 @@ pub struct Report {
     pub rounds: Vec<(f64, f64, f64)>,
     /// vrsky_peak / raw_nats.
     pub ratio_to_raw_nats: f64,
+    /// The floor at saturation, median round (by its ratio to raw HTTP).
+    pub floor_peak: Phase,
+    /// floor_peak / raw_http of that round.
+    pub floor_ratio_to_raw_http: f64,
+    /// Every round: (raw HTTP rate, floor rate, ratio).
+    pub floor_rounds: Vec<(f64, f64, f64)>,
 }
 
-/// The raw baselines run their servers like VRSky's (see `nats.go_max_procs`).
-fn go_max_procs() -> u16 {
-    crate::config::NatsConfig::default().go_max_procs
+/// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
+/// JetStream at `sync` when that is given.
+async fn bench_server(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    sync: Option<&str>,
+) -> anyhow::Result<ServerProcess> {
+    let options = ServerOptions {
+        server_name: name.into(),
+        client_port: free_port()?,
+        dir: dir.join(name),
+        jetstream: sync.is_some(),
+        sync_interval: sync.unwrap_or_default().to_owned(),
+        adopt: false,
+        startup_timeout: Duration::from_secs(10),
+        go_max_procs: crate::config::NatsConfig::default().go_max_procs,
+    };
+    Ok(start_server(bin, &options).await?)
 }
 
-/// CPU seconds used so far by this process and its live child processes (the nats-servers),
-/// from `/proc` (Linux; `None` elsewhere). Ticks are USER_HZ, 100 on Linux.
+/// CPU seconds used so far by this process and its child processes (the nats-servers),
+/// live or exited, from `/proc` (Linux; `None` elsewhere). Ticks are USER_HZ, 100 on Linux.
 fn cpu_seconds() -> Option<f64> {
-    fn ticks(stat: &str) -> Option<(u32, u64)> {
-        // Fields after the parenthesised command name: state, ppid, ..., utime (14), stime (15).
+    /// The parent pid, utime + stime, and cutime + cstime (children already waited for).
+    fn ticks(stat: &str) -> Option<(u32, u64, u64)> {
+        // Fields after the parenthesised command name: state, ppid, ..., utime (14),
+        // stime (15), cutime (16), cstime (17).
         let rest = stat.get(stat.rfind(')')? + 2..)?;
         let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i)?.parse::<u64>().ok();
         Some((
             f.get(1)?.parse().ok()?,
-            f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+            field(11)? + field(12)?,
+            field(13)? + field(14)?,
         ))
     }
     let me = std::process::id();
-    let (_, mut total) = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    // A child that exits between two readings moves from the scan below to our cutime, so
+    // stopping a server mid-phase does not take its CPU back out.
+    let (_, own, exited) = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let mut total = own + exited;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat"))
-            && let Some((ppid, t)) = ticks(&stat)
+            && let Some((ppid, t, _)) = ticks(&stat)
             && ppid == me
         {
             total += t;
@@ -136,20 +169,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
 }
 
 async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: usize) -> anyhow::Result<Phase> {
-    let server = start_server(
-        bin,
-        &ServerOptions {
-            server_name: "bench-raw".into(),
-            client_port: free_port()?,
-            dir: dir.join("raw-nats"),
-            jetstream: false,
-            sync_interval: String::new(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-            go_max_procs: go_max_procs(),
-        },
-    )
-    .await?;
+    let server = bench_server(bin, dir, "raw-nats", None).await?;
     let sub_client = async_nats::connect(server.url.as_str()).await?;
     let pub_client = async_nats::connect(server.url.as_str()).await?;
     let mut sub = sub_client.subscribe("bench.raw").await?;
@@ -211,20 +231,7 @@ async fn raw_kv_put(
     size: usize,
     sync: &str,
 ) -> anyhow::Result<Phase> {
-    let server = start_server(
-        bin,
-        &ServerOptions {
-            server_name: "bench-kv".into(),
-            client_port: free_port()?,
-            dir: dir.join("raw-kv"),
-            jetstream: true,
-            sync_interval: sync.to_owned(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-            go_max_procs: go_max_procs(),
-        },
-    )
-    .await?;
+    let server = bench_server(bin, dir, "raw-kv", Some(sync)).await?;
     let client = async_nats::connect(server.url.as_str()).await?;
     let js = async_nats::jetstream::new(client);
     js.create_key_value(async_nats::jetstream::kv::Config {
@@ -348,6 +355,40 @@ struct Arrivals {
     epoch: Instant,
     at: Vec<AtomicU64>,
     count: AtomicUsize,
+}
+
+impl Arrivals {
+    fn new(slots: usize) -> Arc<Arrivals> {
+        Arc::new(Arrivals {
+            epoch: Instant::now(),
+            at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// One round at saturation: raw HTTP, then VRSky, then the floor.
+struct Round {
+    raw: Phase,
+    vrsky: Phase,
+    floor: Phase,
+}
+
+/// The median round by `of`'s rate over raw HTTP's: that round's raw HTTP and `of`
+/// phases, and every round's (raw rate, rate, ratio), sorted by ratio.
+fn median_round(rounds: &[Round], of: fn(&Round) -> &Phase) -> (Phase, Phase, Vec<(f64, f64, f64)>) {
+    let mut each: Vec<(usize, f64)> = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, of(r).rate_per_s / r.raw.rate_per_s))
+        .collect();
+    each.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let median = &rounds[each[each.len() / 2].0];
+    let listed = each
+        .iter()
+        .map(|&(i, ratio)| (rounds[i].raw.rate_per_s, of(&rounds[i]).rate_per_s, ratio))
+        .collect();
+    (median.raw.clone(), of(median).clone(), listed)
 }
 
 async fn record(State(a): State<Arc<Arrivals>>, headers: HeaderMap) -> StatusCode {
@@ -502,9 +543,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
 
-    eprintln!("phase 1/5: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
+    eprintln!("phase 1/6: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
     let raw_nats = raw_nats(&bin, &dir, args.nats_messages, args.payload_bytes).await?;
-    eprintln!("phase 2/5: raw pipelined kv put ({} puts)", args.messages * 2);
+    eprintln!("phase 2/6: raw pipelined kv put ({} puts)", args.messages * 2);
     anyhow::ensure!(
         crate::config::valid_sync_interval(&args.platform_sync),
         "--platform-sync must be `always` or a duration such as 1s"
@@ -524,12 +565,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("starting vrsky")?;
     // One arrival slot per webhook: `rounds` saturation phases, then the paced one.
-    let total = args.messages * (args.rounds + 1);
-    let arrivals = Arc::new(Arrivals {
-        epoch: Instant::now(),
-        at: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        count: AtomicUsize::new(0),
-    });
+    let arrivals = Arrivals::new(args.messages * (args.rounds + 1));
     let (sink_addr, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals.clone())).await?;
     let t = vrsky_actors::TenantId::new("bench")?;
     rt.control.create_tenant(&t, "bench").await?;
@@ -546,41 +582,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         body: Bytes::from(vec![b'x'; args.payload_bytes]),
     });
 
+    let floor_arrivals = Arrivals::new(args.messages * args.rounds);
+    let floor = floor::Floor::start(&bin, &dir, &args.platform_sync, floor_arrivals.clone())
+        .await
+        .context("starting the floor pipeline")?;
+    let floor_e2e = Arc::new(E2e {
+        client: client.clone(),
+        webhook: floor.webhook.clone(),
+        body: e2e.body.clone(),
+    });
+
     let mut rounds = Vec::with_capacity(args.rounds);
     for r in 0..args.rounds {
-        eprintln!(
-            "phase 3/5, round {}/{}: raw loopback http ({} requests)",
-            r + 1,
-            args.rounds,
-            args.messages
-        );
-        let raw = raw_http(&client, args.messages, args.concurrency, args.payload_bytes).await?;
-        eprintln!(
-            "phase 4/5, round {}/{}: vrsky end to end at saturation ({} webhooks)",
-            r + 1,
-            args.rounds,
-            args.messages
-        );
-        let peak = vrsky_phase(
-            &e2e,
-            &arrivals,
-            r * args.messages,
+        let (n, c, round) = (
             args.messages,
             args.concurrency,
-            None,
-        )
-        .await;
-        rounds.push((raw, peak));
+            format!("round {}/{}", r + 1, args.rounds),
+        );
+        eprintln!("phase 3/6, {round}: raw loopback http ({n} requests)");
+        let raw = raw_http(&client, n, c, args.payload_bytes).await?;
+        eprintln!("phase 4/6, {round}: vrsky end to end at saturation ({n} webhooks)");
+        let vrsky = vrsky_phase(&e2e, &arrivals, r * n, n, c, None).await;
+        eprintln!("phase 5/6, {round}: the design's floor at saturation ({n} webhooks)");
+        let floor = vrsky_phase(&floor_e2e, &floor_arrivals, r * n, n, c, None).await;
+        rounds.push(Round { raw, vrsky, floor });
     }
-    rounds.sort_by(|a, b| (a.1.rate_per_s / a.0.rate_per_s).total_cmp(&(b.1.rate_per_s / b.0.rate_per_s)));
-    let each: Vec<(f64, f64, f64)> = rounds
-        .iter()
-        .map(|(raw, peak)| (raw.rate_per_s, peak.rate_per_s, peak.rate_per_s / raw.rate_per_s))
-        .collect();
-    let (raw_http, peak) = rounds.swap_remove(rounds.len() / 2);
+    floor.stop().await;
+    let (raw_http, peak, each) = median_round(&rounds, |r| &r.vrsky);
+    let (floor_raw_http, floor_peak, floor_rounds) = median_round(&rounds, |r| &r.floor);
     let half_rate = (peak.rate_per_s / 2.0).max(1.0);
     eprintln!(
-        "phase 5/5: vrsky end to end paced at {half_rate:.0}/s, half the median round's peak ({} webhooks)",
+        "phase 6/6: vrsky end to end paced at {half_rate:.0}/s, half the median round's peak ({} webhooks)",
         args.messages
     );
     let half = vrsky_phase(
@@ -605,6 +637,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         raw_http,
         vrsky_peak: peak,
         vrsky_half_peak: half,
+        floor_ratio_to_raw_http: floor_peak.rate_per_s / floor_raw_http.rate_per_s,
+        floor_peak,
+        floor_rounds,
     };
     println!(
         "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",
@@ -615,12 +650,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     line("raw loopback HTTP (median round)", &report.raw_http);
     line("vrsky webhook->delivery (peak)", &report.vrsky_peak);
     line("vrsky webhook->delivery (half)", &report.vrsky_half_peak);
-    let rounds: Vec<String> = report
-        .rounds
-        .iter()
-        .map(|(raw, peak, ratio)| format!("{peak:.0}/{raw:.0} = {:.1}%", ratio * 100.0))
-        .collect();
-    println!("\nrounds (vrsky peak / raw HTTP, sorted): {}", rounds.join(", "));
+    line("design floor (median round)", &report.floor_peak);
+    let listed = |rounds: &[(f64, f64, f64)]| {
+        rounds
+            .iter()
+            .map(|(raw, peak, ratio)| format!("{peak:.0}/{raw:.0} = {:.1}%", ratio * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\nrounds (vrsky peak / raw HTTP, sorted): {}", listed(&report.rounds));
+    println!(
+        "rounds (floor / raw HTTP, sorted):      {}",
+        listed(&report.floor_rounds)
+    );
     println!(
         "platform JetStream sync_interval: {}\nvrsky peak / raw HTTP = {:.1}%   vrsky peak / raw NATS = {:.1}%   vrsky peak / raw KV put = {:.1}%",
         args.platform_sync,
@@ -629,7 +671,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.vrsky_peak.rate_per_s / report.raw_kv_put.rate_per_s * 100.0
     );
     println!(
+        "design floor / raw HTTP = {:.1}%   vrsky / floor = {:.0}% (of the ratios to raw HTTP)",
+        report.floor_ratio_to_raw_http * 100.0,
+        report.ratio_to_raw_http / report.floor_ratio_to_raw_http * 100.0
+    );
+    println!(
         "(each VRSky message costs 3 JetStream writes: received with its envelope, processing, completed;\n \
+         the design floor does the same writes, hop and exchanges with none of VRSky's own logic;\n \
          cpu µs/msg counts this process, load generator and sink included, and its nats-servers)"
     );
     if args.json {
@@ -642,4 +690,40 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("vrsky-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(rate_per_s: f64) -> Phase {
+        Phase {
+            completed: 1,
+            rate_per_s,
+            p50_ms: None,
+            p99_ms: None,
+            cpu_us_per_msg: None,
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_chosen_by_each_pipelines_own_ratio() {
+        let round = |raw, vrsky, floor| Round {
+            raw: phase(raw),
+            vrsky: phase(vrsky),
+            floor: phase(floor),
+        };
+        // Ratios: vrsky 10%, 20%, 15%; floor 30%, 10%, 20%.
+        let rounds = [
+            round(100.0, 10.0, 30.0),
+            round(50.0, 10.0, 5.0),
+            round(200.0, 30.0, 40.0),
+        ];
+        let (raw, vrsky, listed) = median_round(&rounds, |r| &r.vrsky);
+        assert_eq!((raw.rate_per_s, vrsky.rate_per_s), (200.0, 30.0));
+        let ratios: Vec<f64> = listed.iter().map(|l| l.2).collect();
+        assert_eq!(ratios, [0.1, 0.15, 0.2]);
+        let (raw, floor, _) = median_round(&rounds, |r| &r.floor);
+        assert_eq!((raw.rate_per_s, floor.rate_per_s), (200.0, 40.0));
+    }
 }
