@@ -110,6 +110,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// The producer's timeout: a claimed message is re-driven only after it.
     pub timeout_ms: u64,
+    /// Which life of the integration id this is; ingress stamps it on every message.
+    pub incarnation: u64,
 }
 
 impl Route {
@@ -152,7 +154,7 @@ impl TenantContext {
         map.entry(id.clone()).or_default().clone()
     }
 
-    fn integration_args(&self, spec: &IntegrationSpec) -> Result<IntegrationArgs, SpecError> {
+    fn integration_args(&self, spec: &IntegrationSpec, incarnation: u64) -> Result<IntegrationArgs, SpecError> {
         let ProducerSpec::Http(http) = &spec.producer;
         let producer = HttpProducer::new(self.http.clone(), http, self.allow_private_targets)?;
         Ok(IntegrationArgs {
@@ -165,6 +167,7 @@ impl TenantContext {
             counters: self.counters(&spec.id),
             store: self.store.clone(),
             retry: spec.retry,
+            incarnation,
         })
     }
 
@@ -197,7 +200,8 @@ impl TenantContext {
             }
         }
         for row in self.db.integrations(&self.tenant_id).await.map_err(|e| e.to_string())? {
-            match parse_stored(&row).and_then(|s| self.integration_args(&s).map_err(|e| e.to_string())) {
+            match parse_stored(&row).and_then(|s| self.integration_args(&s, row.incarnation).map_err(|e| e.to_string()))
+            {
                 Ok(args) => specs.push(integration_spec(args)),
                 // A stored spec that no longer builds (e.g. private targets now refused)
                 // is skipped with a warning rather than taking the whole tenant down.
@@ -596,7 +600,7 @@ impl Control {
         let sup = self.tenant_supervisor(t).await?;
         for row in self.db.integrations(t).await? {
             let spec = parse_stored(&row).map_err(ControlError::Internal)?;
-            let args = entry.ctx.integration_args(&spec)?;
+            let args = entry.ctx.integration_args(&spec, row.incarnation)?;
             sup.stop_child(&integration_child_name(&row.id)).await?;
             match sup.start_child(integration_spec(args)).await {
                 Ok(_) | Err(SupervisorError::DuplicateChild(_)) => {}
@@ -645,7 +649,7 @@ impl Control {
         let mut routes = HashMap::new();
         for row in self.db.integrations(t).await? {
             if let Ok(spec) = parse_stored(&row) {
-                routes.insert(row.id.clone(), Arc::new(route(t, &spec, &set)));
+                routes.insert(row.id.clone(), Arc::new(route(t, &spec, &set, row.incarnation)));
             }
         }
         self.root.start_child(tenant_supervisor_spec(args)).await?;
@@ -786,11 +790,14 @@ impl Control {
         let entry = self.entry_or_404(t)?;
         spec.validate()?;
         spec.retry.validate(self.platform.settings().retention())?;
-        let args = entry.ctx.integration_args(&spec)?;
+        // A new life of this id: messages an earlier integration of the same id left
+        // unfinished are not delivered by this one (see `MessageState::incarnation`).
+        let incarnation = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1).max(1);
+        let args = entry.ctx.integration_args(&spec, incarnation)?;
         let json = serde_json::to_string(&spec).map_err(|e| ControlError::Internal(e.to_string()))?;
         // Issue 2 runs one instance per tenant; placement across instances comes with scaling.
         self.db
-            .create_integration(t, &spec.id, &json)
+            .create_integration(t, &spec.id, &json, incarnation)
             .await
             .map_err(|e| match e {
                 DbError::Conflict => {
@@ -812,11 +819,10 @@ impl Control {
             self.db.delete_integration(t, &spec.id).await?;
             return Err(e);
         }
-        entry
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id.clone(), Arc::new(route(t, &spec, &entry.ctx.instances)));
+        entry.routes.write().unwrap_or_else(|p| p.into_inner()).insert(
+            spec.id.clone(),
+            Arc::new(route(t, &spec, &entry.ctx.instances, incarnation)),
+        );
         info!(tenant_id = %t, integration_id = %spec.id, "integration created");
         self.integration(t, &spec.id).await
     }
@@ -833,6 +839,8 @@ impl Control {
         if let Ok(sup) = self.tenant_supervisor(t).await {
             sup.stop_child(&integration_child_name(i)).await?;
         }
+        // An integration created later under this id starts its counts from zero.
+        entry.ctx.counters.lock().unwrap_or_else(|p| p.into_inner()).remove(i);
         info!(tenant_id = %t, integration_id = %i, "integration deleted");
         Ok(())
     }
@@ -945,7 +953,7 @@ impl Control {
     }
 }
 
-fn route(t: &TenantId, spec: &IntegrationSpec, instances: &Arc<InstanceSet>) -> Route {
+fn route(t: &TenantId, spec: &IntegrationSpec, instances: &Arc<InstanceSet>, incarnation: u64) -> Route {
     let ProducerSpec::Http(http) = &spec.producer;
     Route {
         subject: subjects::integration_inbox(t, &spec.id),
@@ -953,6 +961,7 @@ fn route(t: &TenantId, spec: &IntegrationSpec, instances: &Arc<InstanceSet>) -> 
         instances: instances.clone(),
         retry: spec.retry,
         timeout_ms: http.timeout_ms,
+        incarnation,
     }
 }
 
@@ -960,11 +969,6 @@ impl Control {
     /// The platform state.
     pub fn platform(&self) -> &Platform {
         &self.platform
-    }
-
-    /// An integration's retry policy and delivery timeout, if this node routes it.
-    pub fn delivery_policy(&self, t: &TenantId, i: &IntegrationId) -> Option<(RetryPolicy, u64)> {
-        self.route(t, i).ok().map(|r| (r.retry, r.timeout_ms))
     }
 
     /// A message's state. After the state TTL, a dead letter still answers from the
@@ -1027,7 +1031,8 @@ impl Control {
         }
     }
 
-    /// Replays a dead letter: same message id, attempts start over.
+    /// Replays a dead letter: same message id, attempts start over, delivered by the
+    /// integration that now has its id (also when that is a newer one of the same id).
     pub async fn replay(&self, t: &TenantId, id: &MessageId) -> Result<(), ControlError> {
         self.entry_or_404(t)?;
         let d = self
@@ -1056,7 +1061,15 @@ impl Control {
                     )));
                 }
                 match committer
-                    .commit(&state, rev, &Event::Replay, Some(&d.record), now_ms())
+                    .commit(
+                        &state,
+                        rev,
+                        &Event::Replay {
+                            incarnation: route.incarnation,
+                        },
+                        Some(&d.record),
+                        now_ms(),
+                    )
                     .await?
                 {
                     Committed::Written(..) => {}
@@ -1070,6 +1083,7 @@ impl Control {
             None => {
                 let mut fresh = MessageState::received(id.clone(), t.clone(), integration, d.state.created_at_ms);
                 fresh.updated_at_ms = now_ms();
+                fresh.incarnation = route.incarnation;
                 let (stored, rev) = self
                     .platform
                     .recreate(&fresh, &d.record)

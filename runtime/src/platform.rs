@@ -79,6 +79,10 @@ fn store_err<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// What ingress achieved.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per webhook and taken apart at once; boxing would add an allocation per webhook"
+)]
 pub enum Accepted {
     /// Stored: answer 202, then publish it for delivery at this revision.
     New {
@@ -290,12 +294,15 @@ impl Platform {
         &self.settings
     }
 
-    /// Ingress: stores the `received` state with the envelope in one create-only write,
-    /// acknowledged by JetStream before it returns.
-    pub async fn accept(&self, env: &Envelope, now_ms: u64) -> Result<Accepted, PlatformError> {
+    /// Ingress: stores the `received` state with the envelope, for the integration's life
+    /// `incarnation`, in one create-only write acknowledged by JetStream before it returns.
+    pub async fn accept(&self, env: &Envelope, incarnation: u64, now_ms: u64) -> Result<Accepted, PlatformError> {
         let t = &env.tenant_id;
         let id = &env.message_id;
-        let state = MessageState::received(id.clone(), t.clone(), env.integration_id.clone(), now_ms);
+        let state = MessageState {
+            incarnation,
+            ..MessageState::received(id.clone(), t.clone(), env.integration_id.clone(), now_ms)
+        };
         let record = encode_envelope(env).map_err(req)?;
         let stored = encode_stored(&state, Some(&record)).map_err(req)?;
         let key = state_key(t, id);

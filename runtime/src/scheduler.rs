@@ -70,12 +70,17 @@ pub struct SchedulerState {
 }
 
 /// Commits `event` for a loaded message under its integration's retry policy, publishing
-/// it if it becomes `received`; a message whose integration is gone is abandoned instead.
+/// it if it becomes `received`. A message whose integration is gone, or was received for
+/// an earlier integration of the same id, is abandoned instead.
 async fn commit_loaded(args: &SchedulerArgs, stored: &Stored, event: Event, now: u64) -> Result<Committed, StoreError> {
     let s = &stored.state;
-    let (event, policy) = match args.control.delivery_policy(&s.tenant_id, &s.integration_id) {
-        Some((policy, _)) => (event, policy),
-        None => (
+    let (event, policy) = match args.control.route(&s.tenant_id, &s.integration_id) {
+        Ok(route) if s.belongs_to(route.incarnation) => (event, route.retry),
+        Ok(_) => (
+            Event::abandon_for_predecessor(&s.integration_id),
+            RetryPolicy::default(),
+        ),
+        Err(_) => (
             Event::Abandon {
                 reason: format!("integration {} no longer exists", s.integration_id),
             },
@@ -126,7 +131,7 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
 }
 
 fn processing_ms(control: &Control, t: &TenantId, i: &vrsky_actors::IntegrationId) -> u64 {
-    control.delivery_policy(t, i).map(|(_, timeout)| timeout).unwrap_or(0)
+    control.route(t, i).map(|r| r.timeout_ms).unwrap_or(0)
 }
 
 /// Re-drives one overdue message, after checking it is still overdue: the index may hold
@@ -325,7 +330,7 @@ mod tests {
         // Replayed, claimed again: the old entry (deleted after the replay's publish, unless
         // that node died first) is older than the new claim.
         let reclaimed = dead
-            .apply(&Event::Replay, &p, 3_000)
+            .apply(&Event::Replay { incarnation: 0 }, &p, 3_000)
             .unwrap()
             .apply(&Event::Claim, &p, 4_000)
             .unwrap();

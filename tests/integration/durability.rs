@@ -7,7 +7,9 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use vrsky_actors::message::{Event, MessageState, MessageStore, RetryPolicy, decode_stored, encode_stored};
+use vrsky_actors::message::{
+    Event, MessageState, MessageStore, RetryPolicy, TenantPublisher, decode_stored, encode_stored,
+};
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::common::{Backend, FailFirst, Sink, TestRuntime, spec};
@@ -270,6 +272,12 @@ fn envelope(id: &MessageId) -> Envelope {
     }
 }
 
+/// The incarnation of acme/hook, which ingress stamps on its messages.
+fn hook_incarnation(t: &TestRuntime) -> u64 {
+    let (acme, hook) = (TenantId::new("acme").unwrap(), IntegrationId::new("hook").unwrap());
+    t.rt().control.route(&acme, &hook).unwrap().incarnation
+}
+
 /// Ingress stored a message and died before publishing it: the re-driver publishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_but_unpublished_message_is_redriven() {
@@ -280,7 +288,7 @@ async fn stored_but_unpublished_message_is_redriven() {
         .rt()
         .control
         .platform()
-        .accept(&envelope(&id), now_ms())
+        .accept(&envelope(&id), hook_incarnation(&t), now_ms())
         .await
         .unwrap();
     assert!(matches!(accepted, vrsky_runtime::platform::Accepted::New { .. }));
@@ -307,7 +315,10 @@ async fn claimed_by_a_dead_worker(sink: &Sink) -> (TestRuntime, MessageId, Messa
         state,
         revision,
         stored,
-    } = platform.accept(&envelope(&id), now_ms()).await.unwrap()
+    } = platform
+        .accept(&envelope(&id), hook_incarnation(&t), now_ms())
+        .await
+        .unwrap()
     else {
         panic!("duplicate")
     };
@@ -562,6 +573,94 @@ async fn messages_of_a_deleted_integration_are_dead_lettered() {
     assert!(
         state["last_error"].as_str().unwrap().contains("no longer exists"),
         "{state}"
+    );
+    t.shutdown().await;
+}
+
+/// An integration deleted and created again under the same id does not deliver what its
+/// predecessor left unfinished: the waiting retry is dead-lettered with the reason, and
+/// reaches the new destination only when the tenant replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_integration_does_not_deliver_its_predecessors_messages() {
+    let old_sink = Sink::start().await;
+    old_sink.set_status(503);
+    let new_sink = Sink::start().await;
+    // The retry waits 3 s: time to delete and re-create the integration before it is due.
+    let t = setup(&old_sink, json!({"max_retries": 3, "backoff_base_s": 1.5})).await;
+    let id = send(&t, "for the old destination").await;
+    t.wait_status("acme", &id, "retry").await;
+    let (s, _) = t.api(Method::DELETE, "/api/tenants/acme/integrations/hook", None).await;
+    assert_eq!(s, 204);
+    t.create_integration(
+        "acme",
+        spec("hook", &new_sink.url("/hook"), json!({"retry": fast_retry(3)})),
+    )
+    .await;
+    let state = t.wait_status("acme", &id, "dead_letter").await;
+    assert!(
+        state["last_error"].as_str().unwrap().contains("created again"),
+        "{state}"
+    );
+    let fresh = send(&t, "for the new destination").await;
+    t.wait_status("acme", &fresh, "completed").await;
+    assert!(
+        new_sink.for_message(&id).is_empty(),
+        "the old message reached the new destination"
+    );
+    // The scheduler dead-lettered it when the retry came due: the new integration's
+    // worker never saw it (its counts start from zero).
+    let (_, view) = t.api(Method::GET, "/api/tenants/acme/integrations/hook", None).await;
+    assert_eq!(view["stats"]["received"], 1, "{view}");
+    assert_eq!(view["stats"]["dead_lettered"], 0, "{view}");
+    // A replay is the tenant's own choice: the integration now under that id delivers it.
+    let (s, v) = t
+        .api(
+            Method::POST,
+            &format!("/api/tenants/acme/dead-letters/{id}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    t.wait_status("acme", &id, "completed").await;
+    assert_eq!(new_sink.for_message(&id).len(), 1);
+    assert_eq!(old_sink.for_message(&id).len(), 1, "one failed attempt at the old one");
+    t.shutdown().await;
+}
+
+/// A message still on its way over the tenant's NATS, received for an earlier integration
+/// of the same id, is dead-lettered by the worker that takes it, not delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dead_letters_its_predecessors_message() {
+    let sink = Sink::start().await;
+    let t = setup(&sink, fast_retry(3)).await;
+    let id = MessageId::generate();
+    let predecessor = hook_incarnation(&t) + 1;
+    let vrsky_runtime::platform::Accepted::New {
+        state,
+        revision,
+        stored,
+    } = t
+        .rt()
+        .control
+        .platform()
+        .accept(&envelope(&id), predecessor, now_ms())
+        .await
+        .unwrap()
+    else {
+        panic!("duplicate")
+    };
+    TenantPublisher::publish(&*t.rt().control, &state, stored, revision)
+        .await
+        .unwrap();
+    let state = t.wait_status("acme", id.as_str(), "dead_letter").await;
+    assert!(
+        state["last_error"].as_str().unwrap().contains("created again"),
+        "{state}"
+    );
+    assert_eq!(state["retry_count"], 0, "{state}");
+    assert!(
+        sink.for_message(id.as_str()).is_empty(),
+        "delivered by the wrong integration"
     );
     t.shutdown().await;
 }

@@ -28,6 +28,9 @@ pub struct IntegrationArgs {
     pub store: SharedStore,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Which life of the integration id this is (see
+    /// [`crate::message::MessageState::incarnation`]).
+    pub incarnation: u64,
 }
 
 /// Messages an IntegrationActor accepts.

@@ -87,16 +87,26 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             policy: &args.retry,
         };
         // The claim: received -> processing at the published revision. One worker wins.
+        // A message received for an earlier life of this integration id is not ours: it is
+        // dead-lettered instead, under the same revision check.
+        let first = if claim.state.belongs_to(args.incarnation) {
+            Event::Claim
+        } else {
+            Event::abandon_for_predecessor(&args.integration_id)
+        };
         let (state, revision) = match committer
-            .commit(
-                &claim.state,
-                claim.revision,
-                &Event::Claim,
-                Some(&claim.record),
-                now_ms(),
-            )
+            .commit(&claim.state, claim.revision, &first, Some(&claim.record), now_ms())
             .await
         {
+            Ok(Committed::Written(s, _)) if s.status == Status::DeadLetter => {
+                c.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                warn_message!(
+                    claim.state,
+                    error = s.last_error.as_deref().unwrap_or(""),
+                    "dead-lettered"
+                );
+                return;
+            }
             Ok(Committed::Written(s, r)) => (s, r),
             Ok(Committed::Conflict | Committed::Illegal(_)) => {
                 c.skipped.fetch_add(1, Ordering::Relaxed);

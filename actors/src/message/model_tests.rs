@@ -225,7 +225,7 @@ impl World {
                 if self.store.rows[&id].0.status != Status::DeadLetter {
                     return;
                 }
-                if self.transition(&id, Event::Replay).is_some() {
+                if self.transition(&id, Event::Replay { incarnation: 0 }).is_some() {
                     *self.life.entry(id.clone()).or_default() += 1;
                     if self.sink_successes.contains_key(&id) {
                         self.explained.insert(id.clone());

@@ -97,6 +97,16 @@ pub struct MessageState {
     /// Failed attempts, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Which life of `integration_id` the message was received (or replayed) for: a random
+    /// number the integration gets when it is created. An integration deleted and created
+    /// again under the same id has another, so it does not take over its predecessor's
+    /// unfinished messages. 0: unknown (written before incarnations), matches any.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What happened to a message.
@@ -125,14 +135,30 @@ pub enum Event {
     /// published again; from `processing` (worker lost) it counts as a failed attempt;
     /// from an overdue `retry` it is made due.
     Redrive,
-    /// A tenant replays it from the dead-letter queue: attempts start over.
-    Replay,
+    /// A tenant replays it from the dead-letter queue: attempts start over, for the
+    /// integration's current life.
+    Replay {
+        /// The incarnation of the integration it is replayed into.
+        incarnation: u64,
+    },
     /// It can no longer be delivered (its envelope expired, its integration was
     /// deleted): dead-letter it with the reason, whatever it was doing.
     Abandon {
         /// Why.
         reason: String,
     },
+}
+
+impl Event {
+    /// Dead-letters a message received for an earlier life of its integration id.
+    pub fn abandon_for_predecessor(integration: &IntegrationId) -> Event {
+        Event::Abandon {
+            reason: format!(
+                "integration {integration} was deleted and created again since this message was received; \
+                 replay it to deliver it with the new definition"
+            ),
+        }
+    }
 }
 
 /// A transition the lifecycle does not allow.
@@ -152,7 +178,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::Failed { .. } => "failed",
         Event::RetryDue => "retry_due",
         Event::Redrive => "redrive",
-        Event::Replay => "replay",
+        Event::Replay { .. } => "replay",
         Event::Abandon { .. } => "abandon",
     }
 }
@@ -178,7 +204,14 @@ impl MessageState {
             updated_at_ms: now_ms,
             next_attempt_at_ms: None,
             attempts: Vec::new(),
+            incarnation: 0,
         }
+    }
+
+    /// Whether the message belongs to the integration's life `incarnation` (see
+    /// [`MessageState::incarnation`]; 0 on either side matches).
+    pub fn belongs_to(&self, incarnation: u64) -> bool {
+        self.incarnation == 0 || incarnation == 0 || self.incarnation == incarnation
     }
 
     /// The attempt number the next delivery will carry (1-based).
@@ -273,8 +306,9 @@ impl MessageState {
                 next.next_attempt_at_ms = None;
                 Ok(next)
             }
-            (Status::DeadLetter, Event::Replay) => {
+            (Status::DeadLetter, Event::Replay { incarnation }) => {
                 next.status = Status::Received;
+                next.incarnation = *incarnation;
                 next.retry_count = 0;
                 next.attempts.clear();
                 next.next_attempt_at_ms = None;
@@ -318,6 +352,39 @@ mod tests {
     }
 
     #[test]
+    fn incarnations_match_unless_both_are_known_and_differ() {
+        let mut s = msg();
+        assert!(s.belongs_to(7), "a message from before incarnations matches");
+        s.incarnation = 7;
+        assert!(s.belongs_to(7));
+        assert!(s.belongs_to(0), "an integration from before incarnations matches");
+        assert!(!s.belongs_to(8));
+        // Stored without the field while unknown; read back as unknown from old records.
+        let old = serde_json::to_string(&msg()).unwrap();
+        assert!(!old.contains("incarnation"), "{old}");
+        assert_eq!(serde_json::from_str::<MessageState>(&old).unwrap().incarnation, 0);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<MessageState>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_replay_belongs_to_the_integration_it_is_replayed_into() {
+        let p = RetryPolicy::default();
+        let mut s = msg();
+        s.incarnation = 7;
+        let dead = s
+            .apply(&Event::abandon_for_predecessor(&s.integration_id), &p, 1)
+            .unwrap();
+        assert_eq!(dead.status, Status::DeadLetter);
+        assert!(
+            dead.last_error.as_deref().unwrap().contains("created again"),
+            "{dead:?}"
+        );
+        let replayed = dead.apply(&Event::Replay { incarnation: 8 }, &p, 2).unwrap();
+        assert_eq!((replayed.status, replayed.incarnation), (Status::Received, 8));
+    }
+
+    #[test]
     fn happy_path() {
         let p = RetryPolicy::default();
         let s = msg().apply(&Event::Claim, &p, 1001).unwrap();
@@ -353,7 +420,7 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         // Replay starts over with the same id.
-        let r = s.apply(&Event::Replay, &p, now + 1).unwrap();
+        let r = s.apply(&Event::Replay { incarnation: 0 }, &p, now + 1).unwrap();
         assert_eq!((r.status, r.retry_count, r.attempts.len()), (Status::Received, 0, 0));
         assert_eq!(r.message_id, s.message_id);
     }
@@ -407,7 +474,7 @@ mod tests {
         let p = RetryPolicy::default();
         let e = msg().apply(&Event::Delivered, &p, 1).unwrap_err();
         assert_eq!(e.to_string(), "illegal transition: delivered in status received");
-        assert!(msg().apply(&Event::Replay, &p, 1).is_err());
+        assert!(msg().apply(&Event::Replay { incarnation: 0 }, &p, 1).is_err());
         assert!(msg().apply(&Event::RetryDue, &p, 1).is_err());
     }
 

@@ -63,6 +63,9 @@ pub struct IntegrationRow {
     pub spec: String,
     /// Creation time as the database prints it.
     pub created_at: String,
+    /// Which life of the id this is (see [`vrsky_actors::message::MessageState::incarnation`]);
+    /// 0 for a row from before incarnations were recorded.
+    pub incarnation: u64,
 }
 
 /// A `nats_instances` row.
@@ -122,7 +125,7 @@ fn migrations(sqls: &[(i64, &'static str, &'static str)]) -> Migrator {
 /// Pool size bound per runtime node.
 const POOL_CONNECTIONS_MAX: u32 = 8;
 
-type IntegrationTuple = (String, String, String, String);
+type IntegrationTuple = (String, String, String, String, Option<i64>);
 type InstanceTuple = (String, i32, String, String, Option<i32>);
 
 fn tenant_row((id, name, created_at): (String, String, String)) -> Result<TenantRow, DbError> {
@@ -133,12 +136,17 @@ fn tenant_row((id, name, created_at): (String, String, String)) -> Result<Tenant
     })
 }
 
-fn integration_row((t, i, spec, created_at): IntegrationTuple) -> Result<IntegrationRow, DbError> {
+fn integration_row((t, i, spec, created_at, incarnation): IntegrationTuple) -> Result<IntegrationRow, DbError> {
     Ok(IntegrationRow {
         tenant_id: TenantId::new(t).map_err(|e| DbError::Corrupt(e.to_string()))?,
         id: IntegrationId::new(i).map_err(|e| DbError::Corrupt(e.to_string()))?,
         spec,
         created_at,
+        incarnation: incarnation
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|e| DbError::Corrupt(format!("incarnation: {e}")))?
+            .unwrap_or(0),
     })
 }
 
@@ -165,9 +173,16 @@ impl Db {
                 .max_connections(POOL_CONNECTIONS_MAX)
                 .connect_with(opts)
                 .await?;
-            migrations(&[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))])
-                .run(&pool)
-                .await?;
+            migrations(&[
+                (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+                (
+                    2,
+                    "integration incarnation",
+                    include_str!("../../migrations/sqlite/0002_integration_incarnation.sql"),
+                ),
+            ])
+            .run(&pool)
+            .await?;
             Ok(Db::Sqlite(pool))
         } else {
             let pool = PgPoolOptions::new()
@@ -175,9 +190,16 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            migrations(&[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))])
-                .run(&pool)
-                .await?;
+            migrations(&[
+                (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+                (
+                    2,
+                    "integration incarnation",
+                    include_str!("../../migrations/postgres/0002_integration_incarnation.sql"),
+                ),
+            ])
+            .run(&pool)
+            .await?;
             Ok(Db::Postgres(pool))
         }
     }
@@ -267,19 +289,23 @@ impl Db {
         rows.into_iter().map(tenant_row).collect()
     }
 
-    /// Stores a new integration and counts it on the instance it is assigned to.
+    /// Stores a new integration (its `incarnation` below 2^63) and counts it on the
+    /// instance it is assigned to.
     pub async fn create_integration(
         &self,
         tenant: &TenantId,
         id: &IntegrationId,
         spec_json: &str,
+        incarnation: u64,
     ) -> Result<(), DbError> {
+        let incarnation = i64::try_from(incarnation).map_err(|e| DbError::Corrupt(format!("incarnation: {e}")))?;
         on_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            sqlx::query("INSERT INTO integrations (tenant_id, id, spec) VALUES ($1, $2, $3)")
+            sqlx::query("INSERT INTO integrations (tenant_id, id, spec, incarnation) VALUES ($1, $2, $3, $4)")
                 .bind(tenant.as_str())
                 .bind(id.as_str())
                 .bind(spec_json)
+                .bind(incarnation)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -323,7 +349,7 @@ impl Db {
     pub async fn integration(&self, tenant: &TenantId, id: &IntegrationId) -> Result<Option<IntegrationRow>, DbError> {
         let row: Option<IntegrationTuple> = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT) FROM integrations WHERE tenant_id = $1 AND id = $2",
+                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT), incarnation FROM integrations WHERE tenant_id = $1 AND id = $2",
             )
             .bind(tenant.as_str())
             .bind(id.as_str())
@@ -337,7 +363,7 @@ impl Db {
     pub async fn integrations(&self, tenant: &TenantId) -> Result<Vec<IntegrationRow>, DbError> {
         let rows: Vec<IntegrationTuple> = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT) FROM integrations WHERE tenant_id = $1 ORDER BY id",
+                "SELECT tenant_id, id, spec, CAST(created_at AS TEXT), incarnation FROM integrations WHERE tenant_id = $1 ORDER BY id",
             )
             .bind(tenant.as_str())
             .fetch_all(p)

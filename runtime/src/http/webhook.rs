@@ -160,7 +160,7 @@ pub(crate) async fn receive(
         let accepted = s
             .control
             .platform()
-            .accept(&envelope, received_at_ms)
+            .accept(&envelope, route.incarnation, received_at_ms)
             .await
             .map_err(|e| {
                 warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
