@@ -36,6 +36,57 @@ impl Drop for AbortOnDrop {
 /// Most messages taken off NATS into one delivery task.
 const BATCH_MAX: usize = 32;
 
+/// Takes messages off `sub` and runs `process` on each, at most `max_in_flight` at once;
+/// returns when the subscription ends. Beyond the bound it stops reading, and NATS
+/// buffers (and, being core NATS, may drop: see ARCHITECTURE). Deliveries already started
+/// run to completion even if the pump is aborted.
+pub async fn pump<S, F, Fut>(mut sub: S, max_in_flight: usize, process: F)
+where
+    S: futures::Stream<Item = async_nats::Message> + Unpin,
+    F: Fn(async_nats::Message) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let mut ended = false;
+    while !ended && let Some(first) = sub.next().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        // What else has already arrived joins this message in one task, so their claims
+        // (and, when deliveries finish together, their outcomes) leave in one socket write
+        // and their acknowledgements wake one task: fewer wake-ups per message under load,
+        // and no wait for anything that has not arrived.
+        let mut batch = vec![(first, permit)];
+        while batch.len() < BATCH_MAX {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            match sub.next().now_or_never() {
+                Some(Some(msg)) => batch.push((msg, permit)),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let process = process.clone();
+        tokio::spawn(async move {
+            let mut running: FuturesUnordered<_> = batch
+                .into_iter()
+                .map(|(msg, permit)| {
+                    let run = process(msg);
+                    async move {
+                        run.await;
+                        drop(permit);
+                    }
+                })
+                .collect();
+            while running.next().await.is_some() {}
+        });
+    }
+}
+
 /// Running state: the pump task.
 #[derive(Debug)]
 pub struct IntegrationState {
@@ -205,52 +256,13 @@ impl Actor for IntegrationActor {
         for client in &args.clients {
             subs.push(client.queue_subscribe(subject.clone(), group.clone()).await?);
         }
-        let mut sub = futures::stream::select_all(subs);
+        let sub = futures::stream::select_all(subs);
         info!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, %subject,
             instances = args.clients.len(), "integration subscribed");
-        // Bound: at most `max_in_flight` deliveries run at once; beyond that the pump
-        // stops reading and NATS buffers (and, being core NATS, may drop: see ARCHITECTURE).
-        let permits = Arc::new(Semaphore::new(args.max_in_flight));
         let args = Arc::new(args);
+        let max_in_flight = args.max_in_flight;
         let pump = tokio::spawn(async move {
-            let mut ended = false;
-            while !ended && let Some(first) = sub.next().await {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                // What else has already arrived joins this message in one task, so their
-                // claims (and, when deliveries finish together, their outcomes) leave in one
-                // socket write and their acknowledgements wake one task: fewer wake-ups per
-                // message under load, and no wait for anything that has not arrived.
-                let mut batch = vec![(first, permit)];
-                while batch.len() < BATCH_MAX {
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    match sub.next().now_or_never() {
-                        Some(Some(msg)) => batch.push((msg, permit)),
-                        Some(None) => {
-                            ended = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let args = args.clone();
-                tokio::spawn(async move {
-                    let mut running: FuturesUnordered<_> = batch
-                        .into_iter()
-                        .map(|(msg, permit)| {
-                            let args = args.clone();
-                            async move {
-                                process(msg, args).await;
-                                drop(permit);
-                            }
-                        })
-                        .collect();
-                    while running.next().await.is_some() {}
-                });
-            }
+            pump(sub, max_in_flight, move |msg| process(msg, args.clone())).await;
             let _ = myself.send_message(IntegrationMsg::SubscriptionEnded);
         });
         Ok(IntegrationState {

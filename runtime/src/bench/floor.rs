@@ -4,7 +4,7 @@
 //! the body, a core-NATS publish on a tenant server, a `processing` compare-and-set claim,
 //! an HTTP POST to the sink, and a `completed` compare-and-set. It goes through the same
 //! libraries (axum, async-nats, the producer's hyper client), nats-servers started the same
-//! way, and the same batching of claims as the IntegrationActor. What it leaves out is
+//! way, and the IntegrationActor's own pump (its bound and batching). What it leaves out is
 //! authentication, routing, the state machine and its JSON, the envelope, actors,
 //! deadlines, error handling and tracing.
 //!
@@ -20,19 +20,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
+use vrsky_actors::integration::pump;
 
 use super::{Arrivals, bench_server, record, serve};
 use crate::nats::process::ServerProcess;
 use crate::producer::HttpClient;
 
 const SUBJECT: &str = "floor.in";
-/// As the bench's integration: `max_in_flight` and the pump's batch size.
+/// As the bench's integration's `max_in_flight`.
 const IN_FLIGHT: usize = 256;
-const BATCH_MAX: usize = 32;
 const H_KEY: &str = "k";
 const H_REVISION: &str = "r";
 const H_SEQ: &str = "x-seq";
@@ -77,12 +75,15 @@ impl Floor {
         let (sink, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals)).await?;
         let sub = tenant.queue_subscribe(SUBJECT, "floor".into()).await?;
         tenant.flush().await?;
-        let worker = tokio::spawn(work(
-            sub,
-            store.clone(),
-            crate::producer::http_client()?,
-            format!("http://{sink}/sink").parse()?,
-        ));
+        let client = crate::producer::http_client()?;
+        let sink: http::Uri = format!("http://{sink}/sink").parse()?;
+        let worker = {
+            let store = store.clone();
+            tokio::spawn(pump(sub, IN_FLIGHT, move |msg| {
+                let (store, client, sink) = (store.clone(), client.clone(), sink.clone());
+                async move { deliver(msg, &store, &client, sink).await }
+            }))
+        };
         let (addr, ingress_stop) = serve(
             Router::new()
                 .route("/webhooks/{tenant}/{integration}", axum::routing::post(ingress))
@@ -129,41 +130,6 @@ async fn ingress(State(s): State<Ingress>, headers: HeaderMap, body: Bytes) -> S
     }
     let _ = s.tenant.publish_with_headers(SUBJECT, h, value).await;
     StatusCode::ACCEPTED
-}
-
-/// The IntegrationActor's pump, reduced: batches of what has arrived, each message
-/// claimed, delivered and completed.
-async fn work(mut sub: async_nats::Subscriber, store: kv::Store, client: HttpClient, sink: http::Uri) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = sub.next().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![(first, permit)];
-        while batch.len() < BATCH_MAX {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                break;
-            };
-            match sub.next().now_or_never() {
-                Some(Some(msg)) => batch.push((msg, permit)),
-                _ => break,
-            }
-        }
-        let (store, client, sink) = (store.clone(), client.clone(), sink.clone());
-        tokio::spawn(async move {
-            let mut running: FuturesUnordered<_> = batch
-                .into_iter()
-                .map(|(msg, permit)| {
-                    let (store, client, sink) = (store.clone(), client.clone(), sink.clone());
-                    async move {
-                        deliver(msg, &store, &client, sink).await;
-                        drop(permit);
-                    }
-                })
-                .collect();
-            while running.next().await.is_some() {}
-        });
-    }
 }
 
 async fn deliver(msg: async_nats::Message, store: &kv::Store, client: &HttpClient, sink: http::Uri) {
