@@ -47,8 +47,8 @@ pub struct BenchArgs {
     /// `always` or a duration such as `1s`.
     #[arg(long, default_value = "always")]
     pub platform_sync: String,
-    /// Rounds of (raw loopback HTTP, VRSky at saturation), run back to back so both see
-    /// the same machine; the ratio reported is the median round's. This machine's speed
+    /// Rounds of (raw loopback HTTP, VRSky at saturation, the design floor), run back to
+    /// back so all see the same machine; the ratio reported is the median round's. This machine's speed
     /// drifts by tens of percent within a minute, so one round can mislead.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
