@@ -25,7 +25,7 @@ use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorError, SupervisorEx
 
 use vrsky_actors::message::{
     Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, SharedStore, Status, StoreError, Stored,
-    TenantPublisher,
+    TenantPublisher, new_incarnation,
 };
 use vrsky_actors::{MessageId, now_ms, wire};
 
@@ -219,6 +219,10 @@ fn parse_stored(row: &IntegrationRow) -> Result<IntegrationSpec, String> {
 
 struct TenantEntry {
     ctx: TenantContext,
+    /// Held while integrations or instances change, so changes cannot interleave: a
+    /// restart of the workers never starts an integration's earlier incarnation after its
+    /// route took the new one.
+    changes: tokio::sync::Mutex<()>,
     /// Bound: one entry per integration of the tenant.
     routes: RwLock<HashMap<IntegrationId, Arc<Route>>>,
 }
@@ -515,6 +519,7 @@ impl Control {
     /// Nothing is left behind when it fails.
     pub async fn add_instance(&self, t: &TenantId) -> Result<InstanceView, ControlError> {
         let entry = self.entry_or_404(t)?;
+        let _changing = entry.changes.lock().await;
         let rows = self.db.instances(t).await?;
         let active = rows.iter().filter(|r| r.status != "terminated").count();
         let max = self.settings.instances_per_tenant_max;
@@ -657,6 +662,7 @@ impl Control {
             t.clone(),
             Arc::new(TenantEntry {
                 ctx,
+                changes: tokio::sync::Mutex::new(()),
                 routes: RwLock::new(routes),
             }),
         );
@@ -790,9 +796,10 @@ impl Control {
         let entry = self.entry_or_404(t)?;
         spec.validate()?;
         spec.retry.validate(self.platform.settings().retention())?;
+        let _changing = entry.changes.lock().await;
         // A new life of this id: messages an earlier integration of the same id left
         // unfinished are not delivered by this one (see `MessageState::incarnation`).
-        let incarnation = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1).max(1);
+        let incarnation = new_incarnation(now_ms());
         let args = entry.ctx.integration_args(&spec, incarnation)?;
         let json = serde_json::to_string(&spec).map_err(|e| ControlError::Internal(e.to_string()))?;
         // Issue 2 runs one instance per tenant; placement across instances comes with scaling.
@@ -806,10 +813,20 @@ impl Control {
                 other => other.into(),
             })?;
         let started = match self.tenant_supervisor(t).await {
-            Ok(sup) => match sup.start_child(integration_spec(args)).await {
-                // The supervisor restarted between our write and this call and already
-                // started it from the store.
-                Ok(_) | Err(SupervisorError::DuplicateChild(_)) => Ok(()),
+            Ok(sup) => match sup.start_child(integration_spec(args.clone())).await {
+                Ok(_) => Ok(()),
+                // The supervisor restarted meanwhile and started a worker from the store,
+                // perhaps one of an earlier integration of this id: replace it with ours.
+                Err(SupervisorError::DuplicateChild(_)) => {
+                    match sup.stop_child(&integration_child_name(&spec.id)).await {
+                        Ok(_) => sup
+                            .start_child(integration_spec(args))
+                            .await
+                            .map(|_| ())
+                            .map_err(ControlError::from),
+                        Err(e) => Err(ControlError::from(e)),
+                    }
+                }
                 Err(e) => Err(ControlError::from(e)),
             },
             Err(e) => Err(e),
@@ -830,6 +847,7 @@ impl Control {
     /// Deletes an integration and stops its actor.
     pub async fn delete_integration(&self, t: &TenantId, i: &IntegrationId) -> Result<(), ControlError> {
         let entry = self.entry_or_404(t)?;
+        let _changing = entry.changes.lock().await;
         if !self.db.delete_integration(t, i).await? {
             return Err(ControlError::NotFound(format!(
                 "integration {i} not found in tenant {t}"

@@ -75,11 +75,11 @@ pub struct SchedulerState {
 async fn commit_loaded(args: &SchedulerArgs, stored: &Stored, event: Event, now: u64) -> Result<Committed, StoreError> {
     let s = &stored.state;
     let (event, policy) = match args.control.route(&s.tenant_id, &s.integration_id) {
-        Ok(route) if s.belongs_to(route.incarnation) => (event, route.retry),
-        Ok(_) => (
+        Ok(route) if s.incarnation_vs(route.incarnation).is_lt() => (
             Event::abandon_for_predecessor(&s.integration_id),
             RetryPolicy::default(),
         ),
+        Ok(route) => (event, route.retry),
         Err(_) => (
             Event::Abandon {
                 reason: format!("integration {} no longer exists", s.integration_id),

@@ -323,7 +323,17 @@ async fn restarted_runtime_restores_tenants(backend: Backend) {
     t.create_tenant("keep").await;
     t.create_integration("keep", spec("x", &sink.url("/keep"), json!({})))
         .await;
+    let incarnation = |t: &TestRuntime| {
+        let (keep, x) = (
+            vrsky_actors::TenantId::new("keep").unwrap(),
+            vrsky_actors::IntegrationId::new("x").unwrap(),
+        );
+        t.rt().control.route(&keep, &x).unwrap().incarnation
+    };
+    let before = incarnation(&t);
+    assert_ne!(before, 0);
     t.restart().await;
+    assert_eq!(incarnation(&t), before, "the integration's incarnation was not kept");
     let (s, v) = t.api(Method::GET, "/api/tenants/keep/integrations", None).await;
     assert_eq!(s, 200);
     assert_eq!(v["integrations"][0]["id"], "x");

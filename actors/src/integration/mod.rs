@@ -138,12 +138,22 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             policy: &args.retry,
         };
         // The claim: received -> processing at the published revision. One worker wins.
-        // A message received for an earlier life of this integration id is not ours: it is
-        // dead-lettered instead, under the same revision check.
-        let first = if claim.state.belongs_to(args.incarnation) {
-            Event::Claim
-        } else {
-            Event::abandon_for_predecessor(&args.integration_id)
+        // A message received for an earlier integration of this id is dead-lettered
+        // instead, under the same revision check. One for a later integration means this
+        // worker is out of date: it leaves the message alone for the re-driver.
+        let first = match claim.state.incarnation_vs(args.incarnation) {
+            std::cmp::Ordering::Equal => Event::Claim,
+            std::cmp::Ordering::Less => Event::abandon_for_predecessor(&args.integration_id),
+            std::cmp::Ordering::Greater => {
+                c.skipped.fetch_add(1, Ordering::Relaxed);
+                warn_message!(
+                    claim.state,
+                    worker_incarnation = args.incarnation,
+                    message_incarnation = claim.state.incarnation,
+                    "message of a later integration with this id; this worker is out of date; left for re-drive"
+                );
+                return;
+            }
         };
         let (state, revision) = match committer
             .commit(&claim.state, claim.revision, &first, Some(&claim.record), now_ms())

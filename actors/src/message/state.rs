@@ -97,16 +97,25 @@ pub struct MessageState {
     /// Failed attempts, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
-    /// Which life of `integration_id` the message was received (or replayed) for: a random
-    /// number the integration gets when it is created. An integration deleted and created
-    /// again under the same id has another, so it does not take over its predecessor's
-    /// unfinished messages. 0: unknown (written before incarnations), matches any.
+    /// Which life of `integration_id` the message was received (or replayed) for: the
+    /// integration's [`new_incarnation`], chosen when it was created. An integration deleted
+    /// and created again under the same id has a later one, so it does not take over its
+    /// predecessor's unfinished messages. 0: unknown (written before incarnations), matches
+    /// any.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub incarnation: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// A new integration's incarnation: its creation time in ms, shifted past 20 random bits,
+/// so a later life of an id has a larger one (clocks allowing) and two are never equal in
+/// practice. Non-zero and below 2^63 (it is stored as a signed 64-bit integer).
+pub fn new_incarnation(now_ms: u64) -> u64 {
+    let random = uuid::Uuid::new_v4().as_u64_pair().0 & 0xF_FFFF;
+    (now_ms.clamp(1, (1 << 43) - 1) << 20) | random
 }
 
 /// What happened to a message.
@@ -208,10 +217,16 @@ impl MessageState {
         }
     }
 
-    /// Whether the message belongs to the integration's life `incarnation` (see
-    /// [`MessageState::incarnation`]; 0 on either side matches).
-    pub fn belongs_to(&self, incarnation: u64) -> bool {
-        self.incarnation == 0 || incarnation == 0 || self.incarnation == incarnation
+    /// How the message's incarnation compares with an integration's (see
+    /// [`MessageState::incarnation`]): `Equal` when it belongs to it (0 on either side
+    /// matches), `Less` when it was received for an earlier integration of the id,
+    /// `Greater` for a later one (the integration asking is out of date).
+    pub fn incarnation_vs(&self, incarnation: u64) -> std::cmp::Ordering {
+        if self.incarnation == 0 || incarnation == 0 {
+            std::cmp::Ordering::Equal
+        } else {
+            self.incarnation.cmp(&incarnation)
+        }
     }
 
     /// The attempt number the next delivery will carry (1-based).
@@ -353,12 +368,21 @@ mod tests {
 
     #[test]
     fn incarnations_match_unless_both_are_known_and_differ() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
         let mut s = msg();
-        assert!(s.belongs_to(7), "a message from before incarnations matches");
+        assert_eq!(s.incarnation_vs(7), Equal, "a message from before incarnations matches");
         s.incarnation = 7;
-        assert!(s.belongs_to(7));
-        assert!(s.belongs_to(0), "an integration from before incarnations matches");
-        assert!(!s.belongs_to(8));
+        assert_eq!(s.incarnation_vs(7), Equal);
+        assert_eq!(
+            s.incarnation_vs(0),
+            Equal,
+            "an integration from before incarnations matches"
+        );
+        assert_eq!(s.incarnation_vs(8), Less, "received for an earlier integration");
+        assert_eq!(s.incarnation_vs(6), Greater, "received for a later integration");
+        let (earlier, later) = (new_incarnation(1_000), new_incarnation(1_001));
+        assert!(0 < earlier && earlier < later && later < 1 << 63);
+        assert!(new_incarnation(u64::MAX) < 1 << 63);
         // Stored without the field while unknown; read back as unknown from old records.
         let old = serde_json::to_string(&msg()).unwrap();
         assert!(!old.contains("incarnation"), "{old}");

@@ -114,7 +114,28 @@ macro_rules! on_pool {
     };
 }
 
-fn migrations(sqls: &[(i64, &'static str, &'static str)]) -> Migrator {
+/// Each backend's migrations, in order: (version, description, SQL).
+type Migrations = &'static [(i64, &'static str, &'static str)];
+
+const SQLITE_MIGRATIONS: Migrations = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        "integration incarnation",
+        include_str!("../../migrations/sqlite/0002_integration_incarnation.sql"),
+    ),
+];
+
+const POSTGRES_MIGRATIONS: Migrations = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        "integration incarnation",
+        include_str!("../../migrations/postgres/0002_integration_incarnation.sql"),
+    ),
+];
+
+fn migrations(sqls: Migrations) -> Migrator {
     Migrator::with_migrations(
         sqls.iter()
             .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sql.into_sql_str(), false))
@@ -173,16 +194,7 @@ impl Db {
                 .max_connections(POOL_CONNECTIONS_MAX)
                 .connect_with(opts)
                 .await?;
-            migrations(&[
-                (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
-                (
-                    2,
-                    "integration incarnation",
-                    include_str!("../../migrations/sqlite/0002_integration_incarnation.sql"),
-                ),
-            ])
-            .run(&pool)
-            .await?;
+            migrations(SQLITE_MIGRATIONS).run(&pool).await?;
             Ok(Db::Sqlite(pool))
         } else {
             let pool = PgPoolOptions::new()
@@ -190,16 +202,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            migrations(&[
-                (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
-                (
-                    2,
-                    "integration incarnation",
-                    include_str!("../../migrations/postgres/0002_integration_incarnation.sql"),
-                ),
-            ])
-            .run(&pool)
-            .await?;
+            migrations(POSTGRES_MIGRATIONS).run(&pool).await?;
             Ok(Db::Postgres(pool))
         }
     }
@@ -421,5 +424,40 @@ impl Db {
             .await?
         });
         rows.into_iter().map(instance_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A store created before incarnations keeps its integrations, which get the oldest
+    /// incarnation (1); new ones get later ones.
+    #[tokio::test]
+    async fn integrations_from_before_incarnations_get_the_oldest_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("meta.db").display());
+        let old = SqlitePoolOptions::new()
+            .connect_with(SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true))
+            .await
+            .unwrap();
+        migrations(&SQLITE_MIGRATIONS[..1]).run(&old).await.unwrap();
+        for sql in [
+            "INSERT INTO tenants (id, name) VALUES ('t', 'T')",
+            "INSERT INTO integrations (tenant_id, id, spec) VALUES ('t', 'old', '{}')",
+        ] {
+            sqlx::query(sql).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let db = Db::connect(&url).await.unwrap();
+        let t = TenantId::new("t").unwrap();
+        let new = IntegrationId::new("new").unwrap();
+        let incarnation = vrsky_actors::message::new_incarnation(vrsky_actors::now_ms());
+        db.create_integration(&t, &new, "{}", incarnation).await.unwrap();
+        let rows = db.integrations(&t).await.unwrap();
+        let got: Vec<(&str, u64)> = rows.iter().map(|r| (r.id.as_str(), r.incarnation)).collect();
+        assert_eq!(got, [("new", incarnation), ("old", 1)]);
     }
 }

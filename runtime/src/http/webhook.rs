@@ -81,7 +81,8 @@ pub(crate) async fn receive(
     let not_found = || ApiError::not_found(format!("no integration {i:?} in tenant {t:?}"));
     let tenant = TenantId::new(&t).map_err(|_| not_found())?;
     let integration = IntegrationId::new(&i).map_err(|_| not_found())?;
-    let route = s.control.route(&tenant, &integration)?;
+    // Unknown: 404 before any byte of the body is read.
+    s.control.route(&tenant, &integration)?;
 
     let limit = s.body_bytes_max;
     let too_large = || {
@@ -105,6 +106,9 @@ pub(crate) async fn receive(
         ReadError::TooLarge => too_large(),
         ReadError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}")),
     })?;
+    // Looked up again now the body is in: a slow upload may have outlived the integration
+    // it started with, and the message must carry the one that will deliver it.
+    let route = s.control.route(&tenant, &integration)?;
 
     // Idempotency-Key, or Standard Webhooks' webhook-id: a repeat within the state TTL
     // maps to the same message id, and the create-only state write refuses it.
