@@ -812,25 +812,21 @@ impl Control {
                 }
                 other => other.into(),
             })?;
-        let started = match self.tenant_supervisor(t).await {
-            Ok(sup) => match sup.start_child(integration_spec(args.clone())).await {
+        let started: Result<(), ControlError> = async {
+            let sup = self.tenant_supervisor(t).await?;
+            match sup.start_child(integration_spec(args.clone())).await {
                 Ok(_) => Ok(()),
                 // The supervisor restarted meanwhile and started a worker from the store,
                 // perhaps one of an earlier integration of this id: replace it with ours.
                 Err(SupervisorError::DuplicateChild(_)) => {
-                    match sup.stop_child(&integration_child_name(&spec.id)).await {
-                        Ok(_) => sup
-                            .start_child(integration_spec(args))
-                            .await
-                            .map(|_| ())
-                            .map_err(ControlError::from),
-                        Err(e) => Err(ControlError::from(e)),
-                    }
+                    sup.stop_child(&integration_child_name(&spec.id)).await?;
+                    sup.start_child(integration_spec(args)).await?;
+                    Ok(())
                 }
-                Err(e) => Err(ControlError::from(e)),
-            },
-            Err(e) => Err(e),
-        };
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
         if let Err(e) = started {
             warn!(tenant_id = %t, integration_id = %spec.id, error = %e, "integration start failed; rolling back");
             self.db.delete_integration(t, &spec.id).await?;
