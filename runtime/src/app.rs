@@ -15,8 +15,12 @@ use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn
 /// Name of the RetryScheduler under the runtime supervisor.
 pub const SCHEDULER_CHILD: &str = "retry-scheduler";
 
+/// Messages a tenant NATS client buffers per subscription before it drops them (a slow
+/// consumer). async-nats' default is 65,536.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
 use crate::config::{Config, ProvisionerKind};
-use crate::control::{Control, ControlSettings};
+use crate::control::{Control, Directory, TenantDeps, TenantSettings};
 use crate::db::Db;
 use crate::http::{AppState, router};
 use crate::k8s::{KubeProvisioner, KubeSettings};
@@ -145,23 +149,31 @@ impl Runtime {
                 ))
             }
         };
+        let platform_settings = platform_state.settings().clone();
+        let directory = Arc::new(Directory::default());
         let control = Arc::new(Control::new(
-            db,
             platform_state.clone(),
             root.clone(),
-            provisioner,
-            http_client()?,
-            ControlSettings {
-                allow_private_targets: cfg.producer.allow_private_targets,
-                connect_timeout: startup_timeout,
-                health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
-                instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
+            TenantDeps {
+                db,
+                provisioner,
+                http: http_client()?,
+                store: Arc::new(platform_state.clone()),
+                directory: directory.clone(),
+                settings: TenantSettings {
+                    allow_private_targets: cfg.producer.allow_private_targets,
+                    connect_timeout: startup_timeout,
+                    health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
+                    instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
+                    retention: platform_settings.retention(),
+                    subscription_capacity: SUBSCRIPTION_CAPACITY,
+                },
             },
         ));
-        control.load_all().await?;
+        control.load_all(startup_timeout * 2).await?;
         let scheduler_args = SchedulerArgs {
             platform: platform_state,
-            control: control.clone(),
+            directory,
             redrive_after: Duration::from_millis(st.redrive_after_ms),
             tick: Duration::from_millis(st.redrive_tick_ms),
             concurrency: st.scheduler_concurrency,

@@ -10,7 +10,7 @@ use vrsky_actors::{IntegrationId, TenantId};
 
 use crate::app::{Runtime, RuntimeOptions};
 use crate::config::Config;
-use crate::control::ControlError;
+use crate::control::ControlErrorKind;
 
 /// The demo tenant and integration ids.
 pub const DEMO_TENANT: &str = "demo";
@@ -40,7 +40,7 @@ pub async fn ensure_demo(rt: &Runtime) -> anyhow::Result<()> {
     let c = &rt.control;
     match c.tenant(&t).await {
         Ok(_) => {}
-        Err(ControlError::NotFound(_)) => {
+        Err(e) if e.kind() == ControlErrorKind::NotFound => {
             c.create_tenant(&t, "Demo tenant").await?;
         }
         Err(e) => return Err(e.into()),
@@ -55,7 +55,7 @@ pub async fn ensure_demo(rt: &Runtime) -> anyhow::Result<()> {
                 c.create_integration(&t, want).await?;
             }
         }
-        Err(ControlError::NotFound(_)) => {
+        Err(e) if e.kind() == ControlErrorKind::NotFound => {
             c.create_integration(&t, want).await?;
         }
         Err(e) => return Err(e.into()),

@@ -1,5 +1,7 @@
 //! A tenant's NATS instances as this node sees them: one client per instance, its health,
-//! and the round-robin choice of where the next publish goes.
+//! and the round-robin choice of where the next publish goes. Written only by the
+//! tenant's TenantActor; read by the webhook path and the scheduler through the routing
+//! snapshot.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -57,7 +59,8 @@ impl InstanceSet {
         Some(links.remove(i))
     }
 
-    /// The health handle of an instance, created on first use so it survives restarts.
+    /// The health handle of an instance (it lives with the link, so it survives restarts
+    /// of the instance's actor).
     pub fn health(&self, number: u32) -> Option<Arc<InstanceHealth>> {
         self.links()
             .into_iter()
@@ -70,20 +73,18 @@ impl InstanceSet {
         self.links().iter().map(|l| l.client.clone()).collect()
     }
 
-    /// The next usable instance in round-robin order; when none is usable, the next one
-    /// anyway (its client buffers until it reconnects, and re-drive covers a loss).
-    pub fn pick(&self) -> Option<Arc<InstanceLink>> {
+    /// The next usable instance (healthy, connected and in the rotation) in round-robin
+    /// order; `None` when none is. Publishing to an instance that is down would only fill
+    /// its client's buffer: such a message is left for the re-driver instead.
+    pub fn pick_usable(&self) -> Option<Arc<InstanceLink>> {
         let links = self.links.read().unwrap_or_else(|p| p.into_inner());
         if links.is_empty() {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let rotation = |k: usize| &links[(start + k) % links.len()];
-        let accepting = |l: &&Arc<InstanceLink>| l.accepting.load(Ordering::Relaxed);
         (0..links.len())
-            .map(rotation)
-            .find(|l| accepting(l) && l.usable())
-            .or_else(|| (0..links.len()).map(rotation).find(accepting))
+            .map(|k| &links[(start + k) % links.len()])
+            .find(|l| l.accepting.load(Ordering::Relaxed) && l.usable())
             .cloned()
     }
 }

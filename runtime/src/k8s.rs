@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use vrsky_actors::nats_instance::{InstanceSpec, ProvisionError, Provisioner, RunningInstance, StopHandle};
+use vrsky_actors::tenant::Endpoint;
 
 /// Namespace of tenant instances.
 pub const NAMESPACE: &str = "vrsky-tenants";
@@ -297,13 +298,16 @@ impl KubeProvisioner {
 }
 
 impl Provisioner for KubeProvisioner {
-    fn endpoint(&self, tenant: &vrsky_actors::TenantId, number: u32) -> Result<String, ProvisionError> {
+    fn endpoint(&self, tenant: &vrsky_actors::TenantId, number: u32) -> Result<Endpoint, ProvisionError> {
         let spec = InstanceSpec {
             tenant_id: tenant.clone(),
             instance_number: number,
             client_port: CLIENT_PORT as u16,
         };
-        Ok(format!("{}.{NAMESPACE}.svc.cluster.local", instance_name(&spec)?))
+        Ok(Endpoint {
+            host: format!("{}.{NAMESPACE}.svc.cluster.local", instance_name(&spec)?),
+            port: CLIENT_PORT as u16,
+        })
     }
 
     fn decommission(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<(), ProvisionError>> {

@@ -378,8 +378,9 @@ impl Platform {
         grace_ms: u64,
         max: usize,
         processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
+        admit: impl FnMut(&TenantId) -> bool,
     ) -> Vec<(TenantId, MessageId)> {
-        self.deadlines().take_due(now_ms, grace_ms, max, processing_ms)
+        self.deadlines().take_due(now_ms, grace_ms, max, processing_ms, admit)
     }
 
     /// Unfinished messages tracked for re-drive.

@@ -12,13 +12,14 @@
 //!
 //! Handling runs in tasks bounded by `concurrency`; the actor itself only routes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
@@ -28,7 +29,7 @@ use vrsky_actors::message::{
 };
 use vrsky_actors::{MessageId, TenantId, now_ms};
 
-use crate::control::Control;
+use crate::control::{Directory, RouteError};
 use crate::platform::{Platform, retry_entry_of};
 
 /// Scheduler settings.
@@ -36,8 +37,9 @@ use crate::platform::{Platform, retry_entry_of};
 pub struct SchedulerArgs {
     /// Platform state.
     pub platform: Platform,
-    /// Publishes re-driven and due messages, and knows each integration's policy.
-    pub control: Arc<Control>,
+    /// The routing snapshot: publishes re-driven and due messages, and knows each
+    /// integration's policy and whether its tenant is running.
+    pub directory: Arc<Directory>,
     /// Grace before a stalled message is re-driven.
     pub redrive_after: Duration,
     /// How often deadlines are checked.
@@ -67,20 +69,94 @@ pub struct SchedulerState {
     _retry_pump: AbortOnDrop,
     _scan: AbortOnDrop,
     _ticker: AbortOnDrop,
+    /// The running re-drive drain, if any.
+    drain: Option<AbortOnDrop>,
+}
+
+/// Re-drives everything overdue, as fast as the permits allow, until nothing is due and
+/// nothing it started is still running. Fair between tenants: one tenant has at most
+/// half of the permits, so a tenant whose NATS is down (each of its publishes waits up to
+/// the publish bound) cannot starve the others.
+async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
+    let cap = (args.concurrency / 2).max(1);
+    let grace = args.redrive_after.as_millis() as u64;
+    // Bound: one entry per tenant with a re-drive in flight, and one completion per
+    // re-drive in flight (at most `concurrency`).
+    let mut in_flight: HashMap<TenantId, usize> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TenantId>();
+    let release = |in_flight: &mut HashMap<TenantId, usize>, t: TenantId| {
+        if let Some(n) = in_flight.get_mut(&t) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&t);
+            }
+        }
+    };
+    loop {
+        while let Ok(t) = done_rx.try_recv() {
+            release(&mut in_flight, t);
+        }
+        let directory = &args.directory;
+        let mut admitted: HashMap<TenantId, usize> = HashMap::new();
+        let due = args.platform.take_due(
+            now_ms(),
+            grace,
+            permits.available_permits(),
+            |t, i| processing_ms(directory, t, i),
+            |t| {
+                let n = in_flight.get(t).copied().unwrap_or(0) + admitted.get(t).copied().unwrap_or(0);
+                let ok = n < cap;
+                if ok {
+                    *admitted.entry(t.clone()).or_default() += 1;
+                }
+                ok
+            },
+        );
+        if due.is_empty() {
+            if in_flight.is_empty() {
+                return;
+            }
+            match done_rx.recv().await {
+                Some(t) => release(&mut in_flight, t),
+                None => return,
+            }
+            continue;
+        }
+        for (t, id) in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            *in_flight.entry(t.clone()).or_default() += 1;
+            let (a, done) = (args.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                redrive(&a, t.clone(), id).await;
+                drop(permit);
+                let _ = done.send(t);
+            });
+        }
+    }
 }
 
 /// Commits `event` for a loaded message under its integration's retry policy, publishing
-/// it if it becomes `received`. A message whose integration is gone, or was received for
-/// an earlier integration of the same id, is abandoned instead.
-async fn commit_loaded(args: &SchedulerArgs, stored: &Stored, event: Event, now: u64) -> Result<Committed, StoreError> {
+/// it if it becomes `received`. A message whose integration is gone from its running
+/// tenant, or was received for an earlier integration of the same id, is abandoned
+/// instead. `None`: the tenant is (re)starting, so nothing is decided and the message is
+/// left alone until it runs.
+async fn commit_loaded(
+    args: &SchedulerArgs,
+    stored: &Stored,
+    event: Event,
+    now: u64,
+) -> Result<Option<Committed>, StoreError> {
     let s = &stored.state;
-    let (event, policy) = match args.control.route(&s.tenant_id, &s.integration_id) {
+    let (event, policy) = match args.directory.route(&s.tenant_id, &s.integration_id) {
         Ok(route) if s.incarnation_vs(route.incarnation).is_lt() => (
             Event::abandon_for_predecessor(&s.integration_id),
             RetryPolicy::default(),
         ),
         Ok(route) => (event, route.retry),
-        Err(_) => (
+        Err(RouteError::Starting(_)) => return Ok(None),
+        Err(RouteError::NotFound(_)) => (
             Event::Abandon {
                 reason: format!("integration {} no longer exists", s.integration_id),
             },
@@ -89,12 +165,13 @@ async fn commit_loaded(args: &SchedulerArgs, stored: &Stored, event: Event, now:
     };
     let committer = Committer {
         store: &args.platform,
-        publisher: Some(&*args.control),
+        publisher: Some(&*args.directory),
         policy: &policy,
     };
     committer
         .commit(s, stored.revision, &event, stored.record.as_ref(), now)
         .await
+        .map(Some)
 }
 
 /// Handles one retry-queue entry; returns how to answer the server.
@@ -117,12 +194,13 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
         return AckKind::Ack;
     }
     match commit_loaded(args, &stored, Event::RetryDue, now).await {
-        Ok(Committed::Written(..)) => {
+        Ok(None) => AckKind::Nak(Some(Duration::from_secs(1))),
+        Ok(Some(Committed::Written(..))) => {
             debug!(tenant_id = %t, message_id = %id, retry = retry_count, "retry due; published");
             AckKind::Ack
         }
-        Ok(Committed::Conflict) => AckKind::Nak(Some(Duration::from_millis(100))),
-        Ok(Committed::Illegal(_)) => AckKind::Ack,
+        Ok(Some(Committed::Conflict)) => AckKind::Nak(Some(Duration::from_millis(100))),
+        Ok(Some(Committed::Illegal(_))) => AckKind::Ack,
         Err(e) => {
             warn!(tenant_id = %t, message_id = %id, error = %e, "retry failed; trying again");
             AckKind::Nak(Some(Duration::from_secs(1)))
@@ -130,8 +208,8 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
     }
 }
 
-fn processing_ms(control: &Control, t: &TenantId, i: &vrsky_actors::IntegrationId) -> u64 {
-    control.route(t, i).map(|r| r.timeout_ms).unwrap_or(0)
+fn processing_ms(directory: &Directory, t: &TenantId, i: &vrsky_actors::IntegrationId) -> u64 {
+    directory.route(t, i).map(|r| r.timeout_ms).unwrap_or(0)
 }
 
 /// Re-drives one overdue message, after checking it is still overdue: the index may hold
@@ -146,7 +224,7 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
     };
     let state = &stored.state;
     let grace = args.redrive_after.as_millis() as u64;
-    let timeout = processing_ms(&args.control, &state.tenant_id, &state.integration_id);
+    let timeout = processing_ms(&args.directory, &state.tenant_id, &state.integration_id);
     let now = now_ms();
     match deadline_of(state, grace, timeout) {
         Some(due) if due <= now => {}
@@ -169,10 +247,11 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
     }
     let from = state.status;
     match commit_loaded(args, &stored, Event::Redrive, now).await {
-        Ok(Committed::Written(next, _)) => {
+        Ok(Some(Committed::Written(next, _))) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
-        Ok(_) => {}
+        Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting; re-drive later"),
+        Ok(Some(_)) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
     }
 }
@@ -262,6 +341,7 @@ impl Actor for RetryScheduler {
             _retry_pump: AbortOnDrop(retry_pump),
             _scan: AbortOnDrop(scan),
             _ticker: AbortOnDrop(ticker),
+            drain: None,
         })
     }
 
@@ -273,22 +353,11 @@ impl Actor for RetryScheduler {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SchedulerMsg::Tick => {
-                let grace = state.args.redrive_after.as_millis() as u64;
-                let available = state.permits.available_permits();
-                let control = &state.args.control;
-                let due = state
-                    .args
-                    .platform
-                    .take_due(now_ms(), grace, available, |t, i| processing_ms(control, t, i));
-                for (t, id) in due {
-                    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    let a = state.args.clone();
-                    tokio::spawn(async move {
-                        redrive(&a, t, id).await;
-                        drop(permit);
-                    });
+                // One drain at a time; it runs until nothing is due, so a backlog is
+                // re-driven at the speed of normal delivery, not one batch per tick.
+                if state.drain.as_ref().is_none_or(|d| d.0.is_finished()) {
+                    let (args, permits) = (state.args.clone(), state.permits.clone());
+                    state.drain = Some(AbortOnDrop(tokio::spawn(drain(args, permits))));
                 }
             }
             SchedulerMsg::InputEnded(what) => return Err(format!("{what} ended").into()),

@@ -640,7 +640,7 @@ async fn publish_stamped(t: &TestRuntime, incarnation: u64) -> MessageId {
     else {
         panic!("duplicate")
     };
-    TenantPublisher::publish(&*t.rt().control, &state, stored, revision)
+    TenantPublisher::publish(&**t.rt().control.directory(), &state, stored, revision)
         .await
         .unwrap();
     id

@@ -82,14 +82,17 @@ impl Deadlines {
     }
 
     /// At most `max` messages past their deadline at `now_ms`; `processing_ms` gives an
-    /// integration's delivery timeout. Each is held back for `grace_ms` so a re-drive that
-    /// fails is tried again later rather than on every tick.
+    /// integration's delivery timeout, and `admit` is asked for each overdue message's
+    /// tenant before it is taken (for fairness between tenants: one it refuses stays due).
+    /// Each taken is held back for `grace_ms` so a re-drive that fails is tried again
+    /// later rather than on every tick.
     pub fn take_due(
         &mut self,
         now_ms: u64,
         grace_ms: u64,
         max: usize,
         processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
+        mut admit: impl FnMut(&TenantId) -> bool,
     ) -> Vec<(TenantId, MessageId)> {
         let mut due = Vec::new();
         for ((t, id), tracked) in self.map.iter_mut() {
@@ -103,7 +106,7 @@ impl Deadlines {
                 Status::Processing => processing_ms(t, &tracked.integration),
                 _ => 0,
             };
-            if deadline(tracked.status, tracked.since_ms, grace_ms, timeout).is_some_and(|d| d <= now_ms) {
+            if deadline(tracked.status, tracked.since_ms, grace_ms, timeout).is_some_and(|d| d <= now_ms) && admit(t) {
                 tracked.not_before_ms = now_ms + grace_ms;
                 due.push((t.clone(), id.clone()));
             }
@@ -132,6 +135,10 @@ mod tests {
         0
     }
 
+    fn all(_: &TenantId) -> bool {
+        true
+    }
+
     #[test]
     fn tracks_unfinished_and_forgets_finished() {
         let t = TenantId::new("t").unwrap();
@@ -141,20 +148,20 @@ mod tests {
         let mut d = Deadlines::default();
         d.observe(&s, 1);
         assert_eq!(deadline_of(&s, 500, 0), Some(1500));
-        assert!(d.take_due(1499, 500, 10, none).is_empty());
-        assert_eq!(d.take_due(1500, 100, 10, none), vec![(t.clone(), id.clone())]);
+        assert!(d.take_due(1499, 500, 10, none, all).is_empty());
+        assert_eq!(d.take_due(1500, 100, 10, none, all), vec![(t.clone(), id.clone())]);
         // Held back after being handed out.
-        assert!(d.take_due(1550, 100, 10, none).is_empty());
-        assert_eq!(d.take_due(1600, 100, 10, none).len(), 1);
+        assert!(d.take_due(1550, 100, 10, none, all).is_empty());
+        assert_eq!(d.take_due(1600, 100, 10, none, all).len(), 1);
 
         let claimed = s.apply(&Event::Claim, &p, 2000).unwrap();
         d.observe(&claimed, 2);
         // An older observation arriving late does not win.
         d.observe(&s, 1);
         // The delivery timeout is asked for when the deadline is checked.
-        assert!(d.take_due(3499, 500, 10, |_, _| 1000).is_empty());
-        assert!(d.take_due(3500, 500, 10, |_, _| 2000).is_empty());
-        assert_eq!(d.take_due(3500, 500, 10, |_, _| 1000).len(), 1);
+        assert!(d.take_due(3499, 500, 10, |_, _| 1000, all).is_empty());
+        assert!(d.take_due(3500, 500, 10, |_, _| 2000, all).is_empty());
+        assert_eq!(d.take_due(3500, 500, 10, |_, _| 1000, all).len(), 1);
         let done = claimed.apply(&Event::Delivered, &p, 2100).unwrap();
         d.observe(&done, 3);
         assert!(d.is_empty());
@@ -186,7 +193,7 @@ mod tests {
         let mut d = Deadlines::default();
         d.observe(&s, 5);
         assert_eq!(deadline_of(&s, 1000, 0), Some(3000));
-        assert!(d.take_due(2999, 1000, 10, none).is_empty());
-        assert_eq!(d.take_due(3000, 1000, 10, none).len(), 1);
+        assert!(d.take_due(2999, 1000, 10, none, all).is_empty());
+        assert_eq!(d.take_due(3000, 1000, 10, none, all).len(), 1);
     }
 }

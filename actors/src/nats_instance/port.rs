@@ -4,6 +4,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::ids::TenantId;
+use crate::tenant::Endpoint;
 
 /// Which instance to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +74,9 @@ impl StopHandle {
 
 /// Runs tenant NATS instances.
 pub trait Provisioner: Send + Sync + 'static {
-    /// Where a new instance will listen: the `dns_name` stored in `nats_instances`
-    /// (`host` for port 4222, or `host:port`), chosen once for the instance's life.
-    fn endpoint(&self, tenant: &TenantId, instance_number: u32) -> Result<String, ProvisionError>;
+    /// Where a new instance will listen, chosen once for the instance's life (stored as
+    /// `nats_instances.dns_name`, see [`Endpoint::dns_name`]).
+    fn endpoint(&self, tenant: &TenantId, instance_number: u32) -> Result<Endpoint, ProvisionError>;
     /// Starts the instance (or takes over one still running) and returns once it accepts
     /// clients.
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<RunningInstance, ProvisionError>>;

@@ -12,6 +12,7 @@ use vrsky_actors::{IntegrationId, TenantId};
 
 use super::AppState;
 use super::error::ApiError;
+use super::views::{DeadLetterView, InstanceView, IntegrationView, MessageView};
 
 /// Parses a path id; an id that cannot exist is answered like a missing one.
 fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
@@ -78,8 +79,8 @@ pub(crate) async fn create_integration(
     // The tenant is checked before the body so an unknown tenant is a 404 whatever the body.
     s.control.tenant(&t).await?;
     let spec: IntegrationSpec = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
-    let view = s.control.create_integration(&t, spec).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let info = s.control.create_integration(&t, spec).await?;
+    Ok((StatusCode::CREATED, Json(IntegrationView::from(info))))
 }
 
 /// `GET /api/tenants/{t}/integrations`.
@@ -87,7 +88,13 @@ pub(crate) async fn list_integrations(
     State(s): State<AppState>,
     Path(t): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let list = s.control.integrations(&tenant_id(&t)?).await?;
+    let list: Vec<IntegrationView> = s
+        .control
+        .integrations(&tenant_id(&t)?)
+        .await?
+        .into_iter()
+        .map(IntegrationView::from)
+        .collect();
     Ok(Json(serde_json::json!({"integrations": list})))
 }
 
@@ -96,9 +103,8 @@ pub(crate) async fn get_integration(
     State(s): State<AppState>,
     Path((t, i)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        s.control.integration(&tenant_id(&t)?, &integration_id(&i)?).await?,
-    ))
+    let info = s.control.integration(&tenant_id(&t)?, &integration_id(&i)?).await?;
+    Ok(Json(IntegrationView::from(info)))
 }
 
 /// `DELETE /api/tenants/{t}/integrations/{i}` -> 204.
@@ -112,13 +118,21 @@ pub(crate) async fn delete_integration(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /api/tenants/{t}/nats-instances`: the specification's shape.
+/// `GET /api/tenants/{t}/nats-instances`: the specification's shape; only instances that
+/// are healthy and connected from this node (discovery).
 pub(crate) async fn nats_instances(
     State(s): State<AppState>,
     Path(t): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant_id(&t)?;
-    let list = s.control.nats_instances(&t).await?;
+    let list: Vec<InstanceView> = s
+        .control
+        .instances(&t)
+        .await?
+        .iter()
+        .filter(|i| i.usable)
+        .map(InstanceView::from)
+        .collect();
     Ok(Json(serde_json::json!({"tenant_id": t, "nats_instances": list})))
 }
 
@@ -136,7 +150,8 @@ pub(crate) async fn get_message(
     State(s): State<AppState>,
     Path((t, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(s.control.message(&tenant_id(&t)?, &message_id(&id)?).await?))
+    let state = s.control.message(&tenant_id(&t)?, &message_id(&id)?).await?;
+    Ok(Json(MessageView::from(&state)))
 }
 
 /// Largest dead-letter page.
@@ -180,7 +195,8 @@ pub(crate) async fn get_dead_letter(
     State(s): State<AppState>,
     Path((t, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(s.control.dead_letter(&tenant_id(&t)?, &message_id(&id)?).await?))
+    let d = s.control.dead_letter(&tenant_id(&t)?, &message_id(&id)?).await?;
+    Ok(Json(DeadLetterView::from(&d)))
 }
 
 /// `DELETE /api/tenants/{t}/dead-letters/{id}` -> 204.
@@ -230,6 +246,6 @@ pub(crate) async fn add_nats_instance(
     Path(t): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant_id(&t)?;
-    let view = s.control.add_instance(&t).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let info = s.control.add_instance(&t).await?;
+    Ok((StatusCode::CREATED, Json(InstanceView::from(&info))))
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::control::ControlError;
+use crate::control::{ControlError, ControlErrorKind};
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -18,6 +18,8 @@ pub struct ApiError {
     /// Answer with `Connection: close`: the request body was not read to its end, so the
     /// connection cannot carry another request and the client must not reuse it.
     pub close_connection: bool,
+    /// Answer with `Retry-After` (seconds): the condition is temporary (503, 429).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             close_connection: false,
+            retry_after_s: None,
         }
     }
 
@@ -50,14 +53,19 @@ impl ApiError {
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
-        let (status, code) = match &e {
-            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ControlError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
-            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let (status, code) = match e.kind() {
+            ControlErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ControlErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ControlErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+            ControlErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        ApiError::new(status, code, e.to_string())
+        let retry = e.kind() == ControlErrorKind::Unavailable;
+        let mut answer = ApiError::new(status, code, e.to_string());
+        if retry {
+            answer.retry_after_s = Some(1);
+        }
+        answer
     }
 }
 
@@ -65,6 +73,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
         if self.close_connection {
             resp.headers_mut().insert(
                 axum::http::header::CONNECTION,

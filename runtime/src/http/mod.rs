@@ -3,6 +3,7 @@
 mod api;
 mod auth;
 pub mod error;
+pub mod views;
 mod webhook;
 
 use std::sync::Arc;
@@ -78,7 +79,7 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.control.db().ping().await.map_err(|e| e.to_string());
     let platform = s.platform.connection_state() == async_nats::connection::State::Connected;
-    let tenants = s.control.readiness();
+    let tenants = views::readiness(s.control.directory());
     let ready = db.is_ok() && platform && tenants.iter().all(|t| t.nats_connected);
     let body = serde_json::json!({
         "ready": ready,

@@ -71,7 +71,8 @@ fn valid_traceparent(v: &str) -> bool {
 }
 
 /// Accepts a webhook: 202 `{"message_id"}` once the message is stored in the platform
-/// JetStream, then publishes it on the tenant's NATS.
+/// JetStream; it is published on the tenant's NATS after the answer. 503 with
+/// `Retry-After` while the tenant's subtree is starting.
 pub(crate) async fn receive(
     State(s): State<AppState>,
     Path((t, i)): Path<(String, String)>,
@@ -185,11 +186,15 @@ pub(crate) async fn receive(
                 revision,
                 stored,
             } => {
-                // Core NATS, the bytes just stored: a lost publish is re-driven.
-                if let Err(e) = route.publish(stored, revision).await {
-                    warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
-                        message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
-                }
+                // Core NATS, the bytes just stored, after the answer: a tenant whose NATS is
+                // down or slow never holds the 202 (the publish is bounded, and a lost one
+                // is re-driven).
+                tokio::spawn(async move {
+                    if let Err(e) = route.publish(stored, revision).await {
+                        warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
+                            message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
+                    }
+                });
                 Ok((
                     StatusCode::ACCEPTED,
                     Json(serde_json::json!({"message_id": message_id})),

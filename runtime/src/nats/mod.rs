@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use vrsky_actors::nats_instance::{InstanceSpec, ProvisionError, Provisioner, RunningInstance};
+use vrsky_actors::tenant::Endpoint;
 
 use process::{ServerOptions, start_server};
 
@@ -43,8 +44,11 @@ impl LocalProvisioner {
 }
 
 impl Provisioner for LocalProvisioner {
-    fn endpoint(&self, _tenant: &vrsky_actors::TenantId, _number: u32) -> Result<String, ProvisionError> {
-        Ok(format!("127.0.0.1:{}", process::free_port()?))
+    fn endpoint(&self, _tenant: &vrsky_actors::TenantId, _number: u32) -> Result<Endpoint, ProvisionError> {
+        Ok(Endpoint {
+            host: "127.0.0.1".into(),
+            port: process::free_port()?,
+        })
     }
 
     fn decommission(&self, spec: InstanceSpec) -> BoxFuture<'static, Result<(), ProvisionError>> {
@@ -85,10 +89,27 @@ impl Provisioner for LocalProvisioner {
 /// Shared handle to a provisioner.
 pub type SharedProvisioner = Arc<dyn Provisioner>;
 
-/// Connects a client that reconnects forever and buffers while disconnected.
-pub async fn connect_tenant(urls: &[String], name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+/// Connects a client that reconnects forever and buffers while disconnected. Each of its
+/// subscriptions holds up to `subscription_capacity` messages before the client drops
+/// (a "slow consumer", logged with the client's name); callers size it above what a
+/// worker can have outstanding (the admission bound), so drops are not how load is shed.
+pub async fn connect_tenant(
+    urls: &[String],
+    name: &str,
+    subscription_capacity: usize,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let client_name = name.to_owned();
     async_nats::ConnectOptions::new()
         .name(name)
+        .subscription_capacity(subscription_capacity.max(1))
+        .event_callback(move |event| {
+            let client_name = client_name.clone();
+            async move {
+                if let async_nats::Event::SlowConsumer(sid) = event {
+                    tracing::warn!(client = %client_name, sid, "slow consumer: the subscription buffer was full and messages were dropped; they are re-driven");
+                }
+            }
+        })
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {

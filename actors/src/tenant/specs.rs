@@ -1,8 +1,10 @@
-//! The tenant subtree: names and supervision policies of a tenant's children.
+//! Names and supervision policies of a tenant subtree's children.
 //!
-//! A TenantSupervisor is the generic [`vrsky_supervision::Supervisor`]; what makes it a
-//! tenant's is the children it is given: one NatsInstanceActor per instance and one
-//! IntegrationActor per integration, rebuilt from the metadata store on every restart.
+//! A tenant supervisor is the generic [`vrsky_supervision::Supervisor`]. It starts with one
+//! child, the tenant's TenantActor, which owns the tenant's desired state and asks the
+//! supervisor to start one NatsInstanceActor per instance and one IntegrationActor per
+//! integration. On every restart of the subtree the TenantActor starts again from the
+//! metadata store and starts the rest.
 
 use std::time::Duration;
 
@@ -16,6 +18,23 @@ use crate::nats_instance::{NatsInstanceActor, NatsInstanceArgs};
 /// Child name of a tenant subtree under the runtime supervisor.
 pub fn tenant_child_name(tenant: &TenantId) -> String {
     format!("tenant:{tenant}")
+}
+
+/// Child name of a tenant's TenantActor under its tenant supervisor.
+pub fn tenant_actor_child_name(tenant: &TenantId) -> String {
+    format!("tenant-actor:{tenant}")
+}
+
+/// The TenantActor as a child of its tenant supervisor: permanent, restarted with backoff
+/// from 500 ms to 30 s and never escalating, so a tenant whose instances cannot start
+/// (at boot or later) is retried for as long as it exists.
+pub fn tenant_actor_spec(spec: ChildSpec) -> ChildSpec {
+    spec.restart(Restart::Permanent)
+        .backoff(Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        })
+        .intensity(None)
 }
 
 /// Child name of an integration under its tenant supervisor.

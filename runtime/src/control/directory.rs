@@ -1,0 +1,257 @@
+//! The routing snapshot: what each TenantActor publishes for the paths that must not wait
+//! on a mailbox (the webhook, the RetryScheduler). Readers load an immutable map with one
+//! atomic load (`arc-swap`); only a tenant's own actor (and tenant creation and deletion)
+//! replaces its entry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use vrsky_actors::components::WebhookConsumer;
+use vrsky_actors::integration::IntegrationCounters;
+use vrsky_actors::message::{MessageState, RetryPolicy, StoreError, TenantPublisher};
+use vrsky_actors::{IntegrationId, TenantId, wire};
+
+use super::error::ControlError;
+use crate::instances::InstanceSet;
+
+/// Longest a publish on a tenant's NATS may wait for the client's buffer. A tenant whose
+/// server is down (or stopped) fills its client's buffer; past this the publish is given
+/// up and the re-driver publishes the message again later, so one tenant's broken NATS
+/// never holds a webhook or a scheduler task of another.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where a webhook for one integration goes.
+#[derive(Debug)]
+pub struct Route {
+    /// The integration's inbox subject.
+    pub subject: String,
+    /// Builds envelopes from requests.
+    pub consumer: WebhookConsumer,
+    /// The tenant's NATS instances; publishing round-robins across them.
+    pub instances: Arc<InstanceSet>,
+    /// The integration's retry policy.
+    pub retry: RetryPolicy,
+    /// The producer's timeout: a claimed message is re-driven only after it.
+    pub timeout_ms: u64,
+    /// Which life of the integration id this is; ingress stamps it on every message.
+    pub incarnation: u64,
+}
+
+impl Route {
+    /// Publishes a stored message (written at `revision`) on the tenant's next usable
+    /// instance, waiting at most [`PUBLISH_TIMEOUT`]. With no usable instance nothing is
+    /// published: the re-driver publishes it once one is back.
+    pub async fn publish(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
+        let link = self
+            .instances
+            .pick_usable()
+            .ok_or_else(|| StoreError("no usable nats instance of the tenant; left for re-drive".into()))?;
+        let (headers, payload) = wire::encode(stored, revision);
+        match tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            link.client.publish_with_headers(self.subject.clone(), headers, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError(format!(
+                "nats instance {} did not take the publish within {} ms; left for re-drive",
+                link.url,
+                PUBLISH_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Where a tenant's subtree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantPhase {
+    /// Its TenantActor is starting it (at boot, after a failure, or on creation); the
+    /// reason of the last failed start, if any.
+    Starting(Option<String>),
+    /// Every instance runs and every integration listens.
+    Running,
+}
+
+/// One tenant as the snapshot shows it.
+#[derive(Debug, Clone)]
+pub struct TenantSnapshot {
+    /// Where its subtree is.
+    pub phase: TenantPhase,
+    /// Routes by integration. Bound: one per integration of the tenant.
+    pub routes: HashMap<IntegrationId, Arc<Route>>,
+    /// Its instances as this node sees them.
+    pub instances: Arc<InstanceSet>,
+    /// Outcome counters by integration; they outlive restarts of the actors.
+    pub counters: HashMap<IntegrationId, Arc<IntegrationCounters>>,
+}
+
+impl TenantSnapshot {
+    /// A tenant whose actor has not started it yet.
+    pub fn starting(reason: Option<String>) -> Self {
+        TenantSnapshot {
+            phase: TenantPhase::Starting(reason),
+            routes: HashMap::new(),
+            instances: Arc::default(),
+            counters: HashMap::new(),
+        }
+    }
+}
+
+/// Why a route cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No such tenant on this node, or no such integration in a running tenant.
+    NotFound(String),
+    /// The tenant exists but its subtree is not running yet (503, retry later).
+    Starting(String),
+}
+
+impl From<RouteError> for ControlError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NotFound(m) => ControlError::not_found(m),
+            RouteError::Starting(m) => ControlError::unavailable(m),
+        }
+    }
+}
+
+/// The snapshot of every tenant on this node. Bound: one entry per tenant.
+#[derive(Debug, Default)]
+pub struct Directory {
+    tenants: ArcSwap<HashMap<TenantId, Arc<TenantSnapshot>>>,
+}
+
+impl Directory {
+    /// One tenant's entry.
+    pub fn get(&self, t: &TenantId) -> Option<Arc<TenantSnapshot>> {
+        self.tenants.load().get(t).cloned()
+    }
+
+    /// Every tenant's entry, by id.
+    pub fn all(&self) -> Vec<(TenantId, Arc<TenantSnapshot>)> {
+        let mut out: Vec<_> = self
+            .tenants
+            .load()
+            .iter()
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Replaces a tenant's entry.
+    pub fn publish(&self, t: &TenantId, snapshot: TenantSnapshot) {
+        let snapshot = Arc::new(snapshot);
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(t.clone(), snapshot.clone());
+            map
+        });
+    }
+
+    /// Changes a tenant's entry if it has one.
+    pub fn update(&self, t: &TenantId, change: impl Fn(&mut TenantSnapshot)) {
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            if let Some(s) = map.get(t) {
+                let mut s = TenantSnapshot::clone(s);
+                change(&mut s);
+                map.insert(t.clone(), Arc::new(s));
+            }
+            map
+        });
+    }
+
+    /// Removes a tenant's entry.
+    pub fn remove(&self, t: &TenantId) {
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(t);
+            map
+        });
+    }
+
+    /// Where a webhook goes.
+    pub fn route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, RouteError> {
+        let missing = || RouteError::NotFound(format!("integration {i} not found in tenant {t}"));
+        let map = self.tenants.load();
+        let snapshot = map.get(t).ok_or_else(missing)?;
+        match &snapshot.phase {
+            TenantPhase::Running => snapshot.routes.get(i).cloned().ok_or_else(missing),
+            TenantPhase::Starting(reason) => Err(RouteError::Starting(match reason {
+                Some(why) => format!("tenant {t} is starting (last attempt failed: {why}); retry shortly"),
+                None => format!("tenant {t} is starting; retry shortly"),
+            })),
+        }
+    }
+}
+
+impl TenantPublisher for Directory {
+    /// Publishes on the next usable instance of the message's tenant.
+    fn publish<'a>(
+        &'a self,
+        state: &'a MessageState,
+        stored: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let route = self
+                .route(&state.tenant_id, &state.integration_id)
+                .map_err(|e| StoreError(format!("{e:?}")))?;
+            route.publish(stored, revision).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn route() -> Arc<Route> {
+        Arc::new(Route {
+            subject: "s".into(),
+            consumer: WebhookConsumer::new(&[]),
+            instances: Arc::default(),
+            retry: RetryPolicy::default(),
+            timeout_ms: 1,
+            incarnation: 1,
+        })
+    }
+
+    #[test]
+    fn a_starting_tenant_is_unavailable_and_an_unknown_one_missing() {
+        let d = Directory::default();
+        let (t, i) = (TenantId::new("t").unwrap(), IntegrationId::new("i").unwrap());
+        assert!(matches!(d.route(&t, &i), Err(RouteError::NotFound(_))));
+        d.publish(&t, TenantSnapshot::starting(Some("port taken".into())));
+        match d.route(&t, &i) {
+            Err(RouteError::Starting(m)) => assert!(m.contains("port taken"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        d.update(&t, |s| {
+            s.phase = TenantPhase::Running;
+            s.routes.insert(i.clone(), route());
+        });
+        assert!(d.route(&t, &i).is_ok());
+        assert!(matches!(
+            d.route(&t, &IntegrationId::new("j").unwrap()),
+            Err(RouteError::NotFound(_))
+        ));
+        d.remove(&t);
+        assert!(d.get(&t).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_without_a_usable_instance_is_not_published_to() {
+        let err = route().publish(Bytes::from_static(b"x"), 1).await.unwrap_err();
+        assert!(err.0.contains("re-drive"), "{err}");
+    }
+}

@@ -1,0 +1,347 @@
+//! The control layer: the one handle the gateway (REST today, gRPC later) holds. It keeps
+//! no tenant state of its own. Tenant-scoped requests become typed messages to the
+//! tenant's TenantActor (`tenant/`), which owns that tenant's desired state; creating and
+//! deleting a tenant starts and stops its subtree under the runtime supervisor; message
+//! and dead-letter requests go to the platform state (`messages.rs`). The webhook path and
+//! the scheduler read the routing snapshot the tenant actors publish (`directory.rs`).
+//!
+//! **Invariant:** the metadata store is the desired state. A TenantActor rebuilds its
+//! subtree from it on every (re)start; a change that fails is undone before the caller
+//! hears about it.
+
+pub mod directory;
+pub mod error;
+mod messages;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tracing::{info, warn};
+
+use vrsky_actors::components::IntegrationSpec;
+use vrsky_actors::nats_instance::InstanceSpec;
+use vrsky_actors::tenant::{
+    Endpoint, tenant_actor_child_name, tenant_actor_spec, tenant_child_name, tenant_supervisor_spec,
+};
+use vrsky_actors::{IntegrationId, TenantId};
+use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorExt, SupervisorMsg, TreeNode};
+
+pub use directory::{Directory, Route, RouteError, TenantPhase, TenantSnapshot};
+pub use error::{ControlError, ControlErrorKind};
+pub use messages::{BULK_REPLAY_MAX, ReplayFilter, ReplayReport};
+pub use tenant::{InstanceInfo, IntegrationInfo, TenantActor, TenantArgs, TenantDeps, TenantMsg, TenantSettings};
+
+use crate::db::{DbError, TenantRow};
+use crate::platform::Platform;
+
+/// Upper bound on one control request to a tenant actor; starting an instance may wait
+/// for a process (or a pod) to come up.
+const TENANT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The control layer.
+pub struct Control {
+    platform: Platform,
+    root: ActorRef<SupervisorMsg>,
+    deps: Arc<TenantDeps>,
+}
+
+fn call_failed<E: std::fmt::Display>(t: &TenantId, e: E) -> ControlError {
+    ControlError::unavailable(format!("tenant {t} did not answer ({e}); retry shortly"))
+}
+
+impl Control {
+    /// A control layer over a running root supervisor. Call [`Control::load_all`] next.
+    pub fn new(platform: Platform, root: ActorRef<SupervisorMsg>, deps: TenantDeps) -> Self {
+        Control {
+            platform,
+            root,
+            deps: Arc::new(deps),
+        }
+    }
+
+    /// The metadata store.
+    pub fn db(&self) -> &crate::db::Db {
+        &self.deps.db
+    }
+
+    /// The platform state.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// The routing snapshot.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.deps.directory
+    }
+
+    /// Where a webhook goes, from the routing snapshot (no mailbox round trip).
+    pub fn route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, ControlError> {
+        Ok(self.deps.directory.route(t, i)?)
+    }
+
+    /// The tenant subtree's child spec: a supervisor whose one initial child is the
+    /// TenantActor, which starts the rest.
+    fn subtree(&self, t: &TenantId) -> ChildSpec {
+        let (tenant, deps) = (t.clone(), self.deps.clone());
+        let owner = move || {
+            let (t, deps) = (tenant.clone(), deps.clone());
+            tenant_actor_spec(ChildSpec::worker(tenant_actor_child_name(&t), move |sup| {
+                let args = TenantArgs {
+                    tenant_id: t.clone(),
+                    supervisor: sup.clone().into(),
+                    deps: deps.clone(),
+                };
+                async move {
+                    let (r, _) = Actor::spawn_linked(None, TenantActor, args, sup).await?;
+                    Ok(r.get_cell())
+                }
+            }))
+        };
+        tenant_supervisor_spec(SupervisorArgs {
+            name: tenant_child_name(t),
+            children: Arc::new(move || {
+                let spec = owner();
+                Box::pin(async move { Ok(vec![spec]) })
+            }),
+        })
+    }
+
+    /// The running TenantActor of a tenant.
+    async fn tenant_actor(&self, t: &TenantId) -> Result<ActorRef<TenantMsg>, ControlError> {
+        let Some(snapshot) = self.deps.directory.get(t) else {
+            return Err(ControlError::not_found(format!("tenant {t} not found")));
+        };
+        let restarting = || match &snapshot.phase {
+            TenantPhase::Starting(Some(why)) => ControlError::unavailable(format!(
+                "tenant {t} is starting (last attempt failed: {why}); retry shortly"
+            )),
+            _ => ControlError::unavailable(format!("tenant {t} is restarting; retry shortly")),
+        };
+        let sup: ActorRef<SupervisorMsg> = self
+            .root
+            .child(&tenant_child_name(t))
+            .await?
+            .ok_or_else(restarting)?
+            .into();
+        let owner = sup.child(&tenant_actor_child_name(t)).await?.ok_or_else(restarting)?;
+        Ok(owner.into())
+    }
+
+    /// Sends a request to a tenant's actor and waits for its answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        t: &TenantId,
+        msg: impl FnOnce(tenant::Reply<T>) -> TenantMsg,
+    ) -> Result<T, ControlError> {
+        let actor = self.tenant_actor(t).await?;
+        match actor.call(msg, Some(TENANT_CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(answer)) => answer,
+            Ok(CallResult::Timeout) => Err(call_failed(t, "timed out")),
+            Ok(CallResult::SenderError) => Err(call_failed(t, "it restarted while handling the request")),
+            Err(e) => Err(call_failed(t, e)),
+        }
+    }
+
+    /// Starts the subtree of every tenant in the store and waits (up to `wait` each) for
+    /// them to run. A tenant that does not start keeps being retried by its actor, with
+    /// backoff; meanwhile its webhooks get 503.
+    pub async fn load_all(&self, wait: Duration) -> Result<(), ControlError> {
+        let rows = self.deps.db.tenants().await?;
+        for row in &rows {
+            self.deps.directory.publish(&row.id, TenantSnapshot::starting(None));
+            self.root.start_child(self.subtree(&row.id)).await?;
+        }
+        for row in &rows {
+            let waited = tokio::time::timeout(wait, self.ask(&row.id, TenantMsg::AwaitRunning)).await;
+            match waited {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(tenant_id = %row.id, error = %e, "tenant not running yet; its actor keeps trying"),
+                Err(_) => warn!(tenant_id = %row.id, "tenant not running yet; its actor keeps trying"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a tenant and starts its first NATS instance. Nothing is left behind when
+    /// the instance fails to start.
+    pub async fn create_tenant(&self, t: &TenantId, name: &str) -> Result<TenantRow, ControlError> {
+        if name.trim().is_empty() || name.len() > 255 {
+            return Err(ControlError::invalid("name", "must be 1 to 255 characters"));
+        }
+        let db = &self.deps.db;
+        if db.tenant(t).await?.is_some() || self.deps.directory.get(t).is_some() {
+            return Err(ControlError::conflict(format!("tenant {t} already exists")));
+        }
+        let endpoint = self
+            .deps
+            .provisioner
+            .endpoint(t, 1)
+            .map_err(|e| ControlError::invalid("id", e.to_string()))?;
+        db.create_tenant(t, name, &endpoint.dns_name())
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict => ControlError::conflict(format!("tenant {t} already exists")),
+                other => other.into(),
+            })?;
+        self.deps.directory.publish(t, TenantSnapshot::starting(None));
+        let started = async {
+            self.root.start_child(self.subtree(t)).await?;
+            self.ask(t, TenantMsg::AwaitRunning).await
+        }
+        .await;
+        if let Err(e) = started {
+            // The actor's own reason is more precise than "it restarted".
+            let e = match self.deps.directory.get(t).map(|s| s.phase.clone()) {
+                Some(TenantPhase::Starting(Some(why))) => {
+                    ControlError::unavailable(format!("tenant {t} failed to start: {why}"))
+                }
+                _ => e,
+            };
+            warn!(tenant_id = %t, error = %e, "tenant start failed; rolling back");
+            self.stop_subtree(t).await;
+            self.decommission(t).await;
+            db.delete_tenant(t).await?;
+            return Err(e);
+        }
+        info!(tenant_id = %t, "tenant created");
+        db.tenant(t)
+            .await?
+            .ok_or_else(|| ControlError::internal(format!("tenant {t} vanished after creation")))
+    }
+
+    async fn stop_subtree(&self, t: &TenantId) {
+        if let Ok(false) | Err(_) = self.root.stop_child(&tenant_child_name(t)).await {
+            warn!(tenant_id = %t, "tenant subtree was not running");
+        }
+        if let Some(snapshot) = self.deps.directory.get(t) {
+            for link in snapshot.instances.links() {
+                let client = link.client.clone();
+                tokio::spawn(async move { drop(client.drain().await) });
+            }
+        }
+        self.deps.directory.remove(t);
+    }
+
+    /// Removes what the tenant's instances left (processes' directories, Kubernetes
+    /// objects), from the stored rows.
+    async fn decommission(&self, t: &TenantId) {
+        let rows = match self.deps.db.instances(t).await {
+            Ok(rows) => rows,
+            Err(e) => return warn!(tenant_id = %t, error = %e, "instances unknown; nothing decommissioned"),
+        };
+        for row in rows {
+            let port = match Endpoint::parse(&row.dns_name) {
+                Ok(e) => e.port,
+                Err(e) => {
+                    warn!(tenant_id = %t, instance = row.instance_number, error = %e, "decommission skipped");
+                    continue;
+                }
+            };
+            let spec = InstanceSpec {
+                tenant_id: t.clone(),
+                instance_number: row.instance_number as u32,
+                client_port: port,
+            };
+            if let Err(e) = self.deps.provisioner.decommission(spec).await {
+                warn!(tenant_id = %t, instance = row.instance_number, error = %e, "decommission failed");
+            }
+        }
+    }
+
+    /// Deletes a tenant: stops its subtree (and so its NATS instances), removes what the
+    /// instances left, purges its messages and deletes its metadata.
+    pub async fn delete_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
+        if self.deps.db.tenant(t).await?.is_none() {
+            return Err(ControlError::not_found(format!("tenant {t} not found")));
+        }
+        self.stop_subtree(t).await;
+        self.decommission(t).await;
+        self.platform.purge_tenant(t).await?;
+        self.deps.db.delete_tenant(t).await?;
+        info!(tenant_id = %t, "tenant deleted");
+        Ok(())
+    }
+
+    /// One tenant.
+    pub async fn tenant(&self, t: &TenantId) -> Result<TenantRow, ControlError> {
+        self.deps
+            .db
+            .tenant(t)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("tenant {t} not found")))
+    }
+
+    /// All tenants.
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ControlError> {
+        Ok(self.deps.db.tenants().await?)
+    }
+
+    /// Creates an integration and starts its worker.
+    pub async fn create_integration(
+        &self,
+        t: &TenantId,
+        spec: IntegrationSpec,
+    ) -> Result<IntegrationInfo, ControlError> {
+        self.ask(t, |r| TenantMsg::CreateIntegration(Box::new(spec), r)).await
+    }
+
+    /// Deletes an integration and stops its worker.
+    pub async fn delete_integration(&self, t: &TenantId, i: &IntegrationId) -> Result<(), ControlError> {
+        let i = i.clone();
+        self.ask(t, |r| TenantMsg::DeleteIntegration(i, r)).await
+    }
+
+    /// One integration with its counters.
+    pub async fn integration(&self, t: &TenantId, i: &IntegrationId) -> Result<IntegrationInfo, ControlError> {
+        let i = i.clone();
+        self.ask(t, |r| TenantMsg::GetIntegration(i, r)).await
+    }
+
+    /// A tenant's integrations.
+    pub async fn integrations(&self, t: &TenantId) -> Result<Vec<IntegrationInfo>, ControlError> {
+        self.ask(t, TenantMsg::ListIntegrations).await
+    }
+
+    /// Provisions one more NATS instance for a tenant and moves its integrations onto the
+    /// enlarged set; nothing is left behind when it fails.
+    pub async fn add_instance(&self, t: &TenantId) -> Result<InstanceInfo, ControlError> {
+        self.ask(t, TenantMsg::AddInstance).await
+    }
+
+    /// A tenant's live instances (discovery filters the usable ones).
+    pub async fn instances(&self, t: &TenantId) -> Result<Vec<InstanceInfo>, ControlError> {
+        self.ask(t, TenantMsg::ListInstances).await
+    }
+
+    /// The running IntegrationActor of an integration, if it runs now.
+    pub async fn integration_cell(
+        &self,
+        t: &TenantId,
+        i: &IntegrationId,
+    ) -> Result<Option<ractor::ActorCell>, ControlError> {
+        let Some(sup) = self.root.child(&tenant_child_name(t)).await? else {
+            return Ok(None);
+        };
+        let sup: ActorRef<SupervisorMsg> = sup.into();
+        Ok(sup.child(&vrsky_actors::tenant::integration_child_name(i)).await?)
+    }
+
+    /// The live supervision tree.
+    pub async fn tree(&self) -> Result<TreeNode, ControlError> {
+        Ok(self.root.tree().await?)
+    }
+
+    /// Stops every subtree (and so every tenant nats-server).
+    pub async fn shutdown(&self) {
+        let _ = self
+            .root
+            .stop_and_wait(Some("runtime shutting down".into()), Some(Duration::from_secs(15)))
+            .await;
+        for (t, _) in self.deps.directory.all() {
+            self.deps.directory.remove(&t);
+        }
+    }
+}

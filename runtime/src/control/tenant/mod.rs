@@ -1,0 +1,239 @@
+//! TenantActor: one per tenant, the first child of its tenant supervisor. It owns the
+//! tenant's desired state (instances, integrations, routes), answers typed requests one
+//! at a time, decides with the pure functions of `vrsky_actors::tenant` and carries the
+//! decisions out through its executor. It starts its instances and integrations as
+//! siblings under the tenant supervisor, which restarts them by their policies.
+//!
+//! A start that fails (an instance that cannot run, a metadata store that is down) marks
+//! the tenant `starting` in the routing snapshot, with the reason, and fails the actor:
+//! its supervisor starts it again with backoff (500 ms to 30 s) for as long as the tenant
+//! exists. Meanwhile its webhooks get 503 and the scheduler leaves its messages alone.
+
+mod executor;
+mod messages;
+
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{info, warn};
+
+use vrsky_actors::message::new_incarnation;
+use vrsky_actors::now_ms;
+use vrsky_actors::tenant::{Command, IntegrationModel, TenantModel};
+
+pub use executor::TenantActorState;
+pub use messages::{InstanceInfo, IntegrationInfo, Reply, TenantArgs, TenantDeps, TenantMsg, TenantSettings};
+
+use super::error::{ControlError, ControlErrorKind};
+
+/// The actor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TenantActor;
+
+fn copy(e: &ControlError) -> ControlError {
+    ControlError::new(e.kind(), e.to_string())
+}
+
+impl TenantActorState {
+    fn not_running(&self) -> ControlError {
+        ControlError::unavailable(format!("tenant {} is starting; retry shortly", self.args.tenant_id))
+    }
+
+    async fn start(&mut self) -> Result<(), ControlError> {
+        self.running = false;
+        self.load().await?;
+        let steps = self.model.decide_start();
+        self.execute(&steps).await?;
+        self.running = true;
+        self.publish();
+        Ok(())
+    }
+
+    async fn create_integration(
+        &mut self,
+        spec: vrsky_actors::components::IntegrationSpec,
+    ) -> Result<IntegrationInfo, ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        spec.validate()?;
+        spec.retry.validate(self.args.deps.settings.retention)?;
+        let steps = self.model.decide_create_integration(&spec.id)?;
+        // A new life of this id: messages an earlier integration of the same id left
+        // unfinished are not delivered by this one (see `MessageState::incarnation`).
+        let id = spec.id.clone();
+        self.model.integrations.insert(
+            id.clone(),
+            IntegrationModel {
+                spec,
+                incarnation: new_incarnation(now_ms()),
+                created_at: String::new(),
+            },
+        );
+        if let Err(e) = self.execute(&steps).await {
+            warn!(tenant_id = %self.args.tenant_id, integration_id = %id, error = %e,
+                "integration start failed; rolling back");
+            let stored = e.kind() != ControlErrorKind::Conflict;
+            self.model.integrations.remove(&id);
+            self.execute(&[Command::StopIntegration(id.clone()), Command::PublishRoutes])
+                .await?;
+            if stored {
+                self.args.deps.db.delete_integration(&self.args.tenant_id, &id).await?;
+            }
+            return Err(e);
+        }
+        info!(tenant_id = %self.args.tenant_id, integration_id = %id, "integration created");
+        let m = self
+            .model
+            .integrations
+            .get(&id)
+            .ok_or_else(|| ControlError::internal("integration vanished"))?;
+        Ok(self.integration_info(m))
+    }
+
+    async fn delete_integration(&mut self, id: &vrsky_actors::IntegrationId) -> Result<(), ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        let steps = self.model.decide_delete_integration(id)?;
+        self.execute(&steps).await?;
+        info!(tenant_id = %self.args.tenant_id, integration_id = %id, "integration deleted");
+        Ok(())
+    }
+
+    async fn add_instance(&mut self) -> Result<InstanceInfo, ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        let (n, steps) = self.model.decide_add_instance()?;
+        let endpoint = self
+            .args
+            .deps
+            .provisioner
+            .endpoint(&self.args.tenant_id, n)
+            .map_err(|e| ControlError::caused(ControlErrorKind::Unavailable, "choosing the instance's address", e))?;
+        self.model.instances.insert(
+            n,
+            vrsky_actors::tenant::InstanceModel {
+                number: n,
+                endpoint,
+                status: vrsky_actors::tenant::InstanceStatus::Active,
+            },
+        );
+        if let Err(e) = self.execute(&steps).await {
+            warn!(tenant_id = %self.args.tenant_id, instance = n, error = %e, "instance start failed; rolling back");
+            if e.kind() == ControlErrorKind::Conflict {
+                self.model.instances.remove(&n);
+            } else {
+                self.forget_instance(n).await?;
+            }
+            return Err(e);
+        }
+        info!(tenant_id = %self.args.tenant_id, instance = n, "nats instance added");
+        let m = self
+            .model
+            .instances
+            .get(&n)
+            .ok_or_else(|| ControlError::internal("instance vanished"))?;
+        Ok(self.instance_info(m))
+    }
+}
+
+impl Actor for TenantActor {
+    type Msg = TenantMsg;
+    type State = TenantActorState;
+    type Arguments = TenantArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> Result<TenantActorState, ActorProcessingErr> {
+        // Connections and counters from before a restart of this actor are kept: they are
+        // in the snapshot it published.
+        let previous = args.deps.directory.get(&args.tenant_id);
+        let (instances, counters) = match &previous {
+            Some(p) => (p.instances.clone(), p.counters.clone()),
+            None => (Default::default(), HashMap::new()),
+        };
+        if previous.is_none() {
+            args.deps
+                .directory
+                .publish(&args.tenant_id, super::directory::TenantSnapshot::starting(None));
+        }
+        let model = TenantModel::new(args.tenant_id.clone(), args.deps.settings.instances_per_tenant_max);
+        myself.send_message(TenantMsg::Start)?;
+        Ok(TenantActorState {
+            args,
+            model,
+            instances,
+            counters,
+            running: false,
+            waiting: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Start => match state.start().await {
+                Ok(()) => {
+                    info!(tenant_id = %state.args.tenant_id, instances = state.model.live_instances().count(),
+                        integrations = state.model.integrations.len(), "tenant running");
+                    for w in state.waiting.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    warn!(tenant_id = %state.args.tenant_id, error = %e, "tenant failed to start; retrying with backoff");
+                    state.publish_starting(Some(e.to_string()));
+                    for w in state.waiting.drain(..) {
+                        let _ = w.send(Err(copy(&e)));
+                    }
+                    // The supervisor starts this actor again after its backoff.
+                    return Err(Box::new(e));
+                }
+            },
+            TenantMsg::AwaitRunning(reply) => {
+                if state.running {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    state.waiting.push(reply);
+                }
+            }
+            TenantMsg::CreateIntegration(spec, reply) => {
+                let _ = reply.send(state.create_integration(*spec).await);
+            }
+            TenantMsg::DeleteIntegration(id, reply) => {
+                let _ = reply.send(state.delete_integration(&id).await);
+            }
+            TenantMsg::GetIntegration(id, reply) => {
+                let found = state.model.integrations.get(&id).map(|m| state.integration_info(m));
+                let _ = reply.send(found.ok_or_else(|| {
+                    ControlError::not_found(format!("integration {id} not found in tenant {}", state.args.tenant_id))
+                }));
+            }
+            TenantMsg::ListIntegrations(reply) => {
+                let all = state
+                    .model
+                    .integrations
+                    .values()
+                    .map(|m| state.integration_info(m))
+                    .collect();
+                let _ = reply.send(Ok(all));
+            }
+            TenantMsg::AddInstance(reply) => {
+                let _ = reply.send(state.add_instance().await);
+            }
+            TenantMsg::ListInstances(reply) => {
+                let all = state.model.live_instances().map(|m| state.instance_info(m)).collect();
+                let _ = reply.send(Ok(all));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! What the REST API shows: the specification's field names, times as RFC 3339 UTC with
+//! milliseconds, bodies as text or base64. Built from the control layer's domain values;
+//! nothing here is sent to an actor.
+
+use base64::Engine;
+use serde::Serialize;
+
+use vrsky_actors::components::IntegrationSpec;
+use vrsky_actors::integration::IntegrationStats;
+use vrsky_actors::message::{Attempt, MessageState};
+use vrsky_actors::{IntegrationId, MessageId, TenantId};
+
+use crate::control::{Directory, InstanceInfo, IntegrationInfo, TenantPhase};
+use crate::platform::DeadLetter;
+
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2025-11-26T19:50:45.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The path webhooks for an integration are posted to.
+pub fn webhook_path(t: &TenantId, i: &IntegrationId) -> String {
+    format!("/webhooks/{t}/{i}")
+}
+
+/// A message's state (the specification's fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    /// Id.
+    pub message_id: MessageId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// `received`, `processing`, `completed`, `retry` or `dead_letter`.
+    pub status: &'static str,
+    /// Failed attempts so far.
+    pub retry_count: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// With `retry`: when the next attempt is due (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<&MessageState> for MessageView {
+    fn from(s: &MessageState) -> Self {
+        MessageView {
+            message_id: s.message_id.clone(),
+            integration_id: s.integration_id.clone(),
+            status: s.status.as_str(),
+            retry_count: s.retry_count,
+            last_error: s.last_error.clone(),
+            created_at: rfc3339(s.created_at_ms),
+            updated_at: rfc3339(s.updated_at_ms),
+            next_attempt_at: s.next_attempt_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// A dead letter with its payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterView {
+    /// The state when it was dead-lettered.
+    #[serde(flatten)]
+    pub message: MessageView,
+    /// Every failed attempt.
+    pub attempts: Vec<Attempt>,
+    /// The original forwarded headers.
+    pub headers: Vec<(String, String)>,
+    /// The body's media type.
+    pub content_type: Option<String>,
+    /// The body as text when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The body as base64 when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Body size in bytes.
+    pub payload_bytes: usize,
+}
+
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(d: &DeadLetter) -> Self {
+        let text = std::str::from_utf8(&d.envelope.payload).ok().map(str::to_owned);
+        DeadLetterView {
+            message: MessageView::from(&d.state),
+            attempts: d.state.attempts.clone(),
+            headers: d.envelope.headers.clone(),
+            content_type: d.envelope.content_type.clone(),
+            payload_base64: match text {
+                None => Some(base64::engine::general_purpose::STANDARD.encode(&d.envelope.payload)),
+                Some(_) => None,
+            },
+            payload: text,
+            payload_bytes: d.envelope.payload.len(),
+        }
+    }
+}
+
+/// An integration.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrationView {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// The stored spec.
+    #[serde(flatten)]
+    pub spec: IntegrationSpec,
+    /// Where to send webhooks.
+    pub webhook_path: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Outcome counters on this node since it started.
+    pub stats: IntegrationStats,
+}
+
+impl From<IntegrationInfo> for IntegrationView {
+    fn from(i: IntegrationInfo) -> Self {
+        IntegrationView {
+            webhook_path: webhook_path(&i.tenant_id, &i.spec.id),
+            tenant_id: i.tenant_id,
+            spec: i.spec,
+            created_at: i.created_at,
+            stats: i.stats,
+        }
+    }
+}
+
+/// One NATS instance (the specification's shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// Client URL.
+    pub url: String,
+    /// 1-based number.
+    pub instance_number: u32,
+    /// `active`, `draining` or `terminated`.
+    pub status: &'static str,
+    /// Integrations assigned to it.
+    pub integration_count: usize,
+}
+
+impl From<&InstanceInfo> for InstanceView {
+    fn from(i: &InstanceInfo) -> Self {
+        InstanceView {
+            url: i.endpoint.url(),
+            instance_number: i.number,
+            status: i.status.as_str(),
+            integration_count: i.integration_count,
+        }
+    }
+}
+
+/// Readiness of one tenant's NATS instances.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReadiness {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// `running`, or `starting` while its actor (re)starts it.
+    pub phase: &'static str,
+    /// Whether at least one instance is healthy and connected.
+    pub nats_connected: bool,
+    /// Each instance.
+    pub instances: Vec<InstanceReadiness>,
+    /// Why the last start failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Readiness of one instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReadiness {
+    /// 1-based number.
+    pub instance_number: u32,
+    /// Client URL.
+    pub url: String,
+    /// Its last probe (or start) succeeded.
+    pub healthy: bool,
+    /// This node's connection is up.
+    pub nats_connected: bool,
+    /// Why it is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// NATS connectivity of every tenant on this node, per instance, from the snapshot.
+pub fn readiness(directory: &Directory) -> Vec<TenantReadiness> {
+    directory
+        .all()
+        .into_iter()
+        .map(|(t, snapshot)| {
+            let instances: Vec<InstanceReadiness> = snapshot
+                .instances
+                .links()
+                .iter()
+                .map(|l| InstanceReadiness {
+                    instance_number: l.number,
+                    url: l.url.clone(),
+                    healthy: l.health.is_healthy(),
+                    nats_connected: l.client.connection_state() == async_nats::connection::State::Connected,
+                    reason: l.health.reason(),
+                })
+                .collect();
+            let (phase, reason) = match &snapshot.phase {
+                TenantPhase::Running => ("running", None),
+                TenantPhase::Starting(why) => ("starting", why.clone()),
+            };
+            TenantReadiness {
+                tenant_id: t,
+                phase,
+                nats_connected: phase == "running" && instances.iter().any(|i| i.healthy && i.nats_connected),
+                instances,
+                reason,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_764_186_645_123), "2025-11-26T19:50:45.123Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
