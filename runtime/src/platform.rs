@@ -681,10 +681,27 @@ impl MessageStore for Platform {
         })
     }
 
-    fn dead_letter<'a>(&'a self, state: &'a MessageState, record: &'a Bytes) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn dead_letter<'a>(
+        &'a self,
+        state: &'a MessageState,
+        record: &'a Bytes,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
+            let subject = subjects::dead_letter(&state.tenant_id, &state.message_id);
+            // The entry this one may replace: only one from an earlier life of the id (its
+            // state expired and an idempotency key brought the id back). An entry of this
+            // life is another claimant's and stays.
+            let expected = match self.dlq.direct_get_last_for_subject(subject.clone()).await {
+                Ok(m) => match decode_stored(&m.payload) {
+                    Ok((s, _)) if s.created_at_ms == state.created_at_ms => return Ok(None),
+                    _ => m.sequence,
+                },
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => 0,
+                Err(e) => return Err(store_err(e)),
+            };
             let body = encode_stored(state, Some(record)).map_err(store_err)?;
             let mut h = HeaderMap::new();
+            header(&mut h, H_EXPECTED_LAST_SUBJECT_SEQ, &expected.to_string());
             header(&mut h, H_INTEGRATION, state.integration_id.as_str());
             header(&mut h, H_DEAD_AT, &state.updated_at_ms.to_string());
             header(
@@ -694,12 +711,16 @@ impl MessageStore for Platform {
             );
             let ack = self
                 .js
-                .publish_with_headers(subjects::dead_letter(&state.tenant_id, &state.message_id), h, body)
+                .publish_with_headers(subject, h, body)
                 .await
                 .map_err(store_err)?
-                .await
-                .map_err(store_err)?;
-            Ok(ack.sequence)
+                .await;
+            match ack {
+                Ok(ack) => Ok(Some(ack.sequence)),
+                // Another claimant's entry arrived in between.
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
+                Err(e) => Err(store_err(e)),
+            }
         })
     }
 }

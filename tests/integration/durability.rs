@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use vrsky_actors::message::{
-    Event, MessageState, MessageStore, RetryPolicy, TenantPublisher, decode_stored, encode_stored,
+    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, TenantPublisher, decode_stored, encode_stored,
 };
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
 
@@ -380,6 +380,64 @@ async fn dead_letter_written_before_a_crash_is_not_retried() {
         .filter_map(|d| d["message_id"].as_str())
         .collect();
     assert_eq!(ids, vec![id.as_str()], "{page}");
+    t.shutdown().await;
+}
+
+/// Two claimants dead-letter the same claim: the re-driver (the worker looked dead) and
+/// then the worker itself. The second must neither replace the first one's entry nor,
+/// when its state write loses the revision check, retract the queue into emptiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_second_dead_letter_keeps_the_first() {
+    let sink = Sink::start().await;
+    let (t, id, claimed, record) = claimed_by_a_dead_worker(&sink).await;
+    let platform = t.rt().control.platform();
+    let acme = TenantId::new("acme").unwrap();
+    let revision = platform.load(&acme, &id).await.unwrap().unwrap().revision;
+    let policy = RetryPolicy::default();
+    let committer = Committer {
+        store: platform,
+        publisher: None,
+        policy: &policy,
+    };
+    let failed = |error: &str| Event::Failed {
+        error: error.into(),
+        status: Some(400),
+        retryable: false,
+        retry_after_ms: None,
+        jitter_sample: 0.0,
+    };
+    let first = committer
+        .commit(
+            &claimed,
+            revision,
+            &failed("re-driver: answered 400"),
+            Some(&record),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(first, Committed::Written(ref s, _) if s.status == vrsky_actors::message::Status::DeadLetter));
+    // The worker, still holding the claim's revision, fails the message too.
+    let second = committer
+        .commit(
+            &claimed,
+            revision,
+            &failed("worker: answered 400"),
+            Some(&record),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second, Committed::Conflict);
+
+    let path = format!("/api/tenants/acme/dead-letters/{id}");
+    let (code, dl) = t.api(Method::GET, &path, None).await;
+    assert_eq!(code, 200, "the dead letter vanished: {dl}");
+    assert_eq!(dl["last_error"], "re-driver: answered 400", "{dl}");
+    let (_, state) = t
+        .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+        .await;
+    assert_eq!(state["status"], "dead_letter", "{state}");
     t.shutdown().await;
 }
 

@@ -41,8 +41,14 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
     /// Durably schedules the retry of a message in `retry` status.
     fn schedule_retry<'a>(&'a self, state: &'a MessageState) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Durably records a dead letter with its envelope record; returns the entry's sequence.
-    fn dead_letter<'a>(&'a self, state: &'a MessageState, record: &'a Bytes) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Durably records a dead letter with its envelope record; returns the entry's
+    /// sequence, or `None` when the queue already holds an entry of this message's life
+    /// (another claimant dead-lettered it first): that entry is kept, never replaced.
+    fn dead_letter<'a>(
+        &'a self,
+        state: &'a MessageState,
+        record: &'a Bytes,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
     /// Removes a dead-letter entry whose state write lost its revision check.
     fn retract_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -79,7 +85,10 @@ pub enum Committed {
 ///   state with no entry; the re-driver makes it due once its time has passed.
 /// - `dead_letter`: the dead-letter entry first, then the state. A crash in between leaves
 ///   the `processing` state; when it is re-driven, the entry is found and the dead-letter
-///   state written, so the message is not retried while it sits in the queue.
+///   state written, so the message is not retried while it sits in the queue. The entry is
+///   written only if the queue holds none of this message's life: two claimants that both
+///   dead-letter (a re-driver and a late worker) never replace each other's entry, so the
+///   loser's retraction cannot empty the queue.
 /// - `received` (retry due, re-drive, replay): state first, then the publish of the same
 ///   bytes. A lost publish is re-driven after the deadline.
 /// - anything else: the state.
@@ -126,7 +135,12 @@ impl Committer<'_> {
                 Some(r) => r.clone(),
                 None => encode_envelope(&empty_envelope(&next)).map_err(|e| StoreError(e.to_string()))?,
             };
-            dead_letter_seq = Some(store.dead_letter(&next, &record).await?);
+            match store.dead_letter(&next, &record).await? {
+                Some(seq) => dead_letter_seq = Some(seq),
+                // Someone else dead-lettered this message first: its entry stays, and the
+                // state it wrote (or will write) wins the revision check below anyway.
+                None => return Ok(Committed::Conflict),
+            }
         }
         let carried = if !next.status.is_terminal() { record } else { None };
         let value = encode_stored(&next, carried).map_err(|e| StoreError(e.to_string()))?;

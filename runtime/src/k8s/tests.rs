@@ -250,3 +250,137 @@ async fn verifier_readiness_times_out_with_a_clear_error() {
     assert!(err.contains("nats-acme-1 not ready"), "{err}");
     responder.abort();
 }
+
+/// Tenant creation, end to end through the control layer, the TenantActor, the
+/// NatsInstanceActor and this provisioner against the request verifier. The instance's
+/// address carries no port (`nats-acme-1.vrsky-tenants.svc.cluster.local`): it used to be
+/// refused before anything was provisioned ("has no local port"). Now the instance is
+/// provisioned and the node connects to it on 4222; no API server or cluster DNS runs
+/// here, so the connection is what fails, and the rollback decommissions the instance.
+#[tokio::test]
+async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_port() {
+    use std::sync::{Arc, Mutex};
+
+    use crate::control::{Control, Directory, TenantDeps, TenantSettings};
+    use crate::nats::process::{ServerOptions, find_binary, free_port, start_server};
+    use crate::platform::{Platform, PlatformSettings};
+
+    crate::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::env::var_os("VRSKY_NATS__SERVER_BIN").map(std::path::PathBuf::from);
+    let (bin, _) = find_binary(bin.as_deref())
+        .await
+        .expect("nats-server >= 2.10 (scripts/test installs it)");
+    let server = start_server(
+        &bin,
+        &ServerOptions {
+            server_name: "platform".into(),
+            client_port: free_port().unwrap(),
+            dir: dir.path().join("platform"),
+            jetstream: true,
+            sync_interval: "1s".into(),
+            adopt: false,
+            startup_timeout: Duration::from_secs(10),
+            go_max_procs: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let nc = async_nats::connect(server.url.as_str()).await.unwrap();
+    let platform = Platform::open(
+        nc,
+        PlatformSettings {
+            message_state_ttl: Duration::from_secs(900),
+            retry_queue_max_age: Duration::from_secs(3600),
+            dead_letter_max_age: Duration::from_secs(86_400),
+            replicas: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let db = crate::db::Db::connect(&format!("sqlite://{}/meta.db?mode=rwc", dir.path().display()))
+        .await
+        .unwrap();
+
+    // The API server: applies are echoed with a uid, the Deployment is ready, deletes
+    // succeed. Every request is recorded.
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::<(Method, String)>::new()));
+    let log = seen.clone();
+    let api = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            log.lock().unwrap().push((method.clone(), path));
+            let mut v = body_json(req).await;
+            if method == Method::GET {
+                v = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "nats-acme-1", "namespace": NAMESPACE, "uid": "uid-1"},
+                    "status": {"replicas": 1, "readyReplicas": 1}});
+            } else if method == Method::DELETE {
+                v = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+            } else {
+                v["metadata"]["uid"] = json!("uid-1");
+            }
+            send.send_response(respond(v));
+        }
+    });
+    let provisioner = Arc::new(KubeProvisioner::new(
+        kube::Client::new(mock, "default"),
+        KubeSettings {
+            image: "nats:2.10-alpine".into(),
+            ready_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+        },
+    ));
+    let (root, _) = vrsky_supervision::spawn_root(vrsky_supervision::SupervisorArgs::empty("runtime"))
+        .await
+        .unwrap();
+    let control = Control::new(
+        platform.clone(),
+        root.clone(),
+        TenantDeps {
+            db: db.clone(),
+            provisioner,
+            http: crate::producer::http_client().unwrap(),
+            store: Arc::new(platform),
+            directory: Arc::new(Directory::default()),
+            settings: TenantSettings {
+                allow_private_targets: false,
+                connect_timeout: Duration::from_millis(500),
+                health_interval: Duration::from_secs(60),
+                instances_per_tenant_max: 2,
+                retention: Duration::from_secs(900),
+                subscription_capacity: 1024,
+            },
+        },
+    );
+    let t = TenantId::new("acme").unwrap();
+    let err = control.create_tenant(&t, "Acme").await.unwrap_err().to_string();
+    assert!(
+        err.contains("nats://nats-acme-1.vrsky-tenants.svc.cluster.local:4222 not reachable"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("port"),
+        "the address is no longer refused for its missing port: {err}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let deployment = "/apis/apps/v1/namespaces/vrsky-tenants/deployments/nats-acme-1";
+    assert!(
+        seen.contains(&(Method::PATCH, deployment.to_owned())),
+        "not provisioned: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(Method::GET, deployment.to_owned())),
+        "readiness not awaited: {seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&(Method::DELETE, deployment.to_owned())),
+        "not decommissioned: {seen:?}"
+    );
+    assert!(control.tenant(&t).await.is_err(), "the tenant row was rolled back");
+    root.stop(None);
+    api.abort();
+    server.stop.stop().await;
+}
