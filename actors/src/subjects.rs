@@ -33,6 +33,37 @@ pub fn dead_letter_id(subject: &str) -> Option<MessageId> {
     MessageId::new(subject.rsplit('.').next()?).ok()
 }
 
+/// The platform's KV bucket of message state.
+pub const STATE_BUCKET: &str = "message_state";
+
+/// The stream behind the state bucket.
+pub fn state_stream() -> String {
+    format!("KV_{STATE_BUCKET}")
+}
+
+/// The subject a message-state key is written on (`key` from `message::state_key`).
+pub fn state_value(key: &str) -> String {
+    format!("$KV.{STATE_BUCKET}.{key}")
+}
+
+/// Every key of the state bucket.
+pub fn state_values() -> String {
+    format!("$KV.{STATE_BUCKET}.>")
+}
+
+/// Every key of one tenant in the state bucket.
+pub fn tenant_state_values(tenant: &TenantId) -> String {
+    format!("$KV.{STATE_BUCKET}.{tenant}.>")
+}
+
+/// The key at the end of a state-bucket subject.
+pub fn state_key_of(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("$KV.")?
+        .strip_prefix(STATE_BUCKET)?
+        .strip_prefix('.')
+}
+
 /// Where ingress publishes an integration's messages on the tenant's NATS instance.
 pub fn integration_inbox(tenant: &TenantId, integration: &IntegrationId) -> String {
     format!("vrsky.t.{tenant}.i.{integration}.in")
@@ -54,5 +85,9 @@ mod tests {
         let i = IntegrationId::new("orders-1").unwrap();
         assert_eq!(integration_inbox(&t, &i), "vrsky.t.acme.i.orders-1.in");
         assert_eq!(integration_queue_group(&i), "vrsky-workers-orders-1");
+        assert_eq!(state_value("acme.x"), "$KV.message_state.acme.x");
+        assert_eq!(state_key_of(&state_value("acme.x")), Some("acme.x"));
+        assert_eq!(state_key_of("$KV.other.acme.x"), None);
+        assert_eq!(tenant_state_values(&t), "$KV.message_state.acme.>");
     }
 }

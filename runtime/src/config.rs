@@ -38,8 +38,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// TTL of the `message_state` bucket (the specification's 15 minutes): how long a
-    /// message's state, and an idempotency key, are remembered.
+    /// How long a finished message's state (and so its idempotency key) is remembered in
+    /// the `message_state` bucket: the specification's 15 minutes, as a per-message TTL.
+    /// Unfinished states never expire.
     pub message_state_ttl_s: u64,
     /// Max age of the `retry_queue` stream (1 hour).
     pub retry_queue_max_age_s: u64,

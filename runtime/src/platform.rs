@@ -20,7 +20,7 @@ use vrsky_actors::message::{
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, subjects};
 
 /// The KV bucket of message state.
-pub const STATE_BUCKET: &str = "message_state";
+pub use vrsky_actors::subjects::STATE_BUCKET;
 /// The stream of scheduled retries.
 pub const RETRY_STREAM: &str = "retry_queue";
 /// The stream of dead letters.
@@ -30,6 +30,7 @@ pub const RETRY_CONSUMER: &str = "vrsky-retry-scheduler";
 
 const H_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 const H_MSG_ID: &str = "Nats-Msg-Id";
+const H_TTL: &str = "Nats-TTL";
 const H_TENANT: &str = "Vrsky-Tenant";
 const H_INTEGRATION: &str = "Vrsky-Integration";
 const H_MESSAGE_ID: &str = "Vrsky-Message-Id";
@@ -41,7 +42,8 @@ const H_LAST_ERROR: &str = "Vrsky-Last-Error";
 /// Retention and placement of the platform state.
 #[derive(Debug, Clone)]
 pub struct PlatformSettings {
-    /// `message_state` TTL.
+    /// How long a finished message's state stays in `message_state` (its per-message
+    /// TTL); unfinished states never expire.
     pub message_state_ttl: Duration,
     /// `retry_queue` max age.
     pub retry_queue_max_age: Duration,
@@ -52,9 +54,10 @@ pub struct PlatformSettings {
 }
 
 impl PlatformSettings {
-    /// How long a message can be kept waiting for retries before the platform forgets it.
+    /// How long a message can wait for its retries: the retry queue's max age. (Its
+    /// state is kept until it finishes, however long that takes.)
     pub fn retention(&self) -> Duration {
-        self.message_state_ttl.min(self.retry_queue_max_age)
+        self.retry_queue_max_age
     }
 }
 
@@ -137,10 +140,9 @@ pub struct Platform {
     deadlines: Arc<Mutex<Deadlines>>,
     /// Whether the start-up scan of the bucket has completed in this process.
     scanned: Arc<AtomicBool>,
-}
-
-fn kv_subject(key: &str) -> String {
-    format!("$KV.{STATE_BUCKET}.{key}")
+    /// The bucket was switched to per-message TTLs at this start: finished states written
+    /// before have no TTL and would never expire; the start-up scan gives them one.
+    migrate_ttl: Arc<AtomicBool>,
 }
 
 fn header(h: &mut HeaderMap, name: &str, value: &str) {
@@ -220,31 +222,42 @@ impl Platform {
             description: "VRSky message state: {tenant}.{message_id} -> state line, then the envelope until finished"
                 .into(),
             history: 1,
-            max_age: settings.message_state_ttl,
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
             ..Default::default()
         };
         let kv = match js.get_key_value(STATE_BUCKET).await {
-            Ok(kv) => {
-                let mut s = js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
-                if s.info().await.map_err(req)?.config.max_age != settings.message_state_ttl {
-                    js.create_or_update_key_value(kv_want.clone())
-                        .await
-                        .map_err(|e| PlatformError::Config(format!("updating bucket {STATE_BUCKET}: {e}")))?
-                } else {
-                    kv
-                }
-            }
+            Ok(kv) => kv,
             Err(_) => js
                 .create_key_value(kv_want.clone())
                 .await
                 .map_err(|e| PlatformError::Config(format!("creating bucket {STATE_BUCKET}: {e}")))?,
         };
-        let mut kv_stream = js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        // Finished states expire by their own `Nats-TTL`; unfinished ones never do, so a
+        // node (or the platform) down for longer than the TTL loses no accepted message.
+        // The stream therefore has no max age and allows per-message TTLs (2.11.2+; once
+        // allowed it cannot be disallowed, and every later update must say so again).
+        let mut kv_stream = js.get_stream(subjects::state_stream()).await.map_err(req)?;
+        let mut have = kv_stream.info().await.map_err(req)?.config.clone();
+        let migrating = !have.allow_message_ttl;
+        if migrating || have.max_age != Duration::ZERO {
+            have.allow_message_ttl = true;
+            have.max_age = Duration::ZERO;
+            js.update_stream(have).await.map_err(|e| {
+                PlatformError::Config(format!(
+                    "bucket {STATE_BUCKET}: allowing per-message TTLs: {e} (nats-server 2.11.2 or newer is needed)"
+                ))
+            })?;
+        }
         let got = kv_stream.info().await.map_err(req)?.config.clone();
         let what = format!("bucket {STATE_BUCKET}");
-        check(&what, "max_age", &settings.message_state_ttl, &got.max_age)?;
+        check(&what, "allow_msg_ttl", &true, &got.allow_message_ttl).map_err(|_| {
+            PlatformError::Config(format!(
+                "{what}: the server did not keep allow_msg_ttl, so finished states could not expire on their own \
+                 while unfinished ones are kept: nats-server 2.11.2 or newer is needed"
+            ))
+        })?;
+        check(&what, "max_age", &Duration::ZERO, &got.max_age)?;
         check(&what, "history", &1, &got.max_messages_per_subject)?;
         check(&what, "storage", &stream::StorageType::File, &got.storage)?;
 
@@ -286,6 +299,7 @@ impl Platform {
             settings,
             deadlines: Arc::default(),
             scanned: Arc::default(),
+            migrate_ttl: Arc::new(AtomicBool::new(migrating)),
         })
     }
 
@@ -310,7 +324,7 @@ impl Platform {
         header(&mut create, H_EXPECTED_LAST_SUBJECT_SEQ, "0");
         let ack = self
             .js
-            .publish_with_headers(kv_subject(&key), create, stored.clone())
+            .publish_with_headers(subjects::state_value(&key), create, stored.clone())
             .await
             .map_err(req)?
             .await;
@@ -401,21 +415,23 @@ impl Platform {
         if self.scanned() {
             return Ok(0);
         }
-        let mut kv_stream = self.js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        let mut kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
         let mut found = 0;
+        let migrate = self.migrate_ttl.load(Ordering::Acquire);
+        // Bound: the finished states of the last TTL written before the switch, once.
+        let mut without_ttl = Vec::new();
         let at_start = kv_stream.info().await.map_err(req)?.state.clone();
         // An ordered consumer of an empty stream would wait for a first message forever.
         if at_start.messages > 0 {
             let consumer = kv_stream
                 .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: format!("$KV.{STATE_BUCKET}.>"),
+                    filter_subject: subjects::state_values(),
                     deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                     ..Default::default()
                 })
                 .await
                 .map_err(req)?;
             let mut messages = consumer.messages().await.map_err(req)?;
-            let prefix = format!("$KV.{STATE_BUCKET}.");
             loop {
                 let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                     Ok(Some(m)) => m.map_err(req)?,
@@ -423,14 +439,17 @@ impl Platform {
                     Err(_) => return Err(req("scan of the message_state bucket stalled")),
                 };
                 let (revision, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).map_err(req)?;
-                let key = m.subject.strip_prefix(prefix.as_str()).unwrap_or("");
+                let key = subjects::state_key_of(&m.subject).unwrap_or("");
                 if let (Some((t, id)), Ok((state, _))) = (parse_state_key(key), decode_stored(&m.payload))
                     && state.tenant_id == t
                     && state.message_id == id
-                    && !state.status.is_terminal()
                 {
-                    self.observe(&state, revision);
-                    found += 1;
+                    if !state.status.is_terminal() {
+                        self.observe(&state, revision);
+                        found += 1;
+                    } else if migrate && m.headers.as_ref().and_then(|h| h.get(H_TTL)).is_none() {
+                        without_ttl.push((state, m.payload.clone(), revision));
+                    }
                 }
                 // The last value of each key comes in stream order; anything past the
                 // stream's end at start is a live write, which this node observes itself.
@@ -440,8 +459,44 @@ impl Platform {
                 }
             }
         }
+        // Finished states from before the switch get their TTL by being written again at
+        // their revision (one that moved on meanwhile was rewritten with one already).
+        for (state, value, revision) in without_ttl {
+            self.write_value(&state, value, revision).await.map_err(req)?;
+        }
+        self.migrate_ttl.store(false, Ordering::Release);
         self.scanned.store(true, Ordering::Release);
         Ok(found)
+    }
+
+    /// Writes `value` (the encoded `next`) at revision `expected`: `Some(new revision)`, or
+    /// `None` when the stored revision moved on. A finished state carries `Nats-TTL` (the
+    /// message-state TTL) and expires alone; an unfinished one has no TTL.
+    async fn write_value(&self, next: &MessageState, value: Bytes, expected: u64) -> Result<Option<u64>, StoreError> {
+        let mut h = HeaderMap::new();
+        header(&mut h, H_EXPECTED_LAST_SUBJECT_SEQ, &expected.to_string());
+        if next.status.is_terminal() {
+            header(
+                &mut h,
+                H_TTL,
+                &self.settings.message_state_ttl.as_secs().max(1).to_string(),
+            );
+        }
+        let subject = subjects::state_value(&state_key(&next.tenant_id, &next.message_id));
+        let ack = self
+            .js
+            .publish_with_headers(subject, h, value)
+            .await
+            .map_err(store_err)?
+            .await;
+        match ack {
+            Ok(ack) => {
+                self.observe(next, ack.sequence);
+                Ok(Some(ack.sequence))
+            }
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     /// The RetryScheduler's durable consumer of the retry queue.
@@ -576,9 +631,9 @@ impl Platform {
     /// retries and its dead letters, so a tenant created later with the same id sees none
     /// of it.
     pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<(), PlatformError> {
-        let kv_stream = self.js.get_stream(format!("KV_{STATE_BUCKET}")).await.map_err(req)?;
+        let kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
         for (stream, filter) in [
-            (&kv_stream, format!("$KV.{STATE_BUCKET}.{tenant}.>")),
+            (&kv_stream, subjects::tenant_state_values(tenant)),
             (&self.retry, subjects::tenant_retries(tenant)),
             (&self.dlq, subjects::tenant_dead_letters(tenant)),
         ] {
@@ -591,11 +646,7 @@ impl Platform {
     /// stored), for health and metrics.
     pub async fn usage(&self) -> Result<Vec<(String, u64, u64, u64)>, PlatformError> {
         let mut out = Vec::new();
-        for name in [
-            format!("KV_{STATE_BUCKET}"),
-            RETRY_STREAM.into(),
-            DEAD_LETTER_STREAM.into(),
-        ] {
+        for name in [subjects::state_stream(), RETRY_STREAM.into(), DEAD_LETTER_STREAM.into()] {
             let mut s = self.js.get_stream(&name).await.map_err(req)?;
             let st = s.info().await.map_err(req)?.state.clone();
             out.push((name, st.messages, st.bytes, st.last_sequence));
@@ -631,20 +682,7 @@ impl MessageStore for Platform {
         value: Bytes,
         expected: u64,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        Box::pin(async move {
-            match self
-                .kv
-                .update(state_key(&next.tenant_id, &next.message_id), value, expected)
-                .await
-            {
-                Ok(rev) => {
-                    self.observe(next, rev);
-                    Ok(Some(rev))
-                }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(store_err(e)),
-            }
-        })
+        Box::pin(self.write_value(next, value, expected))
     }
 
     fn schedule_retry<'a>(&'a self, state: &'a MessageState) -> BoxFuture<'a, Result<(), StoreError>> {

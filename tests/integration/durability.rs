@@ -441,6 +441,49 @@ async fn a_late_second_dead_letter_keeps_the_first() {
     t.shutdown().await;
 }
 
+/// Only finished states expire: with a 2 s state TTL, a completed message is forgotten
+/// after it, while one waiting for a retry (or in any unfinished state) is kept, so a
+/// node or platform down for longer than the TTL loses no accepted message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_finished_states_expire() {
+    let ok = Sink::start().await;
+    let failing = Sink::start().await;
+    failing.set_status(503);
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| c.state.message_state_ttl_s = 2).await;
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("done", &ok.url("/done"), json!({})))
+        .await;
+    let slow = json!({"max_retries": 1, "backoff_base_s": 30.0, "backoff_max_s": 60.0, "jitter": 0.0});
+    t.create_integration("acme", spec("waits", &failing.url("/waits"), json!({"retry": slow})))
+        .await;
+    let (code, v) = t.webhook_json("acme", "done", b"a".to_vec(), &[]).await;
+    assert_eq!(code, 202, "{v}");
+    let done = v["message_id"].as_str().unwrap().to_owned();
+    let (code, v) = t.webhook_json("acme", "waits", b"b".to_vec(), &[]).await;
+    assert_eq!(code, 202, "{v}");
+    let waits = v["message_id"].as_str().unwrap().to_owned();
+    t.wait_status("acme", &done, "completed").await;
+    t.wait_status("acme", &waits, "retry").await;
+
+    let gone = wait_until(Duration::from_secs(20), || async {
+        let (code, _) = t
+            .api(Method::GET, &format!("/api/tenants/acme/messages/{done}"), None)
+            .await;
+        code == 404
+    })
+    .await;
+    assert!(gone.is_ok(), "a completed state did not expire after its TTL");
+    let (code, state) = t
+        .api(Method::GET, &format!("/api/tenants/acme/messages/{waits}"), None)
+        .await;
+    assert_eq!(
+        (code, state["status"].as_str()),
+        (200, Some("retry")),
+        "an unfinished state expired: {state}"
+    );
+    t.shutdown().await;
+}
+
 /// Dead letters page newest first; a bulk replay reports its matches on a dry run, then
 /// replays them; a dead letter can be deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,7 +83,7 @@ impl RetryPolicy {
             return Err(err(
                 "max_retries",
                 format!(
-                    "retries can take up to {:.0} s in total, longer than the {} s the platform keeps message state",
+                    "retries can take up to {:.0} s in total, longer than the {} s the platform keeps a scheduled retry",
                     total.as_secs_f64(),
                     retention.as_secs()
                 ),
