@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use vrsky_actors::message::{
-    Deadlines, MessageState, MessageStore, StoreError, Stored, decode_envelope, decode_stored, encode_envelope,
+    Deadlines, Due, MessageState, MessageStore, StoreError, Stored, decode_envelope, decode_stored, encode_envelope,
     encode_stored, parse_state_key, state_key,
 };
 use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, subjects};
@@ -143,6 +143,9 @@ pub struct Platform {
     /// The bucket was switched to per-message TTLs at this start: finished states written
     /// before have no TTL and would never expire; the start-up scan gives them one.
     migrate_ttl: Arc<AtomicBool>,
+    /// The bucket's last sequence when this process opened it: anything at or below was
+    /// written by an earlier process (this one accepts nothing before it has opened).
+    opened_at_seq: u64,
 }
 
 fn header(h: &mut HeaderMap, name: &str, value: &str) {
@@ -249,7 +252,8 @@ impl Platform {
                 ))
             })?;
         }
-        let got = kv_stream.info().await.map_err(req)?.config.clone();
+        let info = kv_stream.info().await.map_err(req)?;
+        let (got, opened_at_seq) = (info.config.clone(), info.state.last_sequence);
         let what = format!("bucket {STATE_BUCKET}");
         check(&what, "allow_msg_ttl", &true, &got.allow_message_ttl).map_err(|_| {
             PlatformError::Config(format!(
@@ -300,6 +304,7 @@ impl Platform {
             deadlines: Arc::default(),
             scanned: Arc::default(),
             migrate_ttl: Arc::new(AtomicBool::new(migrating)),
+            opened_at_seq,
         })
     }
 
@@ -393,7 +398,7 @@ impl Platform {
         max: usize,
         processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
         admit: impl FnMut(&TenantId) -> bool,
-    ) -> Vec<(TenantId, MessageId)> {
+    ) -> Vec<Due> {
         self.deadlines().take_due(now_ms, grace_ms, max, processing_ms, admit)
     }
 
@@ -445,7 +450,13 @@ impl Platform {
                     && state.message_id == id
                 {
                     if !state.status.is_terminal() {
-                        self.observe(&state, revision);
+                        // Written before this process opened the bucket: by a process that
+                        // is gone, so it is re-driven at once.
+                        if revision <= self.opened_at_seq {
+                            self.deadlines().observe_orphan(&state, revision);
+                        } else {
+                            self.observe(&state, revision);
+                        }
                         found += 1;
                     } else if migrate && m.headers.as_ref().and_then(|h| h.get(H_TTL)).is_none() {
                         without_ttl.push((state, m.payload.clone(), revision));

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
 use vrsky_actors::message::{
-    Committed, Committer, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
+    Committed, Committer, Due, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
     encode_stored,
 };
 use vrsky_actors::{MessageId, TenantId, now_ms};
@@ -122,14 +122,15 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
             }
             continue;
         }
-        for (t, id) in due {
+        for due in due {
+            let t = due.tenant.clone();
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
             *in_flight.entry(t.clone()).or_default() += 1;
             let (a, done) = (args.clone(), done_tx.clone());
             tokio::spawn(async move {
-                redrive(&a, t.clone(), id).await;
+                redrive(&a, due).await;
                 drop(permit);
                 let _ = done.send(t);
             });
@@ -214,7 +215,13 @@ fn processing_ms(directory: &Directory, t: &TenantId, i: &vrsky_actors::Integrat
 
 /// Re-drives one overdue message, after checking it is still overdue: the index may hold
 /// an older state than the bucket (another node moved the message on).
-async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
+async fn redrive(args: &SchedulerArgs, due: Due) {
+    let Due {
+        tenant: t,
+        id,
+        revision: tracked,
+        orphaned,
+    } = due;
     let stored = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
         Ok(None) => return args.platform.forget(&t, &id),
@@ -226,7 +233,13 @@ async fn redrive(args: &SchedulerArgs, t: TenantId, id: MessageId) {
     let grace = args.redrive_after.as_millis() as u64;
     let timeout = processing_ms(&args.directory, &state.tenant_id, &state.integration_id);
     let now = now_ms();
+    // Left by a process that is gone and unchanged since: overdue at once (a retry at its
+    // due time), since nobody else will move it on.
+    let orphan_due = orphaned
+        && stored.revision == tracked
+        && (state.status != Status::Retry || state.next_attempt_at_ms.is_none_or(|at| at <= now));
     match deadline_of(state, grace, timeout) {
+        _ if orphan_due => {}
         Some(due) if due <= now => {}
         // Finished, or moved on and not overdue yet: track what the bucket has.
         _ => return args.platform.observe(state, stored.revision),

@@ -484,6 +484,63 @@ async fn only_finished_states_expire() {
     t.shutdown().await;
 }
 
+/// A restarted node knows its predecessor is gone: what it left unfinished (a claim
+/// whose worker died, a stored message never published) is re-driven at once, not after
+/// `state.redrive_after_ms` (here a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_redrives_what_its_predecessor_left_at_once() {
+    let sink = Sink::start().await;
+    let mut t = TestRuntime::start_with(Backend::Sqlite, |c| c.state.redrive_after_ms = 60_000).await;
+    t.create_tenant("acme").await;
+    t.create_integration(
+        "acme",
+        spec("hook", &sink.url("/hook"), json!({"retry": fast_retry(3)})),
+    )
+    .await;
+    let platform = t.rt().control.platform();
+    let mut ids = Vec::new();
+    for claim in [false, true] {
+        let id = MessageId::generate();
+        let vrsky_runtime::platform::Accepted::New {
+            state,
+            revision,
+            stored,
+        } = platform
+            .accept(&envelope(&id), hook_incarnation(&t), now_ms())
+            .await
+            .unwrap()
+        else {
+            panic!("duplicate")
+        };
+        if claim {
+            let claimed = state.apply(&Event::Claim, &RetryPolicy::default(), now_ms()).unwrap();
+            let record = decode_stored(&stored).unwrap().1.unwrap();
+            let value = encode_stored(&claimed, Some(&record)).unwrap();
+            platform.write(&claimed, value, revision).await.unwrap().expect("claim");
+        }
+        ids.push(id);
+    }
+    t.restart().await;
+    let started = std::time::Instant::now();
+    let done = wait_until(Duration::from_secs(15), || async {
+        let mut all = true;
+        for id in &ids {
+            let (_, v) = t
+                .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+                .await;
+            all &= v["status"] == "completed";
+        }
+        all
+    })
+    .await;
+    assert!(done.is_ok(), "not re-driven within 15 s of the restart");
+    eprintln!("left unfinished, delivered {:?} after the restart", started.elapsed());
+    for id in &ids {
+        assert_eq!(sink.for_message(id.as_str()).len(), 1, "delivered once");
+    }
+    t.shutdown().await;
+}
+
 /// Dead letters page newest first; a bulk replay reports its matches on a dry run, then
 /// replays them; a dead letter can be deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,22 @@ struct Tracked {
     since_ms: u64,
     /// Not handed out again before this (set when handed out).
     not_before_ms: u64,
+    /// Left by a process that is gone (found by the start-up scan): nobody else will move
+    /// it on, so it is due at once (a retry at its due time), without the grace.
+    orphaned: bool,
+}
+
+/// A message handed out for re-drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its id.
+    pub id: MessageId,
+    /// The revision tracked when it was handed out.
+    pub revision: u64,
+    /// Left by a process that is gone: due at once, however recent its last change.
+    pub orphaned: bool,
 }
 
 /// When a message in `state` is overdue: `grace_ms` after its last transition (after the
@@ -56,6 +72,16 @@ impl Deadlines {
     /// Records a state stored at `revision`; a finished one is forgotten. An observation
     /// older than the one held (a scan racing live writes) is ignored.
     pub fn observe(&mut self, state: &MessageState, revision: u64) {
+        self.track(state, revision, false);
+    }
+
+    /// Records a state left by a process that is gone (a node killed and restarted, later
+    /// a tenant's previous owner): it is re-driven at once rather than after the grace.
+    pub fn observe_orphan(&mut self, state: &MessageState, revision: u64) {
+        self.track(state, revision, true);
+    }
+
+    fn track(&mut self, state: &MessageState, revision: u64, orphaned: bool) {
         let key = (state.tenant_id.clone(), state.message_id.clone());
         if self.map.get(&key).is_some_and(|t| t.revision > revision) {
             return;
@@ -71,6 +97,7 @@ impl Deadlines {
                     integration: state.integration_id.clone(),
                     since_ms: since_of(state),
                     not_before_ms: 0,
+                    orphaned,
                 },
             );
         }
@@ -93,7 +120,7 @@ impl Deadlines {
         max: usize,
         processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
         mut admit: impl FnMut(&TenantId) -> bool,
-    ) -> Vec<(TenantId, MessageId)> {
+    ) -> Vec<Due> {
         let mut due = Vec::new();
         for ((t, id), tracked) in self.map.iter_mut() {
             if due.len() >= max {
@@ -106,9 +133,19 @@ impl Deadlines {
                 Status::Processing => processing_ms(t, &tracked.integration),
                 _ => 0,
             };
-            if deadline(tracked.status, tracked.since_ms, grace_ms, timeout).is_some_and(|d| d <= now_ms) && admit(t) {
+            let at = match (tracked.orphaned, tracked.status) {
+                (true, Status::Retry) => Some(tracked.since_ms),
+                (true, _) => Some(0),
+                (false, status) => deadline(status, tracked.since_ms, grace_ms, timeout),
+            };
+            if at.is_some_and(|d| d <= now_ms) && admit(t) {
                 tracked.not_before_ms = now_ms + grace_ms;
-                due.push((t.clone(), id.clone()));
+                due.push(Due {
+                    tenant: t.clone(),
+                    id: id.clone(),
+                    revision: tracked.revision,
+                    orphaned: tracked.orphaned,
+                });
             }
         }
         due
@@ -149,7 +186,11 @@ mod tests {
         d.observe(&s, 1);
         assert_eq!(deadline_of(&s, 500, 0), Some(1500));
         assert!(d.take_due(1499, 500, 10, none, all).is_empty());
-        assert_eq!(d.take_due(1500, 100, 10, none, all), vec![(t.clone(), id.clone())]);
+        let taken = d.take_due(1500, 100, 10, none, all);
+        assert_eq!(
+            taken.iter().map(|d| (&d.tenant, &d.id, d.orphaned)).collect::<Vec<_>>(),
+            vec![(&t, &id, false)]
+        );
         // Held back after being handed out.
         assert!(d.take_due(1550, 100, 10, none, all).is_empty());
         assert_eq!(d.take_due(1600, 100, 10, none, all).len(), 1);
@@ -168,6 +209,69 @@ mod tests {
         d.observe(&claimed, 4);
         d.forget(&t, &id);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn orphans_are_due_at_once_and_their_retries_at_their_time() {
+        let t = TenantId::new("t").unwrap();
+        let p = RetryPolicy::default();
+        let i = IntegrationId::new("i").unwrap();
+        let received = MessageState::received(MessageId::generate(), t.clone(), i.clone(), 10_000);
+        let claimed = MessageState::received(MessageId::generate(), t.clone(), i.clone(), 10_000)
+            .apply(&Event::Claim, &p, 10_000)
+            .unwrap();
+        let waiting = MessageState::received(MessageId::generate(), t.clone(), i, 10_000)
+            .apply(&Event::Claim, &p, 10_000)
+            .unwrap()
+            .apply(
+                &Event::Failed {
+                    error: "e".into(),
+                    status: None,
+                    retryable: true,
+                    retry_after_ms: None,
+                    jitter_sample: 0.0,
+                },
+                &p,
+                10_000,
+            )
+            .unwrap();
+        let mut d = Deadlines::default();
+        d.observe_orphan(&received, 1);
+        d.observe_orphan(&claimed, 2);
+        d.observe_orphan(&waiting, 3);
+        // At the time of the scan, long before any grace or delivery timeout would pass.
+        let now = 10_001;
+        let due = d.take_due(now, 30_000, 10, |_, _| 60_000, all);
+        let mut ids: Vec<_> = due.iter().map(|d| d.id.clone()).collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut want = vec![received.message_id.clone(), claimed.message_id.clone()];
+        want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(ids, want);
+        assert!(due.iter().all(|d| d.orphaned));
+        // The retry at its due time (backoff 2 s), without the grace.
+        assert_eq!(d.take_due(12_000, 30_000, 10, none, all).len(), 1);
+        // A newer state written by this process is not an orphan any more.
+        let mut d = Deadlines::default();
+        d.observe_orphan(&received, 1);
+        d.observe(&received, 5);
+        assert!(d.take_due(now, 30_000, 10, none, all).is_empty());
+    }
+
+    #[test]
+    fn a_refused_tenant_stays_due() {
+        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        let i = IntegrationId::new("i").unwrap();
+        let mut d = Deadlines::default();
+        d.observe(
+            &MessageState::received(MessageId::generate(), a.clone(), i.clone(), 0),
+            1,
+        );
+        d.observe(&MessageState::received(MessageId::generate(), b.clone(), i, 0), 2);
+        let only_b = d.take_due(5_000, 1_000, 10, none, |t| *t == b);
+        assert_eq!(only_b.iter().map(|d| &d.tenant).collect::<Vec<_>>(), vec![&b]);
+        // A's message was not handed out, so it is still due now.
+        let rest = d.take_due(5_000, 1_000, 10, none, all);
+        assert_eq!(rest.iter().map(|d| &d.tenant).collect::<Vec<_>>(), vec![&a]);
     }
 
     #[test]
