@@ -73,6 +73,12 @@ impl InstanceSet {
         self.links().iter().map(|l| l.client.clone()).collect()
     }
 
+    /// Whether any instance is usable (healthy, connected and in the rotation).
+    pub fn any_usable(&self) -> bool {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        links.iter().any(|l| l.accepting.load(Ordering::Relaxed) && l.usable())
+    }
+
     /// The next usable instance (healthy, connected and in the rotation) in round-robin
     /// order; `None` when none is. Publishing to an instance that is down would only fill
     /// its client's buffer: such a message is left for the re-driver instead.

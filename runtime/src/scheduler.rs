@@ -141,8 +141,8 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
 /// Commits `event` for a loaded message under its integration's retry policy, publishing
 /// it if it becomes `received`. A message whose integration is gone from its running
 /// tenant, or was received for an earlier integration of the same id, is abandoned
-/// instead. `None`: the tenant is (re)starting, so nothing is decided and the message is
-/// left alone until it runs.
+/// instead. `None`: the tenant is (re)starting, or none of its instances is usable and the
+/// message would be published, so nothing is decided and the message is left alone.
 async fn commit_loaded(
     args: &SchedulerArgs,
     stored: &Stored,
@@ -155,6 +155,9 @@ async fn commit_loaded(
             Event::abandon_for_predecessor(&s.integration_id),
             RetryPolicy::default(),
         ),
+        // Publishing where no instance can take it would only cost a write per round:
+        // wait until one is usable (a probe or a reconnect brings it back).
+        Ok(route) if s.status != Status::Processing && !route.instances.any_usable() => return Ok(None),
         Ok(route) => (event, route.retry),
         Err(RouteError::Starting(_)) => return Ok(None),
         Err(RouteError::NotFound(_)) => (
@@ -263,7 +266,7 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         Ok(Some(Committed::Written(next, _))) => {
             info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
-        Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting; re-drive later"),
+        Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later"),
         Ok(Some(_)) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
     }

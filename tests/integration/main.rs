@@ -9,3 +9,4 @@ mod dev_command;
 mod durability;
 mod foundation;
 mod instances;
+mod tenants;

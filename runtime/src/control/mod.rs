@@ -145,23 +145,23 @@ impl Control {
         }
     }
 
-    /// Starts the subtree of every tenant in the store and waits (up to `wait` each) for
+    /// Starts the subtree of every tenant in the store and waits, up to `wait` in all, for
     /// them to run. A tenant that does not start keeps being retried by its actor, with
-    /// backoff; meanwhile its webhooks get 503.
+    /// backoff; meanwhile its webhooks get 503 and its messages are left alone.
     pub async fn load_all(&self, wait: Duration) -> Result<(), ControlError> {
         let rows = self.deps.db.tenants().await?;
         for row in &rows {
             self.deps.directory.publish(&row.id, TenantSnapshot::starting(None));
             self.root.start_child(self.subtree(&row.id)).await?;
         }
-        for row in &rows {
-            let waited = tokio::time::timeout(wait, self.ask(&row.id, TenantMsg::AwaitRunning)).await;
-            match waited {
+        let waits = rows.iter().map(|row| async move {
+            match tokio::time::timeout(wait, self.ask(&row.id, TenantMsg::AwaitRunning)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(tenant_id = %row.id, error = %e, "tenant not running yet; its actor keeps trying"),
                 Err(_) => warn!(tenant_id = %row.id, "tenant not running yet; its actor keeps trying"),
             }
-        }
+        });
+        futures::future::join_all(waits).await;
         Ok(())
     }
 
