@@ -16,7 +16,8 @@ use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn
 pub const SCHEDULER_CHILD: &str = "retry-scheduler";
 
 /// Messages a tenant NATS client buffers per subscription before it drops them (a slow
-/// consumer). async-nats' default is 65,536.
+/// consumer), at least: async-nats' default, 65,536. A worker never has more than its
+/// integration's unfinished bound outstanding, so the buffer is at least four times that.
 const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
 use crate::config::{Config, ProvisionerKind};
@@ -150,6 +151,7 @@ impl Runtime {
             }
         };
         let platform_settings = platform_state.settings().clone();
+        let expediter = platform_state.clone();
         let directory = Arc::new(Directory::default());
         let control = Arc::new(Control::new(
             platform_state.clone(),
@@ -166,8 +168,9 @@ impl Runtime {
                     health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
                     instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
                     retention: platform_settings.retention(),
-                    subscription_capacity: SUBSCRIPTION_CAPACITY,
+                    subscription_capacity: SUBSCRIPTION_CAPACITY.max(4 * cfg.webhook.unfinished_per_integration_max),
                 },
+                redrive_now: Arc::new(move |t| expediter.expedite(t)),
             },
         ));
         control.load_all(startup_timeout * 2).await?;
@@ -197,6 +200,7 @@ impl Runtime {
             control: control.clone(),
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             body_bytes_max: cfg.webhook.body_bytes_max,
+            unfinished_max: cfg.webhook.unfinished_per_integration_max,
             platform: platform.clone(),
             platform_sync: Arc::from(platform_sync.as_str()),
         };

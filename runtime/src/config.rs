@@ -147,6 +147,11 @@ impl Default for KubernetesConfig {
 pub struct WebhookConfig {
     /// Largest accepted body; larger requests get 413 before the body is read.
     pub body_bytes_max: usize,
+    /// Most unfinished messages (received, processing or waiting for a retry) one
+    /// integration may have on this node; past it a webhook gets 429 with `Retry-After`
+    /// instead of a backlog that takes minutes to drain. Concurrent webhooks may overshoot
+    /// it by the number in flight at once.
+    pub unfinished_per_integration_max: usize,
 }
 
 /// Producer settings.
@@ -216,6 +221,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
             body_bytes_max: 1024 * 1024,
+            unfinished_per_integration_max: 10_000,
         }
     }
 }
@@ -287,6 +293,12 @@ impl Config {
                     "the image tag must name nats-server 2.10 or newer, got {:?}",
                     self.nats.kubernetes.image
                 ),
+            });
+        }
+        if self.webhook.unfinished_per_integration_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "webhook.unfinished_per_integration_max",
+                message: "must be positive".into(),
             });
         }
         if self.nats.instances_per_tenant_max == 0 {

@@ -22,6 +22,10 @@ pub struct InstanceLink {
     /// In the publish rotation. A new instance joins only once every integration
     /// subscribes on it, so nothing is published where nobody listens.
     pub accepting: AtomicBool,
+    /// Slow-consumer events of this node's connection: times its client dropped messages
+    /// because a subscription's buffer was full (each makes the tenant's `received`
+    /// messages due for re-drive at once).
+    pub slow_consumers: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl InstanceLink {

@@ -402,6 +402,17 @@ impl Platform {
         self.deadlines().take_due(now_ms, grace_ms, max, processing_ms, admit)
     }
 
+    /// Unfinished messages of one integration tracked on this node (admission control).
+    pub fn unfinished(&self, tenant: &TenantId, integration: &IntegrationId) -> usize {
+        self.deadlines().unfinished(tenant, integration)
+    }
+
+    /// Makes a tenant's `received` messages due for re-drive now (its NATS client
+    /// dropped messages).
+    pub fn expedite(&self, tenant: &TenantId) {
+        self.deadlines().expedite(tenant);
+    }
+
     /// Unfinished messages tracked for re-drive.
     pub fn tracked(&self) -> usize {
         self.deadlines().len()

@@ -230,3 +230,74 @@ async fn a_stopped_tenant_nats_does_not_slow_another_tenant() {
     );
     t.shutdown().await;
 }
+
+/// A burst far above what the integration delivers: past its bound of unfinished messages
+/// webhooks get 429 with `Retry-After` instead of joining a backlog; everything accepted
+/// is delivered once, soon after the burst, with no slow-consumer drops (so nothing waits
+/// for the re-driver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
+    use futures::StreamExt;
+    let sink = Sink::start().await;
+    let bound = 100;
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| {
+        c.webhook.unfinished_per_integration_max = bound;
+        c.state.redrive_after_ms = 60_000;
+    })
+    .await;
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("hook", &sink.url("/hook"), json!({"max_in_flight": 2})))
+        .await;
+    let burst = 1500;
+    let sends = (0..burst).map(|k| {
+        let t = &t;
+        async move {
+            let r = t
+                .http
+                .post(t.url("/webhooks/acme/hook"))
+                .body(format!("burst-{k}"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let v: serde_json::Value = r.json().await.unwrap();
+            (status, retry_after, v)
+        }
+    });
+    let answers: Vec<_> = futures::stream::iter(sends).buffer_unordered(64).collect().await;
+    let ended = tokio::time::Instant::now();
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|(s, ..)| *s == 202)
+        .map(|(_, _, v)| v["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    let refused: Vec<_> = answers.iter().filter(|(s, ..)| *s == 429).collect();
+    assert_eq!(accepted.len() + refused.len(), burst, "only 202 or 429");
+    assert!(!refused.is_empty(), "nothing was refused: the bound did not act");
+    assert!(accepted.len() >= bound, "accepted {} of {burst}", accepted.len());
+    for (_, retry_after, v) in &refused {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(v["error"]["code"], "too_many_unfinished", "{v}");
+    }
+    let drained = wait_until(Duration::from_secs(30), || async {
+        accepted.iter().all(|id| !sink.for_message(id).is_empty())
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "accepted webhooks not all delivered within 30 s of the burst"
+    );
+    eprintln!(
+        "burst {burst}: {} accepted, {} refused; all delivered {:?} after the burst",
+        accepted.len(),
+        refused.len(),
+        ended.elapsed()
+    );
+    for id in &accepted {
+        assert_eq!(sink.for_message(id).len(), 1, "{id} delivered more than once");
+    }
+    let (_, ready) = t.api(Method::GET, "/readyz", None).await;
+    assert_eq!(ready["tenants"][0]["instances"][0]["slow_consumers"], 0, "{ready}");
+    t.shutdown().await;
+}

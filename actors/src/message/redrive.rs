@@ -66,6 +66,9 @@ fn deadline(status: Status, since_ms: u64, grace_ms: u64, processing_ms: u64) ->
 #[derive(Debug, Default)]
 pub struct Deadlines {
     map: HashMap<(TenantId, MessageId), Tracked>,
+    /// Unfinished messages per integration: what admission control reads. Bound: one
+    /// entry per integration with an unfinished message.
+    per_integration: HashMap<(TenantId, IntegrationId), usize>,
 }
 
 impl Deadlines {
@@ -87,8 +90,14 @@ impl Deadlines {
             return;
         }
         if state.status.is_terminal() {
-            self.map.remove(&key);
+            self.remove(&key);
         } else {
+            if !self.map.contains_key(&key) {
+                *self
+                    .per_integration
+                    .entry((state.tenant_id.clone(), state.integration_id.clone()))
+                    .or_default() += 1;
+            }
             self.map.insert(
                 key,
                 Tracked {
@@ -105,7 +114,39 @@ impl Deadlines {
 
     /// Forgets a message that is gone from the bucket.
     pub fn forget(&mut self, tenant: &TenantId, id: &MessageId) {
-        self.map.remove(&(tenant.clone(), id.clone()));
+        self.remove(&(tenant.clone(), id.clone()));
+    }
+
+    fn remove(&mut self, key: &(TenantId, MessageId)) {
+        if let Some(t) = self.map.remove(key) {
+            let k = (key.0.clone(), t.integration);
+            if let Some(n) = self.per_integration.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_integration.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Unfinished messages of one integration that this node tracks.
+    pub fn unfinished(&self, tenant: &TenantId, integration: &IntegrationId) -> usize {
+        self.per_integration
+            .get(&(tenant.clone(), integration.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes every `received` message of a tenant due now: its NATS client dropped
+    /// messages (a slow consumer), and nothing says which.
+    pub fn expedite(&mut self, tenant: &TenantId) {
+        for ((t, _), tracked) in self.map.iter_mut() {
+            if t == tenant && tracked.status == Status::Received {
+                // Like an orphan: nobody will move it on unless it is published again.
+                tracked.orphaned = true;
+                tracked.not_before_ms = 0;
+            }
+        }
     }
 
     /// At most `max` messages past their deadline at `now_ms`; `processing_ms` gives an
@@ -255,6 +296,44 @@ mod tests {
         d.observe_orphan(&received, 1);
         d.observe(&received, 5);
         assert!(d.take_due(now, 30_000, 10, none, all).is_empty());
+    }
+
+    #[test]
+    fn unfinished_messages_are_counted_per_integration() {
+        let p = RetryPolicy::default();
+        let t = TenantId::new("t").unwrap();
+        let (a, b) = (IntegrationId::new("a").unwrap(), IntegrationId::new("b").unwrap());
+        let mut d = Deadlines::default();
+        let m1 = MessageState::received(MessageId::generate(), t.clone(), a.clone(), 0);
+        let m2 = MessageState::received(MessageId::generate(), t.clone(), a.clone(), 0);
+        d.observe(&m1, 1);
+        d.observe(&m2, 2);
+        d.observe(
+            &MessageState::received(MessageId::generate(), t.clone(), b.clone(), 0),
+            3,
+        );
+        assert_eq!((d.unfinished(&t, &a), d.unfinished(&t, &b)), (2, 1));
+        // A new state of a tracked message is not a new message.
+        let claimed = m1.apply(&Event::Claim, &p, 1).unwrap();
+        d.observe(&claimed, 4);
+        assert_eq!(d.unfinished(&t, &a), 2);
+        d.observe(&claimed.apply(&Event::Delivered, &p, 2).unwrap(), 5);
+        assert_eq!(d.unfinished(&t, &a), 1);
+        d.forget(&t, &m2.message_id);
+        assert_eq!(d.unfinished(&t, &a), 0);
+        d.forget(&t, &m2.message_id);
+        assert_eq!(d.unfinished(&t, &a), 0);
+    }
+
+    #[test]
+    fn expedited_received_messages_are_due_now() {
+        let t = TenantId::new("t").unwrap();
+        let i = IntegrationId::new("i").unwrap();
+        let mut d = Deadlines::default();
+        d.observe(&MessageState::received(MessageId::generate(), t.clone(), i, 10_000), 1);
+        assert!(d.take_due(10_001, 30_000, 10, none, all).is_empty());
+        d.expedite(&t);
+        assert_eq!(d.take_due(10_001, 30_000, 10, none, all).len(), 1);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Webhook body limit.
     pub body_bytes_max: usize,
+    /// Most unfinished messages per integration before webhooks get 429.
+    pub unfinished_max: usize,
     /// Platform NATS connection, for readiness.
     pub platform: async_nats::Client,
     /// The platform JetStream's `sync_interval` (the loss window on machine failure).

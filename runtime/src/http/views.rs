@@ -188,6 +188,8 @@ pub struct InstanceReadiness {
     /// Why it is unhealthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Times this node's client dropped messages from a full subscription buffer.
+    pub slow_consumers: u64,
 }
 
 /// NATS connectivity of every tenant on this node, per instance, from the snapshot.
@@ -206,6 +208,7 @@ pub fn readiness(directory: &Directory) -> Vec<TenantReadiness> {
                     healthy: l.health.is_healthy(),
                     nats_connected: l.client.connection_state() == async_nats::connection::State::Connected,
                     reason: l.health.reason(),
+                    slow_consumers: l.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
                 })
                 .collect();
             let (phase, reason) = match &snapshot.phase {

@@ -84,6 +84,22 @@ pub(crate) async fn receive(
     let integration = IntegrationId::new(&i).map_err(|_| not_found())?;
     // Unknown: 404 before any byte of the body is read.
     s.control.route(&tenant, &integration)?;
+    // Overload is refused, not queued: past the integration's bound of unfinished
+    // messages the sender is asked to come back (Standard Webhooks senders retry on 429).
+    let unfinished = s.control.platform().unfinished(&tenant, &integration);
+    if unfinished >= s.unfinished_max {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_unfinished",
+            format!(
+                "integration {integration} has {unfinished} unfinished messages, the limit is {} \
+                 (webhook.unfinished_per_integration_max); retry later",
+                s.unfinished_max
+            ),
+        );
+        e.retry_after_s = Some(1);
+        return Err(e);
+    }
 
     let limit = s.body_bytes_max;
     let too_large = || {

@@ -352,6 +352,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
                 retention: Duration::from_secs(900),
                 subscription_capacity: 1024,
             },
+            redrive_now: Arc::new(|_| {}),
         },
     );
     let t = TenantId::new("acme").unwrap();

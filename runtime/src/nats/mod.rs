@@ -97,16 +97,18 @@ pub async fn connect_tenant(
     urls: &[String],
     name: &str,
     subscription_capacity: usize,
+    on_slow_consumer: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let client_name = name.to_owned();
     async_nats::ConnectOptions::new()
         .name(name)
         .subscription_capacity(subscription_capacity.max(1))
         .event_callback(move |event| {
-            let client_name = client_name.clone();
+            let (client_name, on_slow_consumer) = (client_name.clone(), on_slow_consumer.clone());
             async move {
                 if let async_nats::Event::SlowConsumer(sid) = event {
-                    tracing::warn!(client = %client_name, sid, "slow consumer: the subscription buffer was full and messages were dropped; they are re-driven");
+                    tracing::warn!(client = %client_name, sid, "slow consumer: the subscription buffer was full and messages were dropped; they are re-driven now");
+                    on_slow_consumer();
                 }
             }
         })

@@ -226,10 +226,16 @@ impl TenantActorState {
         let link = match self.link(n) {
             Some(l) if l.url == url => l,
             _ => {
+                let slow_consumers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let (count, redrive, tenant) = (slow_consumers.clone(), deps.redrive_now.clone(), t.clone());
                 let client = connect_tenant(
                     std::slice::from_ref(&url),
                     &format!("vrsky-{t}-{n}"),
                     deps.settings.subscription_capacity,
+                    Arc::new(move || {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        redrive(&tenant);
+                    }),
                 )
                 .await
                 .map_err(|e| {
@@ -245,6 +251,7 @@ impl TenantActorState {
                     client,
                     health: Arc::default(),
                     accepting: std::sync::atomic::AtomicBool::new(false),
+                    slow_consumers,
                 });
                 self.instances.insert(link.clone());
                 link

@@ -52,6 +52,9 @@ pub struct TenantDeps {
     pub directory: Arc<Directory>,
     /// Settings.
     pub settings: TenantSettings,
+    /// Called when a tenant's NATS client dropped messages (a slow consumer): makes the
+    /// tenant's `received` messages due for re-drive now.
+    pub redrive_now: Arc<dyn Fn(&TenantId) + Send + Sync>,
 }
 
 /// Arguments of a TenantActor; cloned for every restart.
