@@ -1,9 +1,9 @@
 //! The VRSky runtime: configuration, adapters (NATS processes and connections, the SQL
 //! metadata store, the HTTP producer), the control layer, the HTTP server and the wiring
-//! that starts and stops a node. The `vrsky` binary is `main.rs`.
+//! that starts and stops a node. The `vrsky` binary (`src/bin/vrsky/`) adds the bench,
+//! which is not part of this library.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod control;

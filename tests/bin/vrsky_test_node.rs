@@ -4,5 +4,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    vrsky_runtime::cli::main().await
+    vrsky_runtime::cli::main(None).await
 }

@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use vrsky_actors::integration::pump;
 
 use super::{Arrivals, bench_server, record, serve};
-use crate::nats::process::ServerProcess;
-use crate::producer::HttpClient;
+use vrsky_runtime::nats::process::ServerProcess;
+use vrsky_runtime::producer::HttpClient;
 
 const SUBJECT: &str = "floor.in";
 /// As the bench's integration's `max_in_flight`.
@@ -75,7 +75,7 @@ impl Floor {
         let (sink, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals)).await?;
         let sub = tenant.queue_subscribe(SUBJECT, "floor".into()).await?;
         tenant.flush().await?;
-        let client = crate::producer::http_client()?;
+        let client = vrsky_runtime::producer::http_client()?;
         let sink: http::Uri = format!("http://{sink}/sink").parse()?;
         let worker = {
             let store = store.clone();

@@ -22,15 +22,19 @@ use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::app::{Runtime, RuntimeOptions};
-use crate::config::Config;
-use crate::nats::process::{ServerOptions, ServerProcess, find_binary, free_port, start_server};
+use vrsky_runtime::app::{Runtime, RuntimeOptions};
+use vrsky_runtime::config::Config;
+use vrsky_runtime::nats::process::{ServerOptions, ServerProcess, find_binary, free_port, start_server};
 
 mod floor;
 
 /// Benchmark arguments.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "vrsky bench",
+    about = "Measure raw NATS, raw loopback HTTP, VRSky end to end and the design floor in one run"
+)]
+pub(crate) struct BenchArgs {
     /// Webhooks per VRSky phase (and requests for the raw HTTP phase).
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
@@ -59,7 +63,7 @@ pub struct BenchArgs {
 
 /// Throughput and latency of one phase.
 #[derive(Debug, Clone, Serialize)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// Messages (or requests) completed.
     pub completed: usize,
     /// Messages per second.
@@ -76,7 +80,7 @@ pub struct Phase {
 
 /// All figures of one run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Raw core NATS publish -> subscribe.
     pub raw_nats: Phase,
     /// Raw pipelined KV puts on a JetStream server configured like the platform's
@@ -118,7 +122,7 @@ async fn bench_server(
         sync_interval: sync.unwrap_or_default().to_owned(),
         adopt: false,
         startup_timeout: Duration::from_secs(10),
-        go_max_procs: crate::config::NatsConfig::default().go_max_procs,
+        go_max_procs: vrsky_runtime::config::NatsConfig::default().go_max_procs,
     };
     Ok(start_server(bin, &options).await?)
 }
@@ -521,8 +525,8 @@ fn line(name: &str, p: &Phase) {
 }
 
 /// Runs every phase and prints the report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::app::install_crypto_provider();
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    vrsky_runtime::app::install_crypto_provider();
     anyhow::ensure!(
         args.messages > 0 && args.concurrency > 0 && args.rounds > 0,
         "--messages, --concurrency and --rounds must be positive"
@@ -547,7 +551,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let raw_nats = raw_nats(&bin, &dir, args.nats_messages, args.payload_bytes).await?;
     eprintln!("phase 2/6: raw pipelined kv put ({} puts)", args.messages * 2);
     anyhow::ensure!(
-        crate::config::valid_sync_interval(&args.platform_sync),
+        vrsky_runtime::config::valid_sync_interval(&args.platform_sync),
         "--platform-sync must be `always` or a duration such as 1s"
     );
     let raw_kv_put = raw_kv_put(&bin, &dir, args.messages * 2, args.payload_bytes, &args.platform_sync).await?;
