@@ -5,6 +5,8 @@
 
 pub mod components;
 pub mod envelope;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod ids;
 pub mod integration;
 pub mod message;

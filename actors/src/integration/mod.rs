@@ -291,3 +291,6 @@ impl Actor for IntegrationActor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

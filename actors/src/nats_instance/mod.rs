@@ -129,3 +129,6 @@ impl Actor for NatsInstanceActor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
