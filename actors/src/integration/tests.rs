@@ -43,10 +43,14 @@ async fn server() -> Server {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("nats-server (scripts/test installs it)");
-    let url = format!("nats://127.0.0.1:{port}");
+    // Owned from here: dropped (killed and reaped) on every path, the panic included.
+    let server = Server {
+        child,
+        url: format!("nats://127.0.0.1:{port}"),
+    };
     for _ in 0..250 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, url };
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
