@@ -15,8 +15,8 @@ mod tree;
 pub use spec::{Backoff, ChildKind, ChildSpec, ExitKind, Intensity, Restart, StartFn};
 pub use state::{ChildRecord, Decision};
 pub use supervisor::{
-    ChildSource, Supervisor, SupervisorArgs, SupervisorError, SupervisorExt, SupervisorMsg, SupervisorState,
-    spawn_root, supervisor_child,
+    ChildSource, ChildSourceError, Supervisor, SupervisorArgs, SupervisorError, SupervisorExt, SupervisorMsg,
+    SupervisorState, spawn_root, supervisor_child,
 };
 pub use tree::TreeNode;
 

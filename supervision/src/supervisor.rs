@@ -23,7 +23,11 @@ const STOP_CHILDREN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Produces the children a supervisor starts with. Called on every (re)start of the
 /// supervisor, so a restarted subtree is rebuilt from the current desired state rather
 /// than from a snapshot taken at first start.
-pub type ChildSource = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ChildSpec>, String>> + Send + Sync>;
+pub type ChildSource = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<ChildSpec>, ChildSourceError>> + Send + Sync>;
+
+/// Why a [`ChildSource`] could not produce the children (the desired state could not be
+/// read); the supervisor fails to start and its own supervisor applies its policy.
+pub type ChildSourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors a supervisor reports to callers.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ pub use record::{RecordError, decode_envelope, decode_stored, empty_envelope, en
 pub use redrive::{Deadlines, Due, deadline_of};
 pub use retry::{MAX_RETRIES_LIMIT, RetryPolicy};
 pub use state::{Attempt, Event, IllegalTransition, MessageState, Status, new_incarnation};
-pub use store::{Committed, Committer, MessageStore, SharedStore, StoreError, Stored, TenantPublisher};
+pub use store::{Committed, Committer, MessageStore, SharedStore, StoreError, StoreErrorKind, Stored, TenantPublisher};
 
 #[cfg(test)]
 mod model_tests;

@@ -9,10 +9,62 @@ use futures::future::BoxFuture;
 use super::{Event, MessageState, RetryPolicy, Status, empty_envelope, encode_envelope, encode_stored};
 use crate::ids::{MessageId, TenantId};
 
+/// What kind of failure a [`StoreError`] is; callers match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The store, or a tenant's NATS for a publish, did not answer or refused: try again.
+    Unavailable,
+    /// A stored value or record does not decode, or a value cannot be encoded.
+    Corrupt,
+    /// There is nowhere to publish the message now: its tenant is starting or none of its
+    /// instances is usable. The re-driver publishes it later.
+    NoRoute,
+}
+
 /// A store operation that failed; the message stays where it was and is re-driven later.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("message store: {0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A failure of `kind`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of `kind` caused by `source`, whose text it carries.
+    pub fn caused(kind: StoreErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError {
+            kind,
+            message: source.to_string(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Which kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "message store: {}", self.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A message as loaded: its state, the revision it is at, and its envelope record while it
 /// has one (see [`super::encode_stored`]).
@@ -133,7 +185,8 @@ impl Committer<'_> {
         if next.status == Status::DeadLetter {
             let record = match record {
                 Some(r) => r.clone(),
-                None => encode_envelope(&empty_envelope(&next)).map_err(|e| StoreError(e.to_string()))?,
+                None => encode_envelope(&empty_envelope(&next))
+                    .map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?,
             };
             match store.dead_letter(&next, &record).await? {
                 Some(seq) => dead_letter_seq = Some(seq),
@@ -143,7 +196,7 @@ impl Committer<'_> {
             }
         }
         let carried = if !next.status.is_terminal() { record } else { None };
-        let value = encode_stored(&next, carried).map_err(|e| StoreError(e.to_string()))?;
+        let value = encode_stored(&next, carried).map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?;
         let Some(new_rev) = store.write(&next, value.clone(), revision).await? else {
             // Someone else moved the message on: the dead letter written for this outcome
             // must not stay behind to be replayed later.

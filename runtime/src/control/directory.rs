@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use vrsky_actors::components::WebhookConsumer;
 use vrsky_actors::integration::IntegrationCounters;
-use vrsky_actors::message::{MessageState, RetryPolicy, StoreError, TenantPublisher};
+use vrsky_actors::message::{MessageState, RetryPolicy, StoreError, StoreErrorKind, TenantPublisher};
 use vrsky_actors::{IntegrationId, TenantId, wire};
 
 use super::error::ControlError;
@@ -47,10 +47,12 @@ impl Route {
     /// instance, waiting at most [`PUBLISH_TIMEOUT`]. With no usable instance nothing is
     /// published: the re-driver publishes it once one is back.
     pub async fn publish(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
-        let link = self
-            .instances
-            .pick_usable()
-            .ok_or_else(|| StoreError("no usable nats instance of the tenant; left for re-drive".into()))?;
+        let link = self.instances.pick_usable().ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NoRoute,
+                "no usable nats instance of the tenant; left for re-drive",
+            )
+        })?;
         let (headers, payload) = wire::encode(stored, revision);
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
@@ -59,12 +61,15 @@ impl Route {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError(format!(
-                "nats instance {} did not take the publish within {} ms; left for re-drive",
-                link.url,
-                PUBLISH_TIMEOUT.as_millis()
-            ))),
+            Ok(Err(e)) => Err(StoreError::caused(StoreErrorKind::Unavailable, e)),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "nats instance {} did not take the publish within {} ms; left for re-drive",
+                    link.url,
+                    PUBLISH_TIMEOUT.as_millis()
+                ),
+            )),
         }
     }
 }
@@ -204,7 +209,9 @@ impl TenantPublisher for Directory {
         Box::pin(async move {
             let route = self
                 .route(&state.tenant_id, &state.integration_id)
-                .map_err(|e| StoreError(format!("{e:?}")))?;
+                .map_err(|e| match e {
+                    RouteError::NotFound(m) | RouteError::Starting(m) => StoreError::new(StoreErrorKind::NoRoute, m),
+                })?;
             route.publish(stored, revision).await
         })
     }
@@ -252,6 +259,6 @@ mod tests {
     #[tokio::test]
     async fn a_tenant_without_a_usable_instance_is_not_published_to() {
         let err = route().publish(Bytes::from_static(b"x"), 1).await.unwrap_err();
-        assert!(err.0.contains("re-drive"), "{err}");
+        assert_eq!(err.kind(), StoreErrorKind::NoRoute, "{err}");
     }
 }

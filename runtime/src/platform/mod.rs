@@ -1,0 +1,199 @@
+//! The platform JetStream adapter: the `message_state` KV bucket, the `retry_queue` and
+//! `dead_letter_queue` streams. One concern per file:
+//!
+//! - `setup.rs`: creates the bucket and streams if missing, reads their configuration
+//!   back, and refuses to start when the server dropped a setting;
+//! - `state.rs`: message state in the bucket (ingress, revision-checked writes with
+//!   per-message TTLs for finished states), the `MessageStore` port;
+//! - `redrive.rs`: the node-local re-drive index and the start-up scan that fills it;
+//! - `retries.rs`: the retry queue's entries and its durable consumer;
+//! - `dead_letters.rs`: the dead-letter queue's entries, headers and lookups.
+
+mod dead_letters;
+mod redrive;
+mod retries;
+mod setup;
+mod state;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, stream};
+
+use vrsky_actors::message::{Deadlines, StoreError, StoreErrorKind};
+use vrsky_actors::{TenantId, subjects};
+
+pub use dead_letters::{DeadLetter, DeadLetterSummary};
+pub use retries::retry_entry_of;
+pub use state::Accepted;
+
+/// The KV bucket of message state.
+pub use vrsky_actors::subjects::STATE_BUCKET;
+/// The stream of scheduled retries.
+pub const RETRY_STREAM: &str = "retry_queue";
+/// The stream of dead letters.
+pub const DEAD_LETTER_STREAM: &str = "dead_letter_queue";
+/// The durable consumer the RetryScheduler reads the retry queue with.
+pub const RETRY_CONSUMER: &str = "vrsky-retry-scheduler";
+
+const H_EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// Retention and placement of the platform state.
+#[derive(Debug, Clone)]
+pub struct PlatformSettings {
+    /// How long a finished message's state stays in `message_state` (its per-message
+    /// TTL); unfinished states never expire.
+    pub message_state_ttl: Duration,
+    /// `retry_queue` max age.
+    pub retry_queue_max_age: Duration,
+    /// `dead_letter_queue` max age.
+    pub dead_letter_max_age: Duration,
+    /// Replicas of each (3 on a production cluster, 1 on a single dev server).
+    pub replicas: usize,
+}
+
+impl PlatformSettings {
+    /// How long a message can wait for its retries: the retry queue's max age. (Its
+    /// state is kept until it finishes, however long that takes.)
+    pub fn retention(&self) -> Duration {
+        self.retry_queue_max_age
+    }
+}
+
+/// What kind of failure a [`PlatformError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformErrorKind {
+    /// The server refused or dropped part of our configuration: start-up is refused.
+    Config,
+    /// A request failed; retrying may help.
+    Request,
+}
+
+/// A platform failure: its kind, what was being done, and the cause.
+#[derive(Debug)]
+pub struct PlatformError {
+    kind: PlatformErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PlatformError {
+    /// The server refused or dropped part of our configuration.
+    pub fn config(message: impl Into<String>) -> Self {
+        PlatformError {
+            kind: PlatformErrorKind::Config,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A request that failed without an underlying error (a stalled read).
+    pub fn request(message: impl Into<String>) -> Self {
+        PlatformError {
+            kind: PlatformErrorKind::Request,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Which kind of failure.
+    pub fn kind(&self) -> PlatformErrorKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "platform nats: {}", self.message)
+    }
+}
+
+impl std::error::Error for PlatformError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A request failure caused by `e`.
+fn req(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PlatformError {
+    let e = e.into();
+    PlatformError {
+        kind: PlatformErrorKind::Request,
+        message: e.to_string(),
+        source: Some(e),
+    }
+}
+
+fn store_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::caused(StoreErrorKind::Unavailable, e)
+}
+
+fn corrupt<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::caused(StoreErrorKind::Corrupt, e)
+}
+
+/// The platform state.
+#[derive(Clone)]
+pub struct Platform {
+    js: jetstream::Context,
+    kv: kv::Store,
+    retry: stream::Stream,
+    dlq: stream::Stream,
+    settings: PlatformSettings,
+    /// Unfinished messages this node wrote or found at start; the re-driver's input.
+    deadlines: Arc<Mutex<Deadlines>>,
+    /// Whether the start-up scan of the bucket has completed in this process.
+    scanned: Arc<AtomicBool>,
+    /// The bucket was switched to per-message TTLs at this start: finished states written
+    /// before have no TTL and would never expire; the start-up scan gives them one.
+    migrate_ttl: Arc<AtomicBool>,
+    /// The bucket's last sequence when this process opened it: anything at or below was
+    /// written by an earlier process (this one accepts nothing before it has opened).
+    opened_at_seq: u64,
+}
+
+fn header(h: &mut HeaderMap, name: &str, value: &str) {
+    // Values we set are ids, numbers and sanitised text; a refused one is skipped.
+    if let (Ok(n), Ok(v)) = (
+        name.parse::<async_nats::HeaderName>(),
+        value.parse::<async_nats::HeaderValue>(),
+    ) {
+        h.insert(n, v);
+    }
+}
+
+impl Platform {
+    /// The settings in force.
+    pub fn settings(&self) -> &PlatformSettings {
+        &self.settings
+    }
+
+    /// Forgets everything of a deleted tenant: its states and envelopes, its scheduled
+    /// retries and its dead letters, so a tenant created later with the same id sees none
+    /// of it.
+    pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<(), PlatformError> {
+        let kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
+        for (stream, filter) in [
+            (&kv_stream, subjects::tenant_state_values(tenant)),
+            (&self.retry, subjects::tenant_retries(tenant)),
+            (&self.dlq, subjects::tenant_dead_letters(tenant)),
+        ] {
+            stream.purge().filter(filter).await.map_err(req)?;
+        }
+        Ok(())
+    }
+
+    /// Per bucket and stream: name, messages held, bytes held, last sequence (messages ever
+    /// stored), for health and metrics.
+    pub async fn usage(&self) -> Result<Vec<(String, u64, u64, u64)>, PlatformError> {
+        let mut out = Vec::new();
+        for name in [subjects::state_stream(), RETRY_STREAM.into(), DEAD_LETTER_STREAM.into()] {
+            let mut s = self.js.get_stream(&name).await.map_err(req)?;
+            let st = s.info().await.map_err(req)?.state.clone();
+            out.push((name, st.messages, st.bytes, st.last_sequence));
+        }
+        Ok(out)
+    }
+}
