@@ -25,7 +25,6 @@ use tracing::{debug, info, warn};
 use vrsky_actors::integration::AbortOnDrop;
 use vrsky_actors::message::{
     Committed, Committer, Due, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
-    encode_stored,
 };
 use vrsky_actors::{MessageId, TenantId, now_ms};
 
@@ -252,8 +251,8 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         // between, the entry is there and the state still says `processing`. Retrying would
         // deliver a message that is also in the dead-letter queue; finish its commit.
         match args.platform.dead_letter(&t, &id).await {
-            Ok(Some(dl)) if dead_lettered_from(state, &dl.state) => {
-                return roll_forward(args, &stored, &dl.state).await;
+            Ok(Some(dl)) if dl.state.is_dead_letter_of(state) => {
+                return roll_forward(args, &stored, dl.state).await;
             }
             Ok(_) => {}
             // Unreadable (a corrupt entry must not hold the message forever): re-drive as
@@ -272,31 +271,26 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
     }
 }
 
-/// Whether `dead` is the dead-letter state a worker wrote for this `processing` claim (and
-/// not an entry left from before a replay): same message lifetime, written at or after
-/// the claim (the worker's own clock both times), extending the claim's attempt history.
-fn dead_lettered_from(processing: &MessageState, dead: &MessageState) -> bool {
-    dead.status == Status::DeadLetter
-        && dead.message_id == processing.message_id
-        && dead.created_at_ms == processing.created_at_ms
-        && dead.updated_at_ms >= processing.updated_at_ms
-        && dead.attempts.len() > processing.attempts.len()
-        && dead.attempts.starts_with(&processing.attempts)
-}
-
-/// Writes the dead-letter state a crashed worker had already put in the queue.
-async fn roll_forward(args: &SchedulerArgs, stored: &Stored, dead: &MessageState) {
-    let (t, id) = (&dead.tenant_id, &dead.message_id);
-    let value = match encode_stored(dead, None) {
-        Ok(v) => v,
-        Err(e) => return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: cannot encode state"),
+/// Writes the dead-letter state a crashed worker had already put in the queue, through
+/// the `Committer` like every transition.
+async fn roll_forward(args: &SchedulerArgs, stored: &Stored, dead: MessageState) {
+    let (t, id) = (dead.tenant_id.clone(), dead.message_id.clone());
+    let policy = RetryPolicy::default();
+    let committer = Committer {
+        store: &args.platform,
+        publisher: None,
+        policy: &policy,
     };
-    match args.platform.write(dead, value, stored.revision).await {
-        Ok(Some(_)) => {
+    let event = Event::FoundDeadLettered { dead: Box::new(dead) };
+    match committer
+        .commit(&stored.state, stored.revision, &event, stored.record.as_ref(), now_ms())
+        .await
+    {
+        Ok(Committed::Written(..)) => {
             info!(tenant_id = %t, message_id = %id, "found in the dead-letter queue; state set to dead_letter")
         }
         // Moved on meanwhile: the index tracks what the bucket has now.
-        Ok(None) => {}
+        Ok(Committed::Conflict | Committed::Illegal(_)) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
     }
 }
@@ -409,8 +403,8 @@ mod tests {
             .apply(&Event::Claim, &p, 2_000)
             .unwrap();
         let dead = claimed.apply(&failed(), &p, 2_500).unwrap();
-        assert!(dead_lettered_from(&claimed, &dead));
-        assert!(!dead_lettered_from(&claimed, &claimed), "not a dead-letter state");
+        assert!(dead.is_dead_letter_of(&claimed));
+        assert!(!claimed.is_dead_letter_of(&claimed), "not a dead-letter state");
 
         // Replayed, claimed again: the old entry (deleted after the replay's publish, unless
         // that node died first) is older than the new claim.
@@ -419,15 +413,21 @@ mod tests {
             .unwrap()
             .apply(&Event::Claim, &p, 4_000)
             .unwrap();
-        assert!(!dead_lettered_from(&reclaimed, &dead));
+        assert!(!dead.is_dead_letter_of(&reclaimed));
         let dead_again = reclaimed.apply(&failed(), &p, 4_100).unwrap();
-        assert!(dead_lettered_from(&reclaimed, &dead_again));
+        assert!(dead_again.is_dead_letter_of(&reclaimed));
 
         // The same id in another lifetime (its state expired, then re-created), claimed on a
         // node whose clock is behind: the creation time tells them apart.
         let other = MessageState::received(id, t, i, 5_000)
             .apply(&Event::Claim, &p, 1_500)
             .unwrap();
-        assert!(!dead_lettered_from(&other, &dead));
+        assert!(!dead.is_dead_letter_of(&other));
+        // Through the lifecycle: only the claim's own entry is adopted.
+        let adopt = |d: &MessageState| Event::FoundDeadLettered {
+            dead: Box::new(d.clone()),
+        };
+        assert_eq!(claimed.apply(&adopt(&dead), &p, 2_600).unwrap(), dead);
+        assert!(reclaimed.apply(&adopt(&dead), &p, 4_200).is_err());
     }
 }

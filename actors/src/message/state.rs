@@ -156,6 +156,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Its worker dead-lettered this claim (the entry is in the queue) and died before
+    /// writing the state: the state becomes the entry's (`processing -> dead_letter`).
+    /// Legal only when `dead` was written for this very claim.
+    FoundDeadLettered {
+        /// The state in the dead-letter entry.
+        dead: Box<MessageState>,
+    },
 }
 
 impl Event {
@@ -189,6 +196,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::Redrive => "redrive",
         Event::Replay { .. } => "replay",
         Event::Abandon { .. } => "abandon",
+        Event::FoundDeadLettered { .. } => "found_dead_lettered",
     }
 }
 
@@ -321,6 +329,9 @@ impl MessageState {
                 next.next_attempt_at_ms = None;
                 Ok(next)
             }
+            (Status::Processing, Event::FoundDeadLettered { dead }) if dead.is_dead_letter_of(self) => {
+                Ok(MessageState::clone(dead))
+            }
             (Status::DeadLetter, Event::Replay { incarnation }) => {
                 next.status = Status::Received;
                 next.incarnation = *incarnation;
@@ -331,6 +342,22 @@ impl MessageState {
             }
             _ => Err(illegal()),
         }
+    }
+}
+
+impl MessageState {
+    /// Whether `self` is the dead-letter state a worker wrote for the `processing` claim
+    /// `claim` (and not an entry left from before a replay, or from an earlier life of the
+    /// id): same message life, written at or after the claim (the worker's own clock both
+    /// times), extending the claim's attempt history.
+    pub fn is_dead_letter_of(&self, claim: &MessageState) -> bool {
+        self.status == Status::DeadLetter
+            && claim.status == Status::Processing
+            && self.message_id == claim.message_id
+            && self.created_at_ms == claim.created_at_ms
+            && self.updated_at_ms >= claim.updated_at_ms
+            && self.attempts.len() > claim.attempts.len()
+            && self.attempts.starts_with(&claim.attempts)
     }
 }
 

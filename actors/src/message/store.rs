@@ -143,6 +143,8 @@ pub enum Committed {
 ///   loser's retraction cannot empty the queue.
 /// - `received` (retry due, re-drive, replay): state first, then the publish of the same
 ///   bytes. A lost publish is re-driven after the deadline.
+/// - a dead letter found in the queue for this claim ([`Event::FoundDeadLettered`]): the
+///   state only.
 /// - anything else: the state.
 #[derive(Clone, Copy)]
 pub struct Committer<'a> {
@@ -182,7 +184,9 @@ impl Committer<'_> {
             };
         }
         let mut dead_letter_seq = None;
-        if next.status == Status::DeadLetter {
+        // A dead letter found in the queue is already there: only its state is written.
+        let entry_written = matches!(event, Event::FoundDeadLettered { .. });
+        if next.status == Status::DeadLetter && !entry_written {
             let record = match record {
                 Some(r) => r.clone(),
                 None => encode_envelope(&empty_envelope(&next))
