@@ -73,7 +73,7 @@ impl Default for StateConfig {
             replicas: 1,
             redrive_after_ms: 30_000,
             redrive_tick_ms: 1_000,
-            scheduler_concurrency: 64,
+            scheduler_concurrency: 256,
             platform_sync_interval: "always".into(),
         }
     }

@@ -73,11 +73,15 @@ pub struct SchedulerState {
 }
 
 /// Re-drives everything overdue, as fast as the permits allow, until nothing is due and
-/// nothing it started is still running. Fair between tenants: one tenant has at most
-/// half of the permits, so a tenant whose NATS is down (each of its publishes waits up to
-/// the publish bound) cannot starve the others.
+/// nothing it started is still running. Fair between tenants: while more than one tenant
+/// has re-drives due or running, each has at most half of the permits, so a tenant whose
+/// NATS is down (each of its publishes waits up to the publish bound) cannot starve the
+/// others; a tenant alone may use them all.
 async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
-    let cap = (args.concurrency / 2).max(1);
+    let half = (args.concurrency / 2).max(1);
+    let mut cap = half;
+    let mut redriven = 0usize;
+    let started = std::time::Instant::now();
     let grace = args.redrive_after.as_millis() as u64;
     // Bound: one entry per tenant with a re-drive in flight, and one completion per
     // re-drive in flight (at most `concurrency`).
@@ -97,12 +101,16 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
         }
         let directory = &args.directory;
         let mut admitted: HashMap<TenantId, usize> = HashMap::new();
+        let mut seen: std::collections::HashSet<TenantId> = in_flight.keys().cloned().collect();
         let due = args.platform.take_due(
             now_ms(),
             grace,
             permits.available_permits(),
             |t, i| processing_ms(directory, t, i),
             |t| {
+                if !seen.contains(t) {
+                    seen.insert(t.clone());
+                }
                 let n = in_flight.get(t).copied().unwrap_or(0) + admitted.get(t).copied().unwrap_or(0);
                 let ok = n < cap;
                 if ok {
@@ -111,8 +119,16 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
                 ok
             },
         );
+        cap = if seen.len() > 1 { half } else { args.concurrency };
         if due.is_empty() {
             if in_flight.is_empty() {
+                if redriven > 0 {
+                    info!(
+                        redriven,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "re-drive drained"
+                    );
+                }
                 return;
             }
             match done_rx.recv().await {
@@ -121,6 +137,7 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
             }
             continue;
         }
+        redriven += due.len();
         for due in due {
             let t = due.tenant.clone();
             let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -261,9 +278,15 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         }
     }
     let from = state.status;
-    match commit_loaded(args, &stored, Event::Redrive, now).await {
+    // An orphaned claim's worker is known to be gone: retried at once, not after backoff.
+    let event = if orphan_due && from == Status::Processing {
+        Event::WorkerGone
+    } else {
+        Event::Redrive
+    };
+    match commit_loaded(args, &stored, event, now).await {
         Ok(Some(Committed::Written(next, _))) => {
-            info!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
+            debug!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
         Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later"),
         Ok(Some(_)) => {}
@@ -333,7 +356,11 @@ impl Actor for RetryScheduler {
         let (me, platform) = (myself.clone(), args.platform.clone());
         let scan = tokio::spawn(async move {
             match platform.scan_unfinished().await {
-                Ok(found) => info!(found, "message_state scanned for unfinished messages"),
+                Ok(found) => {
+                    info!(found, "message_state scanned for unfinished messages");
+                    // What the scan found left by a dead process is due now: drain at once.
+                    let _ = me.send_message(SchedulerMsg::Tick);
+                }
                 Err(e) => {
                     warn!(error = %e, "message_state scan failed");
                     let _ = me.send_message(SchedulerMsg::InputEnded("message_state scan"));

@@ -156,6 +156,11 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Its claim's worker is known to be gone (the process that claimed it died: a node
+    /// restarted after kill -9). Like [`Event::Redrive`] from `processing` it counts as a
+    /// failed attempt, but the retry is due at once: the destination did not fail, so
+    /// there is nothing to back off from.
+    WorkerGone,
     /// Its worker dead-lettered this claim (the entry is in the queue) and died before
     /// writing the state: the state becomes the entry's (`processing -> dead_letter`).
     /// Legal only when `dead` was written for this very claim.
@@ -197,6 +202,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::Replay { .. } => "replay",
         Event::Abandon { .. } => "abandon",
         Event::FoundDeadLettered { .. } => "found_dead_lettered",
+        Event::WorkerGone => "worker_gone",
     }
 }
 
@@ -329,6 +335,24 @@ impl MessageState {
                 next.next_attempt_at_ms = None;
                 Ok(next)
             }
+            (Status::Processing, Event::WorkerGone) => {
+                let mut next = self.fail(
+                    next,
+                    policy,
+                    FailureInfo {
+                        error: "worker lost while processing (its process is gone); re-driven".into(),
+                        status: None,
+                        retryable: true,
+                        retry_after_ms: None,
+                        jitter_sample: 0.0,
+                    },
+                    now_ms,
+                );
+                if next.status == Status::Retry {
+                    next.next_attempt_at_ms = Some(now_ms);
+                }
+                Ok(next)
+            }
             (Status::Processing, Event::FoundDeadLettered { dead }) if dead.is_dead_letter_of(self) => {
                 Ok(MessageState::clone(dead))
             }
@@ -416,6 +440,27 @@ mod tests {
         assert_eq!(serde_json::from_str::<MessageState>(&old).unwrap().incarnation, 0);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<MessageState>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_gone_worker_costs_an_attempt_and_is_retried_at_once() {
+        let p = RetryPolicy::default();
+        let claimed = msg().apply(&Event::Claim, &p, 2_000).unwrap();
+        let next = claimed.apply(&Event::WorkerGone, &p, 3_000).unwrap();
+        assert_eq!(
+            (next.status, next.retry_count, next.next_attempt_at_ms),
+            (Status::Retry, 1, Some(3_000))
+        );
+        assert!(next.last_error.as_deref().unwrap().contains("process is gone"));
+        // The budget still holds: past max_retries it is dead-lettered.
+        let mut spent = claimed.clone();
+        spent.retry_count = p.max_retries;
+        assert_eq!(
+            spent.apply(&Event::WorkerGone, &p, 3_000).unwrap().status,
+            Status::DeadLetter
+        );
+        // Only a claim has a worker.
+        assert!(msg().apply(&Event::WorkerGone, &p, 3_000).is_err());
     }
 
     #[test]
