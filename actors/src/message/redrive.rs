@@ -68,7 +68,8 @@ pub struct Deadlines {
     map: HashMap<(TenantId, MessageId), Tracked>,
     /// Unfinished messages per integration: what admission control reads. Bound: one
     /// entry per integration with an unfinished message.
-    per_integration: HashMap<(TenantId, IntegrationId), usize>,
+    /// Nested so the lookups on every webhook and write clone no id.
+    per_integration: HashMap<TenantId, HashMap<IntegrationId, usize>>,
 }
 
 impl Deadlines {
@@ -93,10 +94,7 @@ impl Deadlines {
             self.remove(&key);
         } else {
             if !self.map.contains_key(&key) {
-                *self
-                    .per_integration
-                    .entry((state.tenant_id.clone(), state.integration_id.clone()))
-                    .or_default() += 1;
+                self.count(&state.tenant_id, &state.integration_id, true);
             }
             self.map.insert(
                 key,
@@ -119,20 +117,42 @@ impl Deadlines {
 
     fn remove(&mut self, key: &(TenantId, MessageId)) {
         if let Some(t) = self.map.remove(key) {
-            let k = (key.0.clone(), t.integration);
-            if let Some(n) = self.per_integration.get_mut(&k) {
+            self.count(&key.0, &t.integration, false);
+        }
+    }
+
+    /// Counts one unfinished message of an integration in (`up`) or out.
+    fn count(&mut self, tenant: &TenantId, integration: &IntegrationId, up: bool) {
+        let Some(per) = self.per_integration.get_mut(tenant) else {
+            if up {
+                let per = HashMap::from([(integration.clone(), 1)]);
+                self.per_integration.insert(tenant.clone(), per);
+            }
+            return;
+        };
+        match (per.get_mut(integration), up) {
+            (Some(n), true) => *n += 1,
+            (None, true) => {
+                per.insert(integration.clone(), 1);
+            }
+            (Some(n), false) => {
                 *n -= 1;
                 if *n == 0 {
-                    self.per_integration.remove(&k);
+                    per.remove(integration);
+                    if per.is_empty() {
+                        self.per_integration.remove(tenant);
+                    }
                 }
             }
+            (None, false) => {}
         }
     }
 
     /// Unfinished messages of one integration that this node tracks.
     pub fn unfinished(&self, tenant: &TenantId, integration: &IntegrationId) -> usize {
         self.per_integration
-            .get(&(tenant.clone(), integration.clone()))
+            .get(tenant)
+            .and_then(|per| per.get(integration))
             .copied()
             .unwrap_or(0)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use vrsky_actors::components::WebhookConsumer;
@@ -44,15 +45,53 @@ pub struct Route {
 
 impl Route {
     /// Publishes a stored message (written at `revision`) on the tenant's next usable
-    /// instance, waiting at most [`PUBLISH_TIMEOUT`]. With no usable instance nothing is
-    /// published: the re-driver publishes it once one is back.
+    /// instance, waiting at most [`PUBLISH_TIMEOUT`] for the client's buffer. With no
+    /// usable instance nothing is published: the re-driver publishes it once one is back.
     pub async fn publish(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
-        let link = self.instances.pick_usable().ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::NoRoute,
-                "no usable nats instance of the tenant; left for re-drive",
-            )
-        })?;
+        match self.try_publish(stored.clone(), revision) {
+            Some(done) => done,
+            None => self.publish_bounded(stored, revision).await,
+        }
+    }
+
+    /// Publishes without waiting, for a caller that will not wait (the webhook after its
+    /// 202): done at once when the client's buffer has room, as it has unless the tenant's
+    /// server is stuck; otherwise a task waits for it, at most [`PUBLISH_TIMEOUT`].
+    pub fn publish_detached(
+        self: Arc<Self>,
+        stored: Bytes,
+        revision: u64,
+        on_failure: impl FnOnce(StoreError) + Send + 'static,
+    ) {
+        match self.try_publish(stored.clone(), revision) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => on_failure(e),
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = self.publish_bounded(stored, revision).await {
+                        on_failure(e);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The publish if it completes without waiting (no timer, no task): `None` when the
+    /// client's buffer is full.
+    fn try_publish(&self, stored: Bytes, revision: u64) -> Option<Result<(), StoreError>> {
+        let link = match self.instances.pick_usable() {
+            Some(l) => l,
+            None => return Some(Err(no_route())),
+        };
+        let (headers, payload) = wire::encode(stored, revision);
+        link.client
+            .publish_with_headers(self.subject.clone(), headers, payload)
+            .now_or_never()
+            .map(|r| r.map_err(|e| StoreError::caused(StoreErrorKind::Unavailable, e)))
+    }
+
+    async fn publish_bounded(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
+        let link = self.instances.pick_usable().ok_or_else(no_route)?;
         let (headers, payload) = wire::encode(stored, revision);
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
@@ -72,6 +111,13 @@ impl Route {
             )),
         }
     }
+}
+
+fn no_route() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::NoRoute,
+        "no usable nats instance of the tenant; left for re-drive",
+    )
 }
 
 /// Where a tenant's subtree is.

@@ -202,14 +202,12 @@ pub(crate) async fn receive(
                 revision,
                 stored,
             } => {
-                // Core NATS, the bytes just stored, after the answer: a tenant whose NATS is
-                // down or slow never holds the 202 (the publish is bounded, and a lost one
-                // is re-driven).
-                tokio::spawn(async move {
-                    if let Err(e) = route.publish(stored, revision).await {
-                        warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
-                            message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
-                    }
+                // Core NATS, the bytes just stored, without holding the answer: a tenant
+                // whose NATS is down or stuck never delays the 202 (the publish is
+                // bounded, and a lost one is re-driven).
+                route.publish_detached(stored, revision, move |e| {
+                    warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
+                        message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
                 });
                 Ok((
                     StatusCode::ACCEPTED,
