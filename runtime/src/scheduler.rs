@@ -4,13 +4,18 @@
 //! - **Due retries.** A durable work-queue consumer of `retry_queue`: an entry not yet due
 //!   is NAKed with the remaining delay; a due one moves its message `retry -> received` and
 //!   publishes it for delivery, then is acknowledged.
-//! - **Re-drive.** Every tick, a message past its deadline in the platform's
-//!   [`Deadlines`](vrsky_actors::message::Deadlines) index gets [`Event::Redrive`]: a lost
-//!   publish is published again, a claim whose worker died counts as a failed attempt, an
-//!   overdue retry is made due. The index holds what this node stored; at start the
-//!   scheduler scans the bucket once so what a crashed predecessor left is found too.
+//! - **Re-drive.** A message past its deadline in the re-drive index gets
+//!   [`Event::Redrive`]: a lost publish is published again, a claim whose worker died
+//!   counts as a failed attempt, an overdue retry is made due.
 //!
-//! Handling runs in tasks bounded by `concurrency`; the actor itself only routes.
+//! The index ([`Deadlines`](vrsky_actors::message::Deadlines)) is this actor's own state.
+//! The platform reports every state this node writes to it (`Observation`s through a
+//! channel a forwarder batches into `Observed` messages); at each start the actor scans the
+//! bucket, so what a crashed predecessor left (orphans, due at once) and what a previous
+//! instance of the actor tracked are found again. From the index it keeps each
+//! integration's `unfinished` gauge, which admission control reads. A drain task asks it
+//! for overdue messages (`TakeDue`) and runs the re-drives in tasks bounded by
+//! `concurrency`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,17 +24,22 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::atomic::Ordering;
+
+use ractor::RpcReplyPort;
+use ractor::rpc::CallResult;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use vrsky_actors::integration::AbortOnDrop;
 use vrsky_actors::message::{
-    Committed, Committer, Due, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored, deadline_of,
+    Committed, Committer, Deadlines, Due, Event, MessageState, MessageStore, RetryPolicy, Status, StoreError, Stored,
+    deadline_of,
 };
-use vrsky_actors::{MessageId, TenantId, now_ms};
+use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::control::{Directory, RouteError};
-use crate::platform::{Platform, retry_entry_of};
+use crate::platform::{Observation, Platform, retry_entry_of};
 
 /// Scheduler settings.
 #[derive(Clone)]
@@ -47,6 +57,20 @@ pub struct SchedulerArgs {
     pub concurrency: usize,
 }
 
+/// Most observations handed to the actor in one message.
+const OBSERVATIONS_BATCH_MAX: usize = 1024;
+/// How long the drain waits for the actor to hand out overdue messages.
+const TAKE_DUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the drain asks the actor for: at most `max` overdue messages, at most `cap` in
+/// flight per tenant counting those `in_flight` already.
+#[derive(Debug)]
+pub struct TakeDue {
+    max: usize,
+    cap: usize,
+    in_flight: HashMap<TenantId, usize>,
+}
+
 /// Messages of the scheduler.
 #[derive(Debug)]
 pub enum SchedulerMsg {
@@ -55,6 +79,11 @@ pub enum SchedulerMsg {
     /// An input stream ended (or the start-up scan failed); the actor fails and is
     /// restarted.
     InputEnded(&'static str),
+    /// What the platform wrote or found, in order (batched by the forwarder).
+    Observed(Vec<Observation>),
+    /// The drain asks for overdue messages; the answer says whether more than one tenant
+    /// has re-drives due or running.
+    TakeDue(TakeDue, RpcReplyPort<(Vec<Due>, bool)>),
 }
 
 /// The actor.
@@ -65,7 +94,11 @@ pub struct RetryScheduler;
 pub struct SchedulerState {
     args: SchedulerArgs,
     permits: Arc<Semaphore>,
+    /// The re-drive index: unfinished messages and their deadlines, owned here and fed
+    /// by the platform's observations and the scan.
+    deadlines: Deadlines,
     _retry_pump: AbortOnDrop,
+    _forwarder: AbortOnDrop,
     _scan: AbortOnDrop,
     _ticker: AbortOnDrop,
     /// The running re-drive drain, if any.
@@ -77,12 +110,11 @@ pub struct SchedulerState {
 /// has re-drives due or running, each has at most half of the permits, so a tenant whose
 /// NATS is down (each of its publishes waits up to the publish bound) cannot starve the
 /// others; a tenant alone may use them all.
-async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
+async fn drain(me: ActorRef<SchedulerMsg>, args: SchedulerArgs, permits: Arc<Semaphore>) {
     let half = (args.concurrency / 2).max(1);
     let mut cap = half;
     let mut redriven = 0usize;
     let started = std::time::Instant::now();
-    let grace = args.redrive_after.as_millis() as u64;
     // Bound: one entry per tenant with a re-drive in flight, and one completion per
     // re-drive in flight (at most `concurrency`).
     let mut in_flight: HashMap<TenantId, usize> = HashMap::new();
@@ -99,27 +131,16 @@ async fn drain(args: SchedulerArgs, permits: Arc<Semaphore>) {
         while let Ok(t) = done_rx.try_recv() {
             release(&mut in_flight, t);
         }
-        let directory = &args.directory;
-        let mut admitted: HashMap<TenantId, usize> = HashMap::new();
-        let mut seen: std::collections::HashSet<TenantId> = in_flight.keys().cloned().collect();
-        let due = args.platform.take_due(
-            now_ms(),
-            grace,
-            permits.available_permits(),
-            |t, i| processing_ms(directory, t, i),
-            |t| {
-                if !seen.contains(t) {
-                    seen.insert(t.clone());
-                }
-                let n = in_flight.get(t).copied().unwrap_or(0) + admitted.get(t).copied().unwrap_or(0);
-                let ok = n < cap;
-                if ok {
-                    *admitted.entry(t.clone()).or_default() += 1;
-                }
-                ok
-            },
-        );
-        cap = if seen.len() > 1 { half } else { args.concurrency };
+        let ask = TakeDue {
+            max: permits.available_permits(),
+            cap,
+            in_flight: in_flight.clone(),
+        };
+        let (due, several) = match me.call(|r| SchedulerMsg::TakeDue(ask, r), Some(TAKE_DUE_TIMEOUT)).await {
+            Ok(CallResult::Success(answer)) => answer,
+            _ => return,
+        };
+        cap = if several { half } else { args.concurrency };
         if due.is_empty() {
             if in_flight.is_empty() {
                 if redriven > 0 {
@@ -318,6 +339,71 @@ async fn roll_forward(args: &SchedulerArgs, stored: &Stored, dead: MessageState)
     }
 }
 
+impl SchedulerState {
+    /// Applies observations to the index, then sets the `unfinished` gauge of every
+    /// integration they touched.
+    fn observe(&mut self, batch: Vec<Observation>) {
+        // Bound: the distinct integrations of one batch.
+        let mut touched: Vec<(TenantId, IntegrationId)> = Vec::new();
+        let mut touch = |t: &TenantId, i: &IntegrationId| {
+            if !touched.iter().any(|(a, b)| a == t && b == i) {
+                touched.push((t.clone(), i.clone()));
+            }
+        };
+        for o in batch {
+            match o {
+                Observation::Stored(o) => {
+                    touch(&o.tenant, &o.integration);
+                    self.deadlines.record(o, false);
+                }
+                Observation::Orphan(o) => {
+                    touch(&o.tenant, &o.integration);
+                    self.deadlines.record(o, true);
+                }
+                Observation::Gone(t, id) => {
+                    if let Some(i) = self.deadlines.forget(&t, &id) {
+                        touch(&t, &i);
+                    }
+                }
+                Observation::Expedite(t) => self.deadlines.expedite(&t),
+            }
+        }
+        for (t, i) in touched {
+            if let Some(c) = self.args.directory.get(&t).and_then(|s| s.counters.get(&i).cloned()) {
+                c.unfinished
+                    .store(self.deadlines.unfinished(&t, &i) as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands out overdue messages to the drain (see [`TakeDue`]).
+    fn take_due(&mut self, ask: TakeDue) -> (Vec<Due>, bool) {
+        let TakeDue { max, cap, in_flight } = ask;
+        let grace = self.args.redrive_after.as_millis() as u64;
+        let directory = &self.args.directory;
+        let mut admitted: HashMap<TenantId, usize> = HashMap::new();
+        let mut seen: std::collections::HashSet<TenantId> = in_flight.keys().cloned().collect();
+        let due = self.deadlines.take_due(
+            now_ms(),
+            grace,
+            max,
+            |t, i| processing_ms(directory, t, i),
+            |t| {
+                if !seen.contains(t) {
+                    seen.insert(t.clone());
+                }
+                let n = in_flight.get(t).copied().unwrap_or(0) + admitted.get(t).copied().unwrap_or(0);
+                let ok = n < cap;
+                if ok {
+                    *admitted.entry(t.clone()).or_default() += 1;
+                }
+                ok
+            },
+        );
+        (due, seen.len() > 1)
+    }
+}
+
 impl Actor for RetryScheduler {
     type Msg = SchedulerMsg;
     type State = SchedulerState;
@@ -352,7 +438,28 @@ impl Actor for RetryScheduler {
             }
             let _ = me.send_message(SchedulerMsg::InputEnded("retry queue"));
         });
-        // What a crashed predecessor left unfinished (once per process).
+        // The re-drive index is this actor's: the platform reports every write to it from
+        // now on, and the scan below (after attaching) finds everything written before,
+        // including what a previous instance of this actor had tracked.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        args.platform.attach_observer(tx);
+        for (_, snapshot) in args.directory.all() {
+            for c in snapshot.counters.values() {
+                c.unfinished.store(0, Ordering::Relaxed);
+            }
+        }
+        let me = myself.clone();
+        let forwarder = tokio::spawn(async move {
+            // Bound: the channel holds what arrives between two batches.
+            let mut batch = Vec::with_capacity(OBSERVATIONS_BATCH_MAX);
+            while rx.recv_many(&mut batch, OBSERVATIONS_BATCH_MAX).await > 0 {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(OBSERVATIONS_BATCH_MAX));
+                if me.send_message(SchedulerMsg::Observed(full)).is_err() {
+                    break;
+                }
+            }
+        });
+        // What a crashed predecessor left unfinished, and what this actor's index held.
         let (me, platform) = (myself.clone(), args.platform.clone());
         let scan = tokio::spawn(async move {
             match platform.scan_unfinished().await {
@@ -375,7 +482,9 @@ impl Actor for RetryScheduler {
         Ok(SchedulerState {
             args,
             permits,
+            deadlines: Deadlines::default(),
             _retry_pump: AbortOnDrop(retry_pump),
+            _forwarder: AbortOnDrop(forwarder),
             _scan: AbortOnDrop(scan),
             _ticker: AbortOnDrop(ticker),
             drain: None,
@@ -384,7 +493,7 @@ impl Actor for RetryScheduler {
 
     async fn handle(
         &self,
-        _myself: ActorRef<SchedulerMsg>,
+        myself: ActorRef<SchedulerMsg>,
         msg: SchedulerMsg,
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
@@ -394,8 +503,12 @@ impl Actor for RetryScheduler {
                 // re-driven at the speed of normal delivery, not one batch per tick.
                 if state.drain.as_ref().is_none_or(|d| d.0.is_finished()) {
                     let (args, permits) = (state.args.clone(), state.permits.clone());
-                    state.drain = Some(AbortOnDrop(tokio::spawn(drain(args, permits))));
+                    state.drain = Some(AbortOnDrop(tokio::spawn(drain(myself, args, permits))));
                 }
+            }
+            SchedulerMsg::Observed(batch) => state.observe(batch),
+            SchedulerMsg::TakeDue(ask, reply) => {
+                let _ = reply.send(state.take_due(ask));
             }
             SchedulerMsg::InputEnded(what) => return Err(format!("{what} ended").into()),
         }

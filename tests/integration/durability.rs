@@ -541,6 +541,33 @@ async fn a_restarted_node_redrives_what_its_predecessor_left_at_once() {
     t.shutdown().await;
 }
 
+/// The re-drive index is the RetryScheduler's own state: when the actor is killed and
+/// restarted, it scans the bucket again, so a message it was tracking (stored, never
+/// published) is still re-driven and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_rebuilds_its_index() {
+    let sink = Sink::start().await;
+    let t = setup_with(&sink, fast_retry(3), 3_000).await;
+    let id = MessageId::generate();
+    let accepted = t
+        .rt()
+        .control
+        .platform()
+        .accept(&envelope(&id), hook_incarnation(&t), now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(accepted, vrsky_runtime::platform::Accepted::New { .. }));
+    // Killed before the message's grace (3 s) has passed: only the new instance's scan
+    // can find it.
+    let scheduler = t.rt().control.runtime_child("retry-scheduler").await.unwrap().unwrap();
+    scheduler.kill();
+    t.wait_running("retry-scheduler", 1).await;
+    let state = t.wait_status("acme", id.as_str(), "completed").await;
+    assert_eq!(state["retry_count"], 0, "{state}");
+    assert_eq!(sink.for_message(id.as_str()).len(), 1);
+    t.shutdown().await;
+}
+
 /// Dead letters page newest first; a bulk replay reports its matches on a dry run, then
 /// replays them; a dead letter can be deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,9 @@ pub struct IntegrationCounters {
     pub retried: AtomicU64,
     /// Messages moved to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Unfinished messages on this node now (a gauge the RetryScheduler keeps from its
+    /// re-drive index; admission control reads it).
+    pub unfinished: AtomicU64,
 }
 
 /// A snapshot of [`IntegrationCounters`].
@@ -80,6 +83,8 @@ pub struct IntegrationStats {
     pub retried: u64,
     /// Messages moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Unfinished messages (received, processing or waiting for a retry) on this node.
+    pub unfinished: u64,
 }
 
 impl IntegrationCounters {
@@ -94,6 +99,7 @@ impl IntegrationCounters {
             malformed: self.malformed.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            unfinished: self.unfinished.load(Ordering::Relaxed),
         }
     }
 }

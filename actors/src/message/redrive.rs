@@ -61,6 +61,39 @@ fn deadline(status: Status, since_ms: u64, grace_ms: u64, processing_ms: u64) ->
     }
 }
 
+/// What the index needs of a stored state: the message, its integration, its status, the
+/// time its deadline counts from, and its revision. Sent from the writers to the index's
+/// owner (the RetryScheduler) in place of the whole state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The message.
+    pub id: MessageId,
+    /// Its integration.
+    pub integration: IntegrationId,
+    /// Its status.
+    pub status: Status,
+    /// `updated_at_ms`, or with `retry` the time the retry is due.
+    pub since_ms: u64,
+    /// The revision it was stored at.
+    pub revision: u64,
+}
+
+impl Observed {
+    /// What the index needs of `state`, stored at `revision`.
+    pub fn of(state: &MessageState, revision: u64) -> Self {
+        Observed {
+            tenant: state.tenant_id.clone(),
+            id: state.message_id.clone(),
+            integration: state.integration_id.clone(),
+            status: state.status,
+            since_ms: since_of(state),
+            revision,
+        }
+    }
+}
+
 /// The in-memory index of unfinished messages. Bound: one entry per message that is not
 /// completed or dead-lettered, i.e. what is in flight plus what is waiting for a retry.
 #[derive(Debug, Default)]
@@ -76,33 +109,35 @@ impl Deadlines {
     /// Records a state stored at `revision`; a finished one is forgotten. An observation
     /// older than the one held (a scan racing live writes) is ignored.
     pub fn observe(&mut self, state: &MessageState, revision: u64) {
-        self.track(state, revision, false);
+        self.record(Observed::of(state, revision), false);
     }
 
     /// Records a state left by a process that is gone (a node killed and restarted, later
     /// a tenant's previous owner): it is re-driven at once rather than after the grace.
     pub fn observe_orphan(&mut self, state: &MessageState, revision: u64) {
-        self.track(state, revision, true);
+        self.record(Observed::of(state, revision), true);
     }
 
-    fn track(&mut self, state: &MessageState, revision: u64, orphaned: bool) {
-        let key = (state.tenant_id.clone(), state.message_id.clone());
-        if self.map.get(&key).is_some_and(|t| t.revision > revision) {
+    /// Records an observation (see [`Deadlines::observe`]); `orphaned` as in
+    /// [`Deadlines::observe_orphan`].
+    pub fn record(&mut self, o: Observed, orphaned: bool) {
+        let key = (o.tenant, o.id);
+        if self.map.get(&key).is_some_and(|t| t.revision > o.revision) {
             return;
         }
-        if state.status.is_terminal() {
-            self.remove(&key);
+        if o.status.is_terminal() {
+            let _ = self.remove(&key);
         } else {
             if !self.map.contains_key(&key) {
-                self.count(&state.tenant_id, &state.integration_id, true);
+                self.count(&key.0, &o.integration, true);
             }
             self.map.insert(
                 key,
                 Tracked {
-                    revision,
-                    status: state.status,
-                    integration: state.integration_id.clone(),
-                    since_ms: since_of(state),
+                    revision: o.revision,
+                    status: o.status,
+                    integration: o.integration,
+                    since_ms: o.since_ms,
                     not_before_ms: 0,
                     orphaned,
                 },
@@ -110,15 +145,16 @@ impl Deadlines {
         }
     }
 
-    /// Forgets a message that is gone from the bucket.
-    pub fn forget(&mut self, tenant: &TenantId, id: &MessageId) {
-        self.remove(&(tenant.clone(), id.clone()));
+    /// Forgets a message that is gone from the bucket; returns its integration if it was
+    /// tracked.
+    pub fn forget(&mut self, tenant: &TenantId, id: &MessageId) -> Option<IntegrationId> {
+        self.remove(&(tenant.clone(), id.clone()))
     }
 
-    fn remove(&mut self, key: &(TenantId, MessageId)) {
-        if let Some(t) = self.map.remove(key) {
-            self.count(&key.0, &t.integration, false);
-        }
+    fn remove(&mut self, key: &(TenantId, MessageId)) -> Option<IntegrationId> {
+        let t = self.map.remove(key)?;
+        self.count(&key.0, &t.integration, false);
+        Some(t.integration)
     }
 
     /// Counts one unfinished message of an integration in (`up`) or out.

@@ -41,6 +41,8 @@ pub struct Route {
     pub timeout_ms: u64,
     /// Which life of the integration id this is; ingress stamps it on every message.
     pub incarnation: u64,
+    /// The integration's counters; ingress reads its `unfinished` gauge (admission).
+    pub counters: Arc<IntegrationCounters>,
 }
 
 impl Route {
@@ -276,6 +278,7 @@ mod tests {
             retry: RetryPolicy::default(),
             timeout_ms: 1,
             incarnation: 1,
+            counters: Arc::default(),
         })
     }
 

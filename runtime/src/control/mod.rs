@@ -316,6 +316,12 @@ impl Control {
         self.ask(t, TenantMsg::ListInstances).await
     }
 
+    /// A running child of the runtime supervisor (`retry-scheduler`, `tenant:{t}`), if it
+    /// runs now.
+    pub async fn runtime_child(&self, name: &str) -> Result<Option<ractor::ActorCell>, ControlError> {
+        Ok(self.root.child(name).await?)
+    }
+
     /// The running IntegrationActor of an integration, if it runs now.
     pub async fn integration_cell(
         &self,

@@ -83,10 +83,11 @@ pub(crate) async fn receive(
     let tenant = TenantId::new(&t).map_err(|_| not_found())?;
     let integration = IntegrationId::new(&i).map_err(|_| not_found())?;
     // Unknown: 404 before any byte of the body is read.
-    s.control.route(&tenant, &integration)?;
+    let first = s.control.route(&tenant, &integration)?;
     // Overload is refused, not queued: past the integration's bound of unfinished
     // messages the sender is asked to come back (Standard Webhooks senders retry on 429).
-    let unfinished = s.control.platform().unfinished(&tenant, &integration);
+    // The gauge is the RetryScheduler's count from its re-drive index.
+    let unfinished = first.counters.unfinished.load(std::sync::atomic::Ordering::Relaxed) as usize;
     if unfinished >= s.unfinished_max {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -15,17 +15,18 @@ mod retries;
 mod setup;
 mod state;
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
 
-use vrsky_actors::message::{Deadlines, StoreError, StoreErrorKind};
+use vrsky_actors::message::{StoreError, StoreErrorKind};
 use vrsky_actors::{TenantId, subjects};
 
 pub use dead_letters::{DeadLetter, DeadLetterSummary};
+pub use redrive::Observation;
 pub use retries::retry_entry_of;
 pub use state::Accepted;
 
@@ -142,10 +143,9 @@ pub struct Platform {
     retry: stream::Stream,
     dlq: stream::Stream,
     settings: PlatformSettings,
-    /// Unfinished messages this node wrote or found at start; the re-driver's input.
-    deadlines: Arc<Mutex<Deadlines>>,
-    /// Whether the start-up scan of the bucket has completed in this process.
-    scanned: Arc<AtomicBool>,
+    /// Where every write and the scan are reported: the RetryScheduler, which owns the
+    /// re-drive index.
+    observer: Arc<redrive::Observer>,
     /// The bucket was switched to per-message TTLs at this start: finished states written
     /// before have no TTL and would never expire; the start-up scan gives them one.
     migrate_ttl: Arc<AtomicBool>,

@@ -1,76 +1,81 @@
-//! The node-local re-drive index (`Deadlines`): every state this node writes is observed
-//! into it, and the start-up scan fills it with what earlier processes left unfinished
-//! (orphans, re-driven at once).
+//! What the platform tells the re-drive index: every state this node writes is reported
+//! to the index's owner, the RetryScheduler, as an [`Observation`]; the start-up scan
+//! reports what earlier processes left unfinished (orphans, re-driven at once). The index
+//! itself (`Deadlines`) is the scheduler's own state.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
-use vrsky_actors::message::{Deadlines, Due, MessageState, decode_stored, parse_state_key};
-use vrsky_actors::{IntegrationId, MessageId, TenantId, subjects};
+use vrsky_actors::message::{MessageState, Observed, decode_stored, parse_state_key};
+use vrsky_actors::{MessageId, TenantId, subjects};
 
 use super::{Platform, PlatformError, req};
 
 const H_TTL: &str = "Nats-TTL";
 
+/// A report to the re-drive index.
+#[derive(Debug)]
+pub enum Observation {
+    /// A state stored (or read) at a revision.
+    Stored(Observed),
+    /// A state found by the scan, written by a process that is gone.
+    Orphan(Observed),
+    /// A message gone from the bucket.
+    Gone(TenantId, MessageId),
+    /// A tenant's NATS client dropped messages: its `received` ones are due now.
+    Expedite(TenantId),
+}
+
+/// Where observations go: the running RetryScheduler's channel, replaced at each of its
+/// (re)starts. While none is attached they are dropped; a scheduler that starts scans the
+/// bucket after attaching, which finds every state written before.
+#[derive(Debug, Default)]
+pub(super) struct Observer {
+    tx: ArcSwapOption<mpsc::UnboundedSender<Observation>>,
+}
+
+impl Observer {
+    fn send(&self, o: Observation) {
+        if let Some(tx) = self.tx.load().as_ref() {
+            let _ = tx.send(o);
+        }
+    }
+}
+
 impl Platform {
-    fn deadlines(&self) -> std::sync::MutexGuard<'_, Deadlines> {
-        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sends this process's observations to `tx` from now on (the RetryScheduler's).
+    pub fn attach_observer(&self, tx: mpsc::UnboundedSender<Observation>) {
+        self.observer.tx.store(Some(Arc::new(tx)));
     }
 
-    /// Records a state this node stored (or found), for re-drive.
+    /// Reports a state this node stored (or found), for re-drive.
     pub fn observe(&self, state: &MessageState, revision: u64) {
-        self.deadlines().observe(state, revision);
+        self.observer.send(Observation::Stored(Observed::of(state, revision)));
     }
 
-    /// Stops tracking a message that is gone.
+    /// Reports a message that is gone.
     pub fn forget(&self, tenant: &TenantId, id: &MessageId) {
-        self.deadlines().forget(tenant, id);
-    }
-
-    /// Overdue messages (see [`Deadlines::take_due`]).
-    pub fn take_due(
-        &self,
-        now_ms: u64,
-        grace_ms: u64,
-        max: usize,
-        processing_ms: impl Fn(&TenantId, &IntegrationId) -> u64,
-        admit: impl FnMut(&TenantId) -> bool,
-    ) -> Vec<Due> {
-        self.deadlines().take_due(now_ms, grace_ms, max, processing_ms, admit)
-    }
-
-    /// Unfinished messages of one integration tracked on this node (admission control).
-    pub fn unfinished(&self, tenant: &TenantId, integration: &IntegrationId) -> usize {
-        self.deadlines().unfinished(tenant, integration)
+        self.observer.send(Observation::Gone(tenant.clone(), id.clone()));
     }
 
     /// Makes a tenant's `received` messages due for re-drive now (its NATS client
     /// dropped messages).
     pub fn expedite(&self, tenant: &TenantId) {
-        self.deadlines().expedite(tenant);
+        self.observer.send(Observation::Expedite(tenant.clone()));
     }
 
-    /// Unfinished messages tracked for re-drive.
-    pub fn tracked(&self) -> usize {
-        self.deadlines().len()
-    }
-
-    /// Whether the start-up scan has completed.
-    pub fn scanned(&self) -> bool {
-        self.scanned.load(Ordering::Acquire)
-    }
-
-    /// Reads the latest value of every key of the bucket once and tracks the unfinished
-    /// messages, so a node restarted after a crash re-drives what was in flight. Runs once
-    /// per process; the cost grows with the bucket (every message of the last TTL).
-    /// Returns how many unfinished messages were found.
+    /// Reads the latest value of every key of the bucket and reports the unfinished
+    /// messages, so a node restarted after a crash re-drives what was in flight (and a
+    /// restarted scheduler rebuilds its index). The cost grows with the bucket (every
+    /// unfinished message, and the finished ones of the last TTL). Returns how many
+    /// unfinished messages were found.
     pub async fn scan_unfinished(&self) -> Result<usize, PlatformError> {
-        if self.scanned() {
-            return Ok(0);
-        }
         let mut kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
         let mut found = 0;
         let migrate = self.migrate_ttl.load(Ordering::Acquire);
@@ -103,11 +108,12 @@ impl Platform {
                     if !state.status.is_terminal() {
                         // Written before this process opened the bucket: by a process that
                         // is gone, so it is re-driven at once.
-                        if revision <= self.opened_at_seq {
-                            self.deadlines().observe_orphan(&state, revision);
+                        let o = Observed::of(&state, revision);
+                        self.observer.send(if revision <= self.opened_at_seq {
+                            Observation::Orphan(o)
                         } else {
-                            self.observe(&state, revision);
-                        }
+                            Observation::Stored(o)
+                        });
                         found += 1;
                     } else if migrate && m.headers.as_ref().and_then(|h| h.get(H_TTL)).is_none() {
                         without_ttl.push((state, m.payload.clone(), revision));
@@ -127,7 +133,6 @@ impl Platform {
             self.write_value(&state, value, revision).await.map_err(req)?;
         }
         self.migrate_ttl.store(false, Ordering::Release);
-        self.scanned.store(true, Ordering::Release);
         Ok(found)
     }
 }

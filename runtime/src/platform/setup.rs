@@ -147,8 +147,7 @@ impl Platform {
             retry,
             dlq,
             settings,
-            deadlines: Arc::default(),
-            scanned: Arc::default(),
+            observer: Arc::default(),
             migrate_ttl: Arc::new(AtomicBool::new(migrating)),
             opened_at_seq,
         })

@@ -306,7 +306,8 @@ impl TenantActorState {
     pub(super) fn publish(&mut self) {
         let t = self.args.tenant_id.clone();
         let ids: Vec<IntegrationId> = self.model.integrations.keys().cloned().collect();
-        let counters = ids.iter().map(|id| (id.clone(), self.counters_of(id))).collect();
+        let counters: HashMap<IntegrationId, Arc<IntegrationCounters>> =
+            ids.iter().map(|id| (id.clone(), self.counters_of(id))).collect();
         let routes = self
             .model
             .integrations
@@ -320,6 +321,7 @@ impl TenantActorState {
                     retry: m.spec.retry,
                     timeout_ms: http.timeout_ms,
                     incarnation: m.incarnation,
+                    counters: counters.get(&m.spec.id).cloned().unwrap_or_default(),
                 };
                 (m.spec.id.clone(), Arc::new(route))
             })
