@@ -8,7 +8,7 @@
 //!   [`Event::Redrive`]: a lost publish is published again, a claim whose worker died
 //!   counts as a failed attempt, an overdue retry is made due.
 //!
-//! The index ([`Deadlines`](vrsky_actors::message::Deadlines)) is this actor's own state.
+//! The index ([`Deadlines`]) is this actor's own state.
 //! The platform reports every state this node writes to it (`Observation`s through a
 //! channel a forwarder batches into `Observed` messages); at each start the actor scans the
 //! bucket, so what a crashed predecessor left (orphans, due at once) and what a previous
