@@ -400,3 +400,142 @@ async fn spawned_servers_get_the_configured_gomaxprocs() {
     }
     t.shutdown().await;
 }
+
+async fn instance_status(t: &TestRuntime, tenant: &str) -> Vec<(u64, String)> {
+    let (s, v) = t.api(Method::GET, &format!("/api/tenants/{tenant}/stats"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, list) = t
+        .api(Method::GET, &format!("/api/tenants/{tenant}/nats-instances"), None)
+        .await;
+    list["nats_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["instance_number"].as_u64().unwrap(),
+                i["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `n` distinct messages arrived on `path`.
+async fn wait_distinct(sink: &Sink, path: &str, n: usize) {
+    wait_until(WAIT, || async { sink.ids(path).len() >= n })
+        .await
+        .unwrap_or_else(|()| panic!("{} of {n} distinct messages on {path}", sink.ids(path).len()));
+}
+
+/// Scale-in through the TenantActor: a drained instance takes no new messages, survives a
+/// node restart as draining, and is removed under load without losing a message; its
+/// number is not reused. Refusals are precise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_drained_then_removed_under_load_and_nothing_is_lost() {
+    let mut t = start().await;
+    let sink = Sink::start().await;
+    let data = t.dir.path().to_path_buf();
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("hook", &sink.url("/acme"), json!({})))
+        .await;
+    let (s, _) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!(s, 201);
+
+    // Refusals: unknown numbers, removing an active instance, draining the last active one.
+    for path in [
+        "/api/tenants/acme/nats-instances/9/drain",
+        "/api/tenants/acme/nats-instances/x/drain",
+    ] {
+        let (s, v) = t.api(Method::POST, path, None).await;
+        assert_eq!(s, 404, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+    }
+    let (s, v) = t.api(Method::DELETE, "/api/tenants/acme/nats-instances/1", None).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("drain it before removing it"),
+        "{v}"
+    );
+
+    let (s, v) = t
+        .api(Method::POST, "/api/tenants/acme/nats-instances/1/drain", None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("draining")), "{v}");
+    let (s, _) = t
+        .api(Method::POST, "/api/tenants/acme/nats-instances/1/drain", None)
+        .await;
+    assert_eq!(s, 200, "draining twice is not an error");
+    let (s, v) = t
+        .api(Method::POST, "/api/tenants/acme/nats-instances/2/drain", None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("last active"), "{v}");
+
+    // A draining instance gets no new messages, also after a restart of the node.
+    t.restart().await;
+    assert_eq!(
+        instance_status(&t, "acme").await,
+        vec![(1, "draining".to_owned()), (2, "active".to_owned())]
+    );
+    let on_1 = in_msgs(&data, "acme", 1).await;
+    for i in 0..50 {
+        assert_eq!(t.webhook("acme", "hook", format!("{i}").into_bytes(), &[]).await, 202);
+    }
+    wait_distinct(&sink, "/acme", 50).await;
+    assert_eq!(
+        in_msgs(&data, "acme", 1).await,
+        on_1,
+        "a draining instance got new messages"
+    );
+    let (_, stats) = t.api(Method::GET, "/api/tenants/acme/stats", None).await;
+    assert_eq!(stats["integrations"], 1, "{stats}");
+    assert_eq!(stats["nats_instances"]["active"], 1, "{stats}");
+    assert_eq!(stats["nats_instances"]["draining"], 1, "{stats}");
+    assert_eq!(stats["totals"]["delivered"], 50, "{stats}");
+
+    // Removal while webhooks keep coming: every accepted message is delivered.
+    let pid_1 = pid_of(&data, "acme", 1);
+    let load = async {
+        let mut accepted = 0;
+        for i in 0..200 {
+            if t.webhook("acme", "hook", format!("load {i}").into_bytes(), &[]).await == 202 {
+                accepted += 1;
+            }
+        }
+        accepted
+    };
+    let remove = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        t.api(Method::DELETE, "/api/tenants/acme/nats-instances/1", None).await
+    };
+    let (accepted, (s, v)) = tokio::join!(load, remove);
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(accepted, 200);
+    wait_distinct(&sink, "/acme", 250).await;
+    assert_eq!(sink.ids("/acme").len(), 250);
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid_1}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        "instance 1's server (pid {pid_1}) still runs"
+    );
+    assert_eq!(
+        servers_under(&data.join("tenants")).len(),
+        1,
+        "the removed instance's server still runs"
+    );
+    assert_eq!(discovered(&t, "acme").await, vec![2]);
+    let (s, _) = t
+        .api(Method::POST, "/api/tenants/acme/nats-instances/1/drain", None)
+        .await;
+    assert_eq!(s, 404, "a removed instance is gone");
+
+    // Room again under the limit (live instances only), with a fresh number.
+    let (s, v) = t.api(Method::POST, "/api/tenants/acme/nats-instances", None).await;
+    assert_eq!((s, v["instance_number"].as_u64()), (201, Some(3)), "{v}");
+    sink.stop();
+    t.shutdown().await;
+}

@@ -301,3 +301,53 @@ async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
     assert_eq!(ready["tenants"][0]["instances"][0]["slow_consumers"], 0, "{ready}");
     t.shutdown().await;
 }
+
+/// `PUT` replaces an integration's spec through its TenantActor: new messages follow the
+/// new spec, the id and creation time stay, and a bad update changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integration_is_updated_in_place() {
+    let t = TestRuntime::start(Backend::Sqlite).await;
+    let sink = Sink::start().await;
+    t.create_tenant("acme").await;
+    let created = t
+        .create_integration("acme", spec("hook", &sink.url("/old"), json!({})))
+        .await;
+    assert_eq!(t.webhook("acme", "hook", b"one".to_vec(), &[]).await, 202);
+    sink.wait_for("/old", 1, Duration::from_secs(30)).await;
+
+    let path = "/api/tenants/acme/integrations/hook";
+    let (s, v) = t
+        .api(Method::PUT, path, Some(spec("other", &sink.url("/new"), json!({}))))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cannot change"), "{v}");
+    let (s, v) = t.api(Method::PUT, path, Some(spec("hook", "ftp://x", json!({})))).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = t
+        .api(
+            Method::PUT,
+            "/api/tenants/acme/integrations/nope",
+            Some(spec("nope", &sink.url("/new"), json!({}))),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(t.webhook("acme", "hook", b"two".to_vec(), &[]).await, 202);
+    sink.wait_for("/old", 2, Duration::from_secs(30)).await;
+
+    let (s, v) = t
+        .api(Method::PUT, path, Some(spec("hook", &sink.url("/new"), json!({}))))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["producer"]["url"], sink.url("/new"), "{v}");
+    assert_eq!(v["created_at"], created["created_at"], "{v}");
+    assert_eq!(v["stats"]["delivered"], 2, "counters are kept: {v}");
+    for i in 0..5 {
+        assert_eq!(t.webhook("acme", "hook", format!("{i}").into_bytes(), &[]).await, 202);
+    }
+    sink.wait_for("/new", 5, Duration::from_secs(30)).await;
+    assert_eq!(sink.count("/old"), 2);
+    let (_, got) = t.api(Method::GET, path, None).await;
+    assert_eq!(got["producer"]["url"], sink.url("/new"), "{got}");
+    sink.stop();
+    t.shutdown().await;
+}

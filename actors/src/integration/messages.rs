@@ -87,6 +87,21 @@ pub struct IntegrationStats {
     pub unfinished: u64,
 }
 
+impl IntegrationStats {
+    /// Adds another integration's counters to these (a tenant's totals).
+    pub fn add(&mut self, other: &IntegrationStats) {
+        self.received += other.received;
+        self.delivered += other.delivered;
+        self.filtered += other.filtered;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.malformed += other.malformed;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.unfinished += other.unfinished;
+    }
+}
+
 impl IntegrationCounters {
     /// A snapshot.
     pub fn snapshot(&self) -> IntegrationStats {

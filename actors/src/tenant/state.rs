@@ -151,6 +151,8 @@ pub struct TenantModel {
 pub enum Command {
     /// Write the integration's row (the durable desired state).
     StoreIntegration(IntegrationId),
+    /// Rewrite the integration's stored spec with the one in the model.
+    UpdateIntegration(IntegrationId),
     /// Start (or replace) the integration's IntegrationActor.
     StartIntegration(IntegrationId),
     /// Stop the integration's IntegrationActor for good.
@@ -168,6 +170,17 @@ pub enum Command {
     RestartIntegrations,
     /// Put the instance in the publish rotation.
     AdmitInstance(u32),
+    /// Take the instance out of the publish rotation: no new message goes to it, and the
+    /// workers still take what it holds.
+    WithdrawInstance(u32),
+    /// Set the instance's status, in the model and in its row.
+    MarkInstance(u32, InstanceStatus),
+    /// Drop this node's connection to the instance from the set the workers listen on
+    /// (the next [`Command::RestartIntegrations`] leaves it out).
+    DetachInstance(u32),
+    /// Stop the instance's NatsInstanceActor (which stops the server) and remove what the
+    /// provisioner made for it.
+    StopInstance(u32),
     /// Publish the routing snapshot the webhook path and the scheduler read.
     PublishRoutes,
 }
@@ -181,12 +194,14 @@ pub enum Refusal {
     Missing(String),
     /// A limit is reached (409).
     AtLimit(String),
+    /// The request does not fit the current state (409).
+    Conflict(String),
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Exists(m) | Refusal::Missing(m) | Refusal::AtLimit(m) => f.write_str(m),
+            Refusal::Exists(m) | Refusal::Missing(m) | Refusal::AtLimit(m) | Refusal::Conflict(m) => f.write_str(m),
         }
     }
 }
@@ -216,7 +231,11 @@ impl TenantModel {
             .map(|i| Command::StartInstance(i.number))
             .collect();
         out.extend(self.integrations.keys().cloned().map(Command::StartIntegration));
-        out.extend(self.live_instances().map(|i| Command::AdmitInstance(i.number)));
+        out.extend(
+            self.live_instances()
+                .filter(|i| i.status == InstanceStatus::Active)
+                .map(|i| Command::AdmitInstance(i.number)),
+        );
         out.push(Command::PublishRoutes);
         out
     }
@@ -241,10 +260,7 @@ impl TenantModel {
     /// then its worker and counters.
     pub fn decide_delete_integration(&self, id: &IntegrationId) -> Result<Vec<Command>, Refusal> {
         if !self.integrations.contains_key(id) {
-            return Err(Refusal::Missing(format!(
-                "integration {id} not found in tenant {}",
-                self.tenant_id
-            )));
+            return Err(self.missing_integration(id));
         }
         Ok(vec![
             Command::DeleteIntegration(id.clone()),
@@ -276,6 +292,78 @@ impl TenantModel {
                 Command::PublishRoutes,
             ],
         ))
+    }
+    /// Updating an integration: the new spec is stored, then its worker is replaced (it
+    /// takes the messages still queued for it, under the same incarnation), then its
+    /// route. The id cannot change.
+    pub fn decide_update_integration(&self, id: &IntegrationId) -> Result<Vec<Command>, Refusal> {
+        if !self.integrations.contains_key(id) {
+            return Err(self.missing_integration(id));
+        }
+        Ok(vec![
+            Command::UpdateIntegration(id.clone()),
+            Command::StartIntegration(id.clone()),
+            Command::PublishRoutes,
+        ])
+    }
+
+    fn missing_integration(&self, id: &IntegrationId) -> Refusal {
+        Refusal::Missing(format!("integration {id} not found in tenant {}", self.tenant_id))
+    }
+
+    fn live_instance(&self, n: u32) -> Result<&InstanceModel, Refusal> {
+        self.instances
+            .get(&n)
+            .filter(|i| i.status.is_live())
+            .ok_or_else(|| Refusal::Missing(format!("nats instance {n} not found in tenant {}", self.tenant_id)))
+    }
+
+    /// Draining an instance: it leaves the publish rotation, so new messages go to the
+    /// other active instances, while the workers keep taking what it holds. Draining a
+    /// draining instance changes nothing. The last active instance cannot be drained:
+    /// the tenant's messages would have nowhere to go.
+    pub fn decide_drain_instance(&self, n: u32) -> Result<Vec<Command>, Refusal> {
+        let instance = self.live_instance(n)?;
+        if instance.status == InstanceStatus::Draining {
+            return Ok(Vec::new());
+        }
+        let others = self
+            .live_instances()
+            .filter(|i| i.number != n && i.status == InstanceStatus::Active)
+            .count();
+        if others == 0 {
+            return Err(Refusal::Conflict(format!(
+                "nats instance {n} is the last active instance of tenant {}; add one before draining it",
+                self.tenant_id
+            )));
+        }
+        Ok(vec![
+            Command::MarkInstance(n, InstanceStatus::Draining),
+            Command::WithdrawInstance(n),
+            Command::PublishRoutes,
+        ])
+    }
+
+    /// Removing an instance: only a drained one, so nothing new was sent to it. The
+    /// workers stop listening on it before its server stops; anything it still held is
+    /// re-driven from the durable state. Its row stays, `terminated`, so its number is
+    /// not reused.
+    pub fn decide_remove_instance(&self, n: u32) -> Result<Vec<Command>, Refusal> {
+        let instance = self.live_instance(n)?;
+        if instance.status != InstanceStatus::Draining {
+            return Err(Refusal::Conflict(format!(
+                "nats instance {n} of tenant {} is {}; drain it before removing it",
+                self.tenant_id, instance.status
+            )));
+        }
+        Ok(vec![
+            Command::WithdrawInstance(n),
+            Command::DetachInstance(n),
+            Command::RestartIntegrations,
+            Command::StopInstance(n),
+            Command::MarkInstance(n, InstanceStatus::Terminated),
+            Command::PublishRoutes,
+        ])
     }
 }
 
@@ -347,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn start_runs_live_instances_before_integrations_and_admits_them_after() {
+    fn start_runs_live_instances_before_integrations_and_admits_the_active_ones_after() {
         let m = model(
             &[
                 (1, InstanceStatus::Active),
@@ -365,9 +453,9 @@ mod tests {
                 Command::StartIntegration(id("a")),
                 Command::StartIntegration(id("b")),
                 Command::AdmitInstance(1),
-                Command::AdmitInstance(3),
                 Command::PublishRoutes,
-            ]
+            ],
+            "a draining instance runs (its messages are taken) but gets no new ones"
         );
     }
 
@@ -420,5 +508,65 @@ mod tests {
         let room = model(&[(1, InstanceStatus::Active), (2, InstanceStatus::Terminated)], &[], 2);
         assert!(room.decide_add_instance().is_ok());
         assert_eq!(model(&[], &[], 1).decide_add_instance().unwrap().0, 1);
+    }
+
+    #[test]
+    fn updating_an_integration_stores_then_replaces_its_worker() {
+        let m = model(&[(1, InstanceStatus::Active)], &["a"], 8);
+        assert!(matches!(
+            m.decide_update_integration(&id("b")),
+            Err(Refusal::Missing(_))
+        ));
+        assert_eq!(
+            m.decide_update_integration(&id("a")).unwrap(),
+            vec![
+                Command::UpdateIntegration(id("a")),
+                Command::StartIntegration(id("a")),
+                Command::PublishRoutes
+            ]
+        );
+    }
+
+    #[test]
+    fn draining_withdraws_an_instance_but_never_the_last_active_one() {
+        let m = model(&[(1, InstanceStatus::Active), (2, InstanceStatus::Active)], &["a"], 8);
+        assert_eq!(
+            m.decide_drain_instance(1).unwrap(),
+            vec![
+                Command::MarkInstance(1, InstanceStatus::Draining),
+                Command::WithdrawInstance(1),
+                Command::PublishRoutes
+            ]
+        );
+        assert!(matches!(m.decide_drain_instance(3), Err(Refusal::Missing(_))));
+        let last = model(&[(1, InstanceStatus::Draining), (2, InstanceStatus::Active)], &[], 8);
+        assert!(
+            matches!(last.decide_drain_instance(2), Err(Refusal::Conflict(ref why)) if why.contains("last active")),
+            "{:?}",
+            last.decide_drain_instance(2)
+        );
+        assert_eq!(
+            last.decide_drain_instance(1).unwrap(),
+            vec![],
+            "draining twice changes nothing"
+        );
+        let gone = model(&[(1, InstanceStatus::Terminated), (2, InstanceStatus::Active)], &[], 8);
+        assert!(matches!(gone.decide_drain_instance(1), Err(Refusal::Missing(_))));
+    }
+
+    #[test]
+    fn only_a_drained_instance_is_removed_and_workers_leave_it_before_it_stops() {
+        let m = model(&[(1, InstanceStatus::Active), (2, InstanceStatus::Draining)], &["a"], 8);
+        assert!(matches!(m.decide_remove_instance(1), Err(Refusal::Conflict(ref why)) if why.contains("drain it")));
+        assert!(matches!(m.decide_remove_instance(9), Err(Refusal::Missing(_))));
+        let steps = m.decide_remove_instance(2).unwrap();
+        let at = |c: &Command| steps.iter().position(|s| s == c).unwrap();
+        assert_eq!(steps.first(), Some(&Command::WithdrawInstance(2)));
+        assert!(at(&Command::DetachInstance(2)) < at(&Command::RestartIntegrations));
+        assert!(at(&Command::RestartIntegrations) < at(&Command::StopInstance(2)));
+        assert!(at(&Command::StopInstance(2)) < at(&Command::MarkInstance(2, InstanceStatus::Terminated)));
+        assert_eq!(steps.last(), Some(&Command::PublishRoutes));
+        let removed = model(&[(1, InstanceStatus::Active), (2, InstanceStatus::Terminated)], &[], 8);
+        assert!(matches!(removed.decide_remove_instance(2), Err(Refusal::Missing(_))));
     }
 }

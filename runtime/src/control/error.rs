@@ -157,7 +157,7 @@ impl From<Refusal> for ControlError {
     fn from(r: Refusal) -> Self {
         let kind = match &r {
             Refusal::Missing(_) => ControlErrorKind::NotFound,
-            Refusal::Exists(_) | Refusal::AtLimit(_) => ControlErrorKind::Conflict,
+            Refusal::Exists(_) | Refusal::AtLimit(_) | Refusal::Conflict(_) => ControlErrorKind::Conflict,
         };
         Self::new(kind, r.to_string())
     }

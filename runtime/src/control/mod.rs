@@ -32,7 +32,9 @@ use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorExt, SupervisorMsg,
 pub use directory::{Directory, Route, RouteError, TenantPhase, TenantSnapshot};
 pub use error::{ControlError, ControlErrorKind};
 pub use messages::{BULK_REPLAY_MAX, ReplayFilter, ReplayReport};
-pub use tenant::{InstanceInfo, IntegrationInfo, TenantActor, TenantArgs, TenantDeps, TenantMsg, TenantSettings};
+pub use tenant::{
+    InstanceInfo, IntegrationInfo, TenantActor, TenantArgs, TenantDeps, TenantMsg, TenantSettings, TenantStats,
+};
 
 use crate::db::{DbError, TenantRow};
 use crate::platform::Platform;
@@ -288,6 +290,16 @@ impl Control {
         self.ask(t, |r| TenantMsg::CreateIntegration(Box::new(spec), r)).await
     }
 
+    /// Replaces an integration's spec and restarts its worker with it; the previous spec
+    /// stays when the new one cannot start.
+    pub async fn update_integration(
+        &self,
+        t: &TenantId,
+        spec: IntegrationSpec,
+    ) -> Result<IntegrationInfo, ControlError> {
+        self.ask(t, |r| TenantMsg::UpdateIntegration(Box::new(spec), r)).await
+    }
+
     /// Deletes an integration and stops its worker.
     pub async fn delete_integration(&self, t: &TenantId, i: &IntegrationId) -> Result<(), ControlError> {
         let i = i.clone();
@@ -309,6 +321,21 @@ impl Control {
     /// enlarged set; nothing is left behind when it fails.
     pub async fn add_instance(&self, t: &TenantId) -> Result<InstanceInfo, ControlError> {
         self.ask(t, TenantMsg::AddInstance).await
+    }
+
+    /// Takes an instance out of the publish rotation; the workers empty it.
+    pub async fn drain_instance(&self, t: &TenantId, n: u32) -> Result<InstanceInfo, ControlError> {
+        self.ask(t, |r| TenantMsg::DrainInstance(n, r)).await
+    }
+
+    /// Stops a drained instance and marks it terminated.
+    pub async fn remove_instance(&self, t: &TenantId, n: u32) -> Result<(), ControlError> {
+        self.ask(t, |r| TenantMsg::RemoveInstance(n, r)).await
+    }
+
+    /// A tenant's figures on this node.
+    pub async fn stats(&self, t: &TenantId) -> Result<TenantStats, ControlError> {
+        self.ask(t, TenantMsg::Stats).await
     }
 
     /// A tenant's live instances (discovery filters the usable ones).

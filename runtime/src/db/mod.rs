@@ -348,6 +348,25 @@ impl Db {
         })
     }
 
+    /// Rewrites an integration's spec; false when there is none.
+    pub async fn update_integration(
+        &self,
+        tenant: &TenantId,
+        id: &IntegrationId,
+        spec_json: &str,
+    ) -> Result<bool, DbError> {
+        on_pool!(self, |p| {
+            sqlx::query("UPDATE integrations SET spec = $3 WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .bind(spec_json)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected() > 0)
+                .map_err(classify)
+        })
+    }
+
     /// One integration.
     pub async fn integration(&self, tenant: &TenantId, id: &IntegrationId) -> Result<Option<IntegrationRow>, DbError> {
         let row: Option<IntegrationTuple> = on_pool!(self, |p| {
@@ -395,6 +414,24 @@ impl Db {
             .execute(p)
             .await
             .map(|_| ())
+            .map_err(classify)
+        })
+    }
+
+    /// Sets an instance's status (`active`, `draining`, `terminated`); false when there
+    /// is no such instance.
+    pub async fn set_instance_status(&self, tenant: &TenantId, number: i32, status: &str) -> Result<bool, DbError> {
+        on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE nats_instances SET status = $3, updated_at = CURRENT_TIMESTAMP \
+                 WHERE tenant_id = $1 AND instance_number = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(number)
+            .bind(status)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected() > 0)
             .map_err(classify)
         })
     }
@@ -459,5 +496,34 @@ mod tests {
         let rows = db.integrations(&t).await.unwrap();
         let got: Vec<(&str, u64)> = rows.iter().map(|r| (r.id.as_str(), r.incarnation)).collect();
         assert_eq!(got, [("new", incarnation), ("old", 1)]);
+    }
+
+    #[tokio::test]
+    async fn specs_are_rewritten_and_instances_change_status_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
+            .await
+            .unwrap();
+        let t = TenantId::new("t").unwrap();
+        let i = IntegrationId::new("i").unwrap();
+        db.create_tenant(&t, "T", "127.0.0.1:4001").await.unwrap();
+        db.create_integration(&t, &i, "{\"v\":1}", 7).await.unwrap();
+        assert!(db.update_integration(&t, &i, "{\"v\":2}").await.unwrap());
+        let row = db.integration(&t, &i).await.unwrap().unwrap();
+        assert_eq!(
+            (row.spec.as_str(), row.incarnation),
+            ("{\"v\":2}", 7),
+            "the incarnation is kept"
+        );
+        assert!(
+            !db.update_integration(&t, &IntegrationId::new("nope").unwrap(), "{}")
+                .await
+                .unwrap()
+        );
+
+        assert!(db.set_instance_status(&t, 1, "draining").await.unwrap());
+        assert!(!db.set_instance_status(&t, 2, "draining").await.unwrap());
+        let rows = db.instances(&t).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["draining"]);
     }
 }

@@ -12,7 +12,7 @@ use vrsky_actors::{IntegrationId, TenantId};
 
 use super::AppState;
 use super::error::ApiError;
-use super::views::{DeadLetterView, InstanceView, IntegrationView, MessageView};
+use super::views::{DeadLetterView, InstanceView, IntegrationView, MessageView, TenantStatsView};
 
 /// Parses a path id; an id that cannot exist is answered like a missing one.
 fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
@@ -107,6 +107,32 @@ pub(crate) async fn get_integration(
     Ok(Json(IntegrationView::from(info)))
 }
 
+/// `PUT /api/tenants/{t}/integrations/{i}`: the whole new spec; its `id` must be the
+/// path's. Messages already accepted are delivered by the new spec.
+pub(crate) async fn update_integration(
+    State(s): State<AppState>,
+    Path((t, i)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let i = integration_id(&i)?;
+    s.control.integration(&t, &i).await?;
+    let spec: IntegrationSpec = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
+    if spec.id != i {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!(
+                "id: {:?} in the body differs from {:?} in the path; an integration's id cannot change",
+                spec.id.as_str(),
+                i.as_str()
+            ),
+        ));
+    }
+    let info = s.control.update_integration(&t, spec).await?;
+    Ok(Json(IntegrationView::from(info)))
+}
+
 /// `DELETE /api/tenants/{t}/integrations/{i}` -> 204.
 pub(crate) async fn delete_integration(
     State(s): State<AppState>,
@@ -134,6 +160,50 @@ pub(crate) async fn nats_instances(
         .map(InstanceView::from)
         .collect();
     Ok(Json(serde_json::json!({"tenant_id": t, "nats_instances": list})))
+}
+
+/// Parses an instance number from the path; one that cannot exist is answered like a
+/// missing one.
+fn instance_number(t: &TenantId, s: &str) -> Result<u32, ApiError> {
+    s.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "nats instance {s:?} not found in tenant {t} (instances are numbered from 1)"
+        ))
+    })
+}
+
+/// `POST /api/tenants/{t}/nats-instances/{n}/drain`: the instance takes no new messages;
+/// the workers empty it. 409 for the last active instance.
+pub(crate) async fn drain_nats_instance(
+    State(s): State<AppState>,
+    Path((t, n)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let n = instance_number(&t, &n)?;
+    let info = s.control.drain_instance(&t, n).await?;
+    Ok(Json(InstanceView::from(&info)))
+}
+
+/// `DELETE /api/tenants/{t}/nats-instances/{n}` -> 204: stops a drained instance (409
+/// when it is not draining).
+pub(crate) async fn remove_nats_instance(
+    State(s): State<AppState>,
+    Path((t, n)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let n = instance_number(&t, &n)?;
+    s.control.remove_instance(&t, n).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/tenants/{t}/stats`: the tenant's figures on this node.
+pub(crate) async fn tenant_stats(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    s.control.tenant(&t).await?;
+    Ok(Json(TenantStatsView::from(s.control.stats(&t).await?)))
 }
 
 /// `GET /api/tree`: the live supervision tree.

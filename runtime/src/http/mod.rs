@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::control::Control;
 
@@ -45,12 +45,17 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
         )
         .route(
             "/tenants/{t}/integrations/{i}",
-            get(api::get_integration).delete(api::delete_integration),
+            get(api::get_integration)
+                .put(api::update_integration)
+                .delete(api::delete_integration),
         )
         .route(
             "/tenants/{t}/nats-instances",
             get(api::nats_instances).post(api::add_nats_instance),
         )
+        .route("/tenants/{t}/nats-instances/{n}", delete(api::remove_nats_instance))
+        .route("/tenants/{t}/nats-instances/{n}/drain", post(api::drain_nats_instance))
+        .route("/tenants/{t}/stats", get(api::tenant_stats))
         .route("/tenants/{t}/messages/{id}", get(api::get_message))
         .route("/tenants/{t}/dead-letters", get(api::list_dead_letters))
         .route("/tenants/{t}/dead-letters/retry", post(api::retry_dead_letters))

@@ -10,7 +10,7 @@ use vrsky_actors::integration::IntegrationStats;
 use vrsky_actors::message::{Attempt, MessageState};
 use vrsky_actors::{IntegrationId, MessageId, TenantId};
 
-use crate::control::{Directory, InstanceInfo, IntegrationInfo, TenantPhase};
+use crate::control::{Directory, InstanceInfo, IntegrationInfo, TenantPhase, TenantStats};
 use crate::platform::DeadLetter;
 
 /// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds
@@ -154,6 +154,45 @@ impl From<&InstanceInfo> for InstanceView {
             instance_number: i.number,
             status: i.status.as_str(),
             integration_count: i.integration_count,
+        }
+    }
+}
+
+/// A tenant's figures on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatsView {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Its integrations.
+    pub integrations: usize,
+    /// Its live instances.
+    pub nats_instances: InstanceCounts,
+    /// The integrations' counters added up (the fields of an integration's `stats`).
+    pub totals: IntegrationStats,
+}
+
+/// Live instances by state.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceCounts {
+    /// Taking new messages.
+    pub active: usize,
+    /// Being emptied before removal.
+    pub draining: usize,
+    /// Healthy and connected from this node.
+    pub usable: usize,
+}
+
+impl From<TenantStats> for TenantStatsView {
+    fn from(s: TenantStats) -> Self {
+        TenantStatsView {
+            tenant_id: s.tenant_id,
+            integrations: s.integrations,
+            nats_instances: InstanceCounts {
+                active: s.instances_active,
+                draining: s.instances_draining,
+                usable: s.instances_usable,
+            },
+            totals: s.totals,
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct TenantActorState {
     /// Counters by integration; they outlive restarts of the workers and of this actor
     /// (they are kept in the snapshot). Bound: one per integration.
     pub(super) counters: HashMap<IntegrationId, Arc<IntegrationCounters>>,
+    /// Connections taken out of the set the workers listen on, closed when their
+    /// instance stops. Bound: instances being removed (one at a time).
+    pub(super) detached: HashMap<u32, Arc<crate::instances::InstanceLink>>,
     /// Every instance runs and every integration listens.
     pub(super) running: bool,
     /// Callers waiting for the subtree to run. Bound: concurrent control calls.
@@ -134,6 +137,15 @@ impl TenantActorState {
                     Err(e) => return Err(e.into()),
                 }
             }
+            Command::UpdateIntegration(id) => {
+                let json = serde_json::to_string(&self.integration(id)?.spec)
+                    .map_err(|e| ControlError::internal(e.to_string()))?;
+                if !deps.db.update_integration(&t, id, &json).await? {
+                    return Err(ControlError::not_found(format!(
+                        "integration {id} not found in tenant {t}"
+                    )));
+                }
+            }
             Command::StopIntegration(id) => {
                 sup.stop_child(&integration_child_name(id)).await?;
             }
@@ -163,10 +175,48 @@ impl TenantActorState {
                 for id in ids {
                     Box::pin(self.run(&Command::StartIntegration(id))).await?;
                 }
+                // A message published while a worker was being replaced found no
+                // subscriber: re-drive the tenant's received messages now rather than
+                // after `state.redrive_after_ms` (claims keep each processed once).
+                (deps.redrive_now)(&t);
             }
             Command::AdmitInstance(n) => {
                 if let Some(link) = self.link(*n) {
                     link.accepting.store(true, Ordering::Relaxed);
+                }
+            }
+            Command::WithdrawInstance(n) => {
+                if let Some(link) = self.link(*n) {
+                    link.accepting.store(false, Ordering::Relaxed);
+                }
+            }
+            Command::MarkInstance(n, status) => {
+                if !deps.db.set_instance_status(&t, *n as i32, status.as_str()).await? {
+                    return Err(ControlError::internal(format!("nats instance {n} of {t} has no row")));
+                }
+                if let Some(m) = self.model.instances.get_mut(n) {
+                    m.status = *status;
+                }
+            }
+            Command::DetachInstance(n) => {
+                if let Some(link) = self.instances.remove(*n) {
+                    self.detached.insert(*n, link);
+                }
+            }
+            Command::StopInstance(n) => {
+                let port = self.instance(*n)?.endpoint.port;
+                if let Some(link) = self.detached.remove(n) {
+                    // The workers left it; flush what this node still had for it, then close.
+                    let _ = tokio::time::timeout(deps.settings.connect_timeout, link.client.drain()).await;
+                }
+                sup.stop_child(&instance_child_name(&t, *n)).await?;
+                let spec = InstanceSpec {
+                    tenant_id: t.clone(),
+                    instance_number: *n,
+                    client_port: port,
+                };
+                if let Err(e) = deps.provisioner.decommission(spec).await {
+                    warn!(tenant_id = %t, instance = n, error = %e, "decommission failed; the instance is stopped");
                 }
             }
             Command::PublishRoutes => self.publish(),
@@ -197,7 +247,7 @@ impl TenantActorState {
     }
 
     /// A worker's arguments; fails when the spec's producer is refused (a private target).
-    fn integration_args(&self, m: &IntegrationModel) -> Result<IntegrationArgs, ControlError> {
+    pub(super) fn integration_args(&self, m: &IntegrationModel) -> Result<IntegrationArgs, ControlError> {
         let deps = &self.args.deps;
         let ProducerSpec::Http(http) = &m.spec.producer;
         let producer = HttpProducer::new(deps.http.clone(), http, deps.settings.allow_private_targets)?;

@@ -99,6 +99,23 @@ pub struct InstanceInfo {
     pub usable: bool,
 }
 
+/// A tenant's figures on this node.
+#[derive(Debug, Clone)]
+pub struct TenantStats {
+    /// The tenant.
+    pub tenant_id: vrsky_actors::TenantId,
+    /// Its integrations.
+    pub integrations: usize,
+    /// Live instances taking new messages.
+    pub instances_active: usize,
+    /// Live instances being emptied.
+    pub instances_draining: usize,
+    /// Live instances that are healthy and connected from this node.
+    pub instances_usable: usize,
+    /// The integrations' counters added up.
+    pub totals: IntegrationStats,
+}
+
 /// Reply of a request to a tenant.
 pub type Reply<T> = RpcReplyPort<Result<T, ControlError>>;
 
@@ -112,6 +129,8 @@ pub enum TenantMsg {
     AwaitRunning(Reply<()>),
     /// Create an integration and start its worker.
     CreateIntegration(Box<IntegrationSpec>, Reply<IntegrationInfo>),
+    /// Replace an integration's spec (same id) and restart its worker with it.
+    UpdateIntegration(Box<IntegrationSpec>, Reply<IntegrationInfo>),
     /// Delete an integration and stop its worker.
     DeleteIntegration(IntegrationId, Reply<()>),
     /// One integration.
@@ -122,4 +141,10 @@ pub enum TenantMsg {
     AddInstance(Reply<InstanceInfo>),
     /// Every live instance.
     ListInstances(Reply<Vec<InstanceInfo>>),
+    /// Take an instance out of the publish rotation; the workers empty it.
+    DrainInstance(u32, Reply<InstanceInfo>),
+    /// Stop a drained instance and mark it terminated.
+    RemoveInstance(u32, Reply<()>),
+    /// The tenant's figures.
+    Stats(Reply<TenantStats>),
 }

@@ -22,7 +22,9 @@ use vrsky_actors::now_ms;
 use vrsky_actors::tenant::{Command, IntegrationModel, TenantModel};
 
 pub use executor::TenantActorState;
-pub use messages::{InstanceInfo, IntegrationInfo, Reply, TenantArgs, TenantDeps, TenantMsg, TenantSettings};
+pub use messages::{
+    InstanceInfo, IntegrationInfo, Reply, TenantArgs, TenantDeps, TenantMsg, TenantSettings, TenantStats,
+};
 
 use super::error::{ControlError, ControlErrorKind};
 
@@ -89,6 +91,97 @@ impl TenantActorState {
             .get(&id)
             .ok_or_else(|| ControlError::internal("integration vanished"))?;
         Ok(self.integration_info(m))
+    }
+
+    async fn update_integration(
+        &mut self,
+        spec: vrsky_actors::components::IntegrationSpec,
+    ) -> Result<IntegrationInfo, ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        spec.validate()?;
+        spec.retry.validate(self.args.deps.settings.retention)?;
+        let id = spec.id.clone();
+        let steps = self.model.decide_update_integration(&id)?;
+        let previous = self
+            .model
+            .integrations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("integration vanished"))?;
+        // The same life of the id: messages already accepted are delivered by the new spec.
+        let updated = IntegrationModel {
+            spec,
+            incarnation: previous.incarnation,
+            created_at: previous.created_at.clone(),
+        };
+        // A producer the node refuses (a private target) is refused before anything changes.
+        self.integration_args(&updated)?;
+        self.model.integrations.insert(id.clone(), updated);
+        if let Err(e) = self.execute(&steps).await {
+            warn!(tenant_id = %self.args.tenant_id, integration_id = %id, error = %e,
+                "integration update failed; restoring the previous spec");
+            self.model.integrations.insert(id.clone(), previous);
+            self.execute(&steps).await?;
+            return Err(e);
+        }
+        info!(tenant_id = %self.args.tenant_id, integration_id = %id, "integration updated");
+        let m = self
+            .model
+            .integrations
+            .get(&id)
+            .ok_or_else(|| ControlError::internal("integration vanished"))?;
+        Ok(self.integration_info(m))
+    }
+
+    async fn drain_instance(&mut self, n: u32) -> Result<InstanceInfo, ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        let steps = self.model.decide_drain_instance(n)?;
+        self.execute(&steps).await?;
+        info!(tenant_id = %self.args.tenant_id, instance = n, "nats instance draining");
+        let m = self
+            .model
+            .instances
+            .get(&n)
+            .ok_or_else(|| ControlError::internal("instance vanished"))?;
+        Ok(self.instance_info(m))
+    }
+
+    async fn remove_instance(&mut self, n: u32) -> Result<(), ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        let steps = self.model.decide_remove_instance(n)?;
+        // Each step is safe to repeat, so a removal that failed half-way is finished by
+        // asking again.
+        self.execute(&steps).await?;
+        info!(tenant_id = %self.args.tenant_id, instance = n, "nats instance removed");
+        Ok(())
+    }
+
+    fn stats(&self) -> TenantStats {
+        let mut totals = vrsky_actors::integration::IntegrationStats::default();
+        for id in self.model.integrations.keys() {
+            if let Some(c) = self.counters.get(id) {
+                totals.add(&c.snapshot());
+            }
+        }
+        let live: Vec<_> = self.model.live_instances().collect();
+        let count = |s: vrsky_actors::tenant::InstanceStatus| live.iter().filter(|i| i.status == s).count();
+        TenantStats {
+            tenant_id: self.args.tenant_id.clone(),
+            integrations: self.model.integrations.len(),
+            instances_active: count(vrsky_actors::tenant::InstanceStatus::Active),
+            instances_draining: count(vrsky_actors::tenant::InstanceStatus::Draining),
+            instances_usable: live
+                .iter()
+                .filter(|i| self.link(i.number).is_some_and(|l| l.usable()))
+                .count(),
+            totals,
+        }
     }
 
     async fn delete_integration(&mut self, id: &vrsky_actors::IntegrationId) -> Result<(), ControlError> {
@@ -168,6 +261,7 @@ impl Actor for TenantActor {
             model,
             instances,
             counters,
+            detached: HashMap::new(),
             running: false,
             waiting: Vec::new(),
         })
@@ -208,6 +302,9 @@ impl Actor for TenantActor {
             TenantMsg::CreateIntegration(spec, reply) => {
                 let _ = reply.send(state.create_integration(*spec).await);
             }
+            TenantMsg::UpdateIntegration(spec, reply) => {
+                let _ = reply.send(state.update_integration(*spec).await);
+            }
             TenantMsg::DeleteIntegration(id, reply) => {
                 let _ = reply.send(state.delete_integration(&id).await);
             }
@@ -232,6 +329,15 @@ impl Actor for TenantActor {
             TenantMsg::ListInstances(reply) => {
                 let all = state.model.live_instances().map(|m| state.instance_info(m)).collect();
                 let _ = reply.send(Ok(all));
+            }
+            TenantMsg::DrainInstance(n, reply) => {
+                let _ = reply.send(state.drain_instance(n).await);
+            }
+            TenantMsg::RemoveInstance(n, reply) => {
+                let _ = reply.send(state.remove_instance(n).await);
+            }
+            TenantMsg::Stats(reply) => {
+                let _ = reply.send(Ok(state.stats()));
             }
         }
         Ok(())
