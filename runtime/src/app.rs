@@ -201,6 +201,7 @@ impl Runtime {
             admin_token: cfg.admin_token.as_deref().map(Arc::from),
             body_bytes_max: cfg.webhook.body_bytes_max,
             unfinished_max: cfg.webhook.unfinished_per_integration_max,
+            refusal_delay: Duration::from_millis(cfg.webhook.refusal_delay_ms),
             platform: platform.clone(),
             platform_sync: Arc::from(platform_sync.as_str()),
         };

@@ -152,6 +152,11 @@ pub struct WebhookConfig {
     /// instead of a backlog that takes minutes to drain. Concurrent webhooks may overshoot
     /// it by the number in flight at once.
     pub unfinished_per_integration_max: usize,
+    /// How long a webhook refused with 429 waits before its answer. A sender that ignores
+    /// `Retry-After` and retries in a loop is slowed to this pace per connection, so a
+    /// storm of refusals cannot take the CPU that delivering the backlog needs. 0 answers
+    /// at once; at most 1,000 (the `Retry-After` given).
+    pub refusal_delay_ms: u64,
 }
 
 /// Producer settings.
@@ -222,6 +227,7 @@ impl Default for WebhookConfig {
         WebhookConfig {
             body_bytes_max: 1024 * 1024,
             unfinished_per_integration_max: 10_000,
+            refusal_delay_ms: 100,
         }
     }
 }
@@ -299,6 +305,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "webhook.unfinished_per_integration_max",
                 message: "must be positive".into(),
+            });
+        }
+        if self.webhook.refusal_delay_ms > 1000 {
+            return Err(ConfigError::Invalid {
+                field: "webhook.refusal_delay_ms",
+                message: format!(
+                    "at most 1000 (the Retry-After of a refusal), got {}",
+                    self.webhook.refusal_delay_ms
+                ),
             });
         }
         if self.nats.instances_per_tenant_max == 0 {
@@ -450,6 +465,15 @@ mod tests {
             jail.set_env("VRSKY_WEBHOOK__BODY_BYTES_MAX", "0");
             let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
             assert!(err.contains("webhook.body_bytes_max"), "{err}");
+            jail.set_env("VRSKY_WEBHOOK__BODY_BYTES_MAX", "1024");
+            jail.set_env("VRSKY_WEBHOOK__REFUSAL_DELAY_MS", "1001");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(
+                err.contains("webhook.refusal_delay_ms") && err.contains("1001"),
+                "{err}"
+            );
+            jail.set_env("VRSKY_WEBHOOK__REFUSAL_DELAY_MS", "0");
+            assert_eq!(Config::load(None, NoFlags {}).unwrap().webhook.refusal_delay_ms, 0);
             Ok(())
         });
     }

@@ -242,6 +242,7 @@ async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
     let bound = 100;
     let t = TestRuntime::start_with(Backend::Sqlite, |c| {
         c.webhook.unfinished_per_integration_max = bound;
+        c.webhook.refusal_delay_ms = 50;
         c.state.redrive_after_ms = 60_000;
     })
     .await;
@@ -252,6 +253,7 @@ async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
     let sends = (0..burst).map(|k| {
         let t = &t;
         async move {
+            let sent = tokio::time::Instant::now();
             let r = t
                 .http
                 .post(t.url("/webhooks/acme/hook"))
@@ -259,10 +261,11 @@ async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
                 .send()
                 .await
                 .unwrap();
+            let took = sent.elapsed();
             let status = r.status().as_u16();
             let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
             let v: serde_json::Value = r.json().await.unwrap();
-            (status, retry_after, v)
+            (status, retry_after, v, took)
         }
     });
     let answers: Vec<_> = futures::stream::iter(sends).buffer_unordered(64).collect().await;
@@ -270,15 +273,18 @@ async fn a_burst_is_refused_past_the_bound_and_what_is_accepted_drains() {
     let accepted: Vec<String> = answers
         .iter()
         .filter(|(s, ..)| *s == 202)
-        .map(|(_, _, v)| v["message_id"].as_str().unwrap().to_owned())
+        .map(|(_, _, v, _)| v["message_id"].as_str().unwrap().to_owned())
         .collect();
     let refused: Vec<_> = answers.iter().filter(|(s, ..)| *s == 429).collect();
     assert_eq!(accepted.len() + refused.len(), burst, "only 202 or 429");
     assert!(!refused.is_empty(), "nothing was refused: the bound did not act");
     assert!(accepted.len() >= bound, "accepted {} of {burst}", accepted.len());
-    for (_, retry_after, v) in &refused {
+    for (_, retry_after, v, took) in &refused {
         assert_eq!(retry_after.as_deref(), Some("1"));
         assert_eq!(v["error"]["code"], "too_many_unfinished", "{v}");
+        // A refusal is answered only after webhook.refusal_delay_ms (a lower bound: the
+        // timer never fires early), so a sender looping on 429 is slowed down.
+        assert!(*took >= Duration::from_millis(50), "refused after {took:?}");
     }
     let drained = wait_until(Duration::from_secs(30), || async {
         accepted.iter().all(|id| !sink.for_message(id).is_empty())

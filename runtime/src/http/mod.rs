@@ -27,6 +27,8 @@ pub struct AppState {
     pub body_bytes_max: usize,
     /// Most unfinished messages per integration before webhooks get 429.
     pub unfinished_max: usize,
+    /// How long a 429 refusal waits before it is answered.
+    pub refusal_delay: std::time::Duration,
     /// Platform NATS connection, for readiness.
     pub platform: async_nats::Client,
     /// The platform JetStream's `sync_interval` (the loss window on machine failure).

@@ -99,6 +99,11 @@ pub(crate) async fn receive(
             ),
         );
         e.retry_after_s = Some(1);
+        // A sender looping on refusals is slowed to one per delay per connection; the
+        // wait is a timer, so the CPU goes to delivering what was accepted.
+        if !s.refusal_delay.is_zero() {
+            tokio::time::sleep(s.refusal_delay).await;
+        }
         return Err(e);
     }
 
