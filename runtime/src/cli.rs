@@ -74,8 +74,6 @@ struct DevOverrides {
     #[serde(flatten)]
     common: CommonFlags,
     producer: DevProducer,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    admin_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -99,18 +97,21 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev { flags } => {
-            let token = std::env::var("VRSKY_ADMIN_TOKEN").ok();
-            let cfg = Config::load(
+            let mut cfg = Config::load(
                 cli.config.as_deref(),
                 DevOverrides {
                     common: flags,
                     producer: DevProducer {
                         allow_private_targets: true,
                     },
-                    admin_token: Some(token.unwrap_or_else(dev::random_token)),
                 },
             )?;
             telemetry::init(&cfg.log);
+            // Without one configured, the dev token is generated once and kept in the
+            // data dir, so an exported token stays valid across restarts.
+            if cfg.admin_token.is_none() {
+                cfg.admin_token = Some(dev::kept_token(&cfg.data_dir)?);
+            }
             dev::run(cfg).await
         }
         Command::Serve { flags, database_url } => {
@@ -136,13 +137,9 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             let Some(bench) = bench else {
                 anyhow::bail!("this binary has no bench; run `vrsky bench`");
             };
-            // The node logs at the production default (`info`), so what a span or an event
-            // per message costs is in the figures; async-nats' reconnect notices as the raw
-            // phases stop their servers are left out.
-            telemetry::init(&crate::config::LogConfig {
-                format: crate::config::LogFormat::Text,
-                filter: format!("{},async_nats=warn", crate::config::LogConfig::default().filter),
-            });
+            // The node logs at the production default (`info`, async-nats at `warn`), so
+            // what a span or an event per message costs is in the figures.
+            telemetry::init(&crate::config::LogConfig::default());
             bench(args).await
         }
     }

@@ -236,7 +236,9 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            filter: "info".into(),
+            // async-nats logs every connection event at info; VRSky logs the ones that
+            // matter itself (platform outages, slow consumers).
+            filter: "info,async_nats=warn".into(),
         }
     }
 }

@@ -17,9 +17,39 @@ pub const DEMO_TENANT: &str = "demo";
 /// The demo integration id.
 pub const DEMO_INTEGRATION: &str = "echo";
 
-/// A random token for a dev session.
+/// A random token for a dev data dir.
 pub fn random_token() -> String {
     format!("dev-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where `vrsky dev` keeps its generated admin token.
+pub const TOKEN_FILE: &str = "dev-admin-token";
+
+/// The admin token of a dev data dir: the one kept in `<data_dir>/dev-admin-token`, or a
+/// new one written there (mode 0600) on the first start.
+pub fn kept_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} holds no usable token (16+ characters); delete it to have a new one generated",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let token = random_token();
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut file = open
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
 }
 
 fn demo_spec(base_url: &str) -> anyhow::Result<IntegrationSpec> {
@@ -66,6 +96,11 @@ pub async fn ensure_demo(rt: &Runtime) -> anyhow::Result<()> {
 /// Runs until Ctrl-C (or SIGTERM), then stops every child process.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let token = cfg.admin_token.clone().unwrap_or_default();
+    let kept = cfg.data_dir.join(TOKEN_FILE);
+    let token_source = match std::fs::read_to_string(&kept) {
+        Ok(t) if t.trim() == token => format!("the token is kept in {}", kept.display()),
+        _ => "the token is the configured admin_token".to_owned(),
+    };
     let rt = Runtime::start(cfg, RuntimeOptions { dev_sink: true })
         .await
         .context("starting vrsky dev")?;
@@ -77,6 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!(
         "\nVRSky dev is running.\n\
          \n  API:            {base}/api   (Authorization: Bearer {token})\
+         \n  Echo sink:      {base}/dev/echo   (GET: its last 100 requests)\
          \n  Health:         {base}/healthz   {base}/readyz\
          \n  Platform NATS:  {platform}\
          \n  Demo webhook:   {base}/webhooks/{DEMO_TENANT}/{DEMO_INTEGRATION} -> {base}/dev/echo\
@@ -85,6 +121,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
          \nSee the tenant's NATS instances and the actor tree:\n\
          \n  curl -s -H 'Authorization: Bearer {token}' {base}/api/tenants/{DEMO_TENANT}/nats-instances\
          \n  curl -s -H 'Authorization: Bearer {token}' {base}/api/tree\n\
+         \nFor the README's examples, in your shell ({token_source}):\n\
+         \n  export VRSKY_ADMIN_TOKEN={token}\n\
          \nCtrl-C stops everything.\n",
         platform = rt.platform_url,
     );

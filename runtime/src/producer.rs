@@ -85,10 +85,22 @@ impl HttpProducer {
     /// `allow_private_targets`, URLs naming loopback, private or link-local addresses (or
     /// `localhost`) are refused. Host names are not resolved here.
     pub fn new(client: HttpClient, spec: &HttpProducerSpec, allow_private_targets: bool) -> Result<Self, SpecError> {
-        let url =
-            Url::parse(&spec.url).map_err(|e| spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)))?;
+        let url = Url::parse(&spec.url).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => spec_err(
+                "producer.url",
+                format!("{:?}: missing scheme: use http:// or https://", spec.url),
+            ),
+            e => spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)),
+        })?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(spec_err("producer.url", "scheme must be http or https"));
+            return Err(spec_err(
+                "producer.url",
+                format!(
+                    "{:?}: scheme must be http or https, not {:?} (a host:port needs http:// or https:// before it)",
+                    spec.url,
+                    url.scheme()
+                ),
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(spec_err(

@@ -43,32 +43,8 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
         }
     }
     let _reap = ReapOnDrop(dir.path().join("data"));
-    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
-        .args(["dev", "--http-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env_remove("VRSKY_ADMIN_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.contains("Ctrl-C stops everything");
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await;
+    let (mut child, banner) = start_dev(dir.path(), port).await;
     let log_text = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
-    assert!(read.is_ok(), "no banner; stdout: {banner:?}; log: {}", log_text());
-    let banner = banner.join("\n");
     let base = format!("http://127.0.0.1:{port}");
     assert!(banner.contains(&format!("{base}/webhooks/demo/echo")), "{banner}");
     let token = banner
@@ -77,6 +53,15 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
         .and_then(|s| s.split(|c: char| c.is_whitespace() || c == ')' || c == '\'').next())
         .unwrap()
         .to_owned();
+    // A line to paste that sets the same token, and where it is kept.
+    assert!(
+        banner
+            .lines()
+            .any(|l| l.trim() == format!("export VRSKY_ADMIN_TOKEN={token}")),
+        "{banner}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("data/dev-admin-token")).unwrap();
+    assert_eq!(kept.trim(), token);
 
     // The printed curl works: 202, and the echo sink logs the message.
     let curl = banner
@@ -102,6 +87,23 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
     })
     .await
     .unwrap_or_else(|_| panic!("echo sink did not log {id}; log: {}", log_text()));
+    // The echo sink shows what it received, headers included.
+    let echoed: serde_json::Value = http
+        .get(format!("{base}/dev/echo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = &echoed["requests"][0];
+    assert_eq!(last["message_id"], id.as_str(), "{echoed}");
+    assert_eq!(last["body"], r#"{"hello":"world"}"#, "{echoed}");
+    let headers = last["headers"].as_array().unwrap();
+    assert!(
+        headers.iter().any(|h| h[0] == "x-vrsky-attempt" && h[1] == "1"),
+        "{echoed}"
+    );
     let r = http
         .get(format!("{base}/api/tenants/demo/nats-instances"))
         .bearer_auth(&token)
@@ -131,4 +133,67 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
     for pid in pids {
         assert!(!alive(pid), "nats-server {pid} survived Ctrl-C");
     }
+    // Shutting down is not reported as an error.
+    assert!(!log_text().contains("IO error"), "{}", log_text());
+
+    // Started again on the same data dir, it keeps the token an exported one still works.
+    let (mut child, banner) = start_dev(dir.path(), port).await;
+    assert!(
+        banner.contains(&format!("export VRSKY_ADMIN_TOKEN={token}")),
+        "{banner}"
+    );
+    let r = http
+        .get(format!("{base}/api/tenants/demo"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "vrsky dev exited with {exit}; log: {}", log_text());
+}
+
+/// Starts `vrsky dev` on `dir/data`, logging to `dir/dev.log`, and returns it with its
+/// banner (stdout up to "Ctrl-C stops everything").
+async fn start_dev(dir: &Path, port: u16) -> (tokio::process::Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dev.log"))
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
+        .args(["dev", "--http-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("data"))
+        .env_remove("VRSKY_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C stops everything");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let log_text = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+    assert!(read.is_ok(), "no banner; stdout: {banner:?}; log: {log_text}");
+    // Keep reading, so what it prints later (on Ctrl-C) does not meet a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner.join("\n"))
 }

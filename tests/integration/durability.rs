@@ -59,6 +59,7 @@ async fn fails_then_succeeds(n: usize) {
     let id = send(&t, "payload").await;
     let state = t.wait_status("acme", &id, "completed").await;
     assert_eq!(state["retry_count"], n as u64, "{state}");
+    assert_eq!(state["attempts"], n as u64 + 1, "{state}");
     let reqs = sink.for_message(&id);
     assert_eq!(reqs.len(), n + 1, "attempts");
     for (i, r) in reqs.iter().enumerate() {
@@ -128,7 +129,12 @@ async fn four_failures_dead_letter_then_replay_delivers() {
     assert_eq!(s, 202);
     let id = v["message_id"].as_str().unwrap().to_owned();
     let state = t.wait_status("acme", &id, "dead_letter").await;
-    assert_eq!(state["retry_count"], 4);
+    // max_retries 3: four attempts, the first and three retries.
+    assert_eq!(
+        (state["attempts"].as_u64(), state["retry_count"].as_u64()),
+        (Some(4), Some(3)),
+        "{state}"
+    );
     assert!(state["last_error"].as_str().unwrap().contains("500"), "{state}");
     assert_eq!(sink.for_message(&id).len(), 4);
 
@@ -136,13 +142,23 @@ async fn four_failures_dead_letter_then_replay_delivers() {
     assert_eq!(s, 200);
     assert_eq!(list["dead_letters"][0]["message_id"], id.as_str());
     assert_eq!(list["dead_letters"][0]["integration_id"], "hook");
+    assert!(
+        list["dead_letters"][0]["dead_at"].as_str().unwrap().ends_with('Z'),
+        "{list}"
+    );
     let (s, dl) = t
         .api(Method::GET, &format!("/api/tenants/acme/dead-letters/{id}"), None)
         .await;
     assert_eq!(s, 200, "{dl}");
-    assert_eq!(dl["attempts"].as_array().unwrap().len(), 4);
-    assert_eq!(dl["attempts"][3]["attempt"], 4);
-    assert_eq!(dl["attempts"][0]["status"], 500);
+    assert_eq!(dl["attempt_history"].as_array().unwrap().len(), 4);
+    assert_eq!(dl["attempt_history"][3]["attempt"], 4);
+    assert_eq!(dl["attempt_history"][0]["status"], 500);
+    assert_eq!(
+        (dl["attempts"].as_u64(), dl["retry_count"].as_u64()),
+        (Some(4), Some(3)),
+        "{dl}"
+    );
+    assert!(dl["attempt_history"][0]["at"].as_str().unwrap().ends_with('Z'), "{dl}");
     assert_eq!(dl["content_type"], "application/octet-stream");
     assert_eq!(dl["payload_base64"], "/wBiaW5hcnk=");
     assert_eq!(dl["payload_bytes"], 8);
@@ -184,7 +200,11 @@ async fn permanent_failures_dead_letter_at_once() {
         });
         let id = send(&t, "x").await;
         let state = t.wait_status("acme", &id, "dead_letter").await;
-        assert_eq!(state["retry_count"], 1, "{status}: {state}");
+        assert_eq!(
+            (state["attempts"].as_u64(), state["retry_count"].as_u64()),
+            (Some(1), Some(0)),
+            "{status}: {state}"
+        );
         assert!(state["last_error"].as_str().unwrap().contains(&status.to_string()));
         assert_eq!(sink.for_message(&id).len(), 1, "{status} was retried");
     }
@@ -365,7 +385,11 @@ async fn dead_letter_written_before_a_crash_is_not_retried() {
         .unwrap();
 
     let state = t.wait_status("acme", id.as_str(), "dead_letter").await;
-    assert_eq!(state["retry_count"], 1, "{state}");
+    assert_eq!(
+        (state["attempts"].as_u64(), state["retry_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{state}"
+    );
     assert_eq!(state["last_error"], "http://dest answered 400 Bad Request", "{state}");
     assert!(
         sink.for_message(id.as_str()).is_empty(),

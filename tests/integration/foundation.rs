@@ -62,6 +62,15 @@ async fn end_to_end(backend: Backend) {
         )
         .await;
     assert_eq!(plain["webhook_path"], "/webhooks/alpha/plain");
+    // Times are RFC 3339 UTC with milliseconds on both backends, like a message's.
+    let (_, alpha) = t.api(Method::GET, "/api/tenants/alpha", None).await;
+    for at in [&alpha["created_at"], &plain["created_at"]] {
+        let at = at.as_str().unwrap();
+        assert!(
+            at.len() == 24 && at.as_bytes()[10] == b'T' && at.ends_with('Z'),
+            "not RFC 3339 UTC: {at}"
+        );
+    }
     t.create_integration(
         "beta",
         spec(

@@ -9,4 +9,5 @@ mod dev_command;
 mod durability;
 mod foundation;
 mod instances;
+mod newcomer;
 mod tenants;

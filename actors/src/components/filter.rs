@@ -35,6 +35,20 @@ impl Filter for JsonFieldFilter {
             },
         }
     }
+
+    fn describe(&self) -> String {
+        let op = match self.op {
+            FieldOp::Eq => "eq",
+            FieldOp::Ne => "ne",
+            FieldOp::Exists => "exists",
+            FieldOp::Missing => "missing",
+            FieldOp::In => "in",
+        };
+        match &self.value {
+            Some(v) => format!("json_field {} {op} {v}", self.path),
+            None => format!("json_field {} {op}", self.path),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub trait Consumer: Send + Sync {
 pub trait Filter: Send + Sync {
     /// True to keep the message.
     fn matches(&self, envelope: &Envelope, json: Option<&Value>) -> bool;
+    /// What the filter checks, for the reason of a message it dropped
+    /// (`json_field /type eq "order"`).
+    fn describe(&self) -> String;
 }
 
 /// Changes a message on its way.

@@ -14,6 +14,9 @@ pub enum Outcome {
     Filtered {
         /// Index of the rejecting filter.
         filter: usize,
+        /// Which filter, what it checks, and why the body failed it (for example, that
+        /// the body is not JSON).
+        reason: String,
     },
     /// Converter number `converter` failed; never retryable.
     ConvertFailed {
@@ -71,14 +74,22 @@ impl Pipeline {
         if self.filters.is_empty() && self.converters.is_empty() {
             return Outcome::Deliver(envelope);
         }
-        let json: Option<Value> = serde_json::from_slice(&envelope.payload).ok();
+        let parsed: Result<Value, serde_json::Error> = serde_json::from_slice(&envelope.payload);
+        let json = parsed.as_ref().ok();
         for (i, f) in self.filters.iter().enumerate() {
-            if !f.matches(&envelope, json.as_ref()) {
-                return Outcome::Filtered { filter: i };
+            if !f.matches(&envelope, json) {
+                let reason = match &parsed {
+                    Err(e) => format!(
+                        "filter {i} ({}): the body is not JSON ({e}), so it has no field to match",
+                        f.describe()
+                    ),
+                    Ok(_) => format!("filter {i} ({}) did not match", f.describe()),
+                };
+                return Outcome::Filtered { filter: i, reason };
             }
         }
         let mut env = envelope;
-        let mut json = json;
+        let mut json = parsed.ok();
         for (i, c) in self.converters.iter().enumerate() {
             env = match c.convert(env, json.as_ref()) {
                 Ok(e) => e,
@@ -89,5 +100,57 @@ impl Pipeline {
             }
         }
         Outcome::Deliver(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::components::FieldOp;
+    use serde_json::json;
+
+    fn with_body(body: &[u8]) -> Envelope {
+        Envelope {
+            payload: bytes::Bytes::copy_from_slice(body),
+            ..crate::testkit::envelope(None)
+        }
+    }
+
+    fn order_filter() -> Pipeline {
+        let f = FilterSpec::JsonField {
+            path: "/type".into(),
+            op: FieldOp::Eq,
+            value: Some(json!("order")),
+        };
+        Pipeline::from_specs(&[f], &[])
+    }
+
+    #[test]
+    fn a_filtered_message_says_which_filter_and_why() {
+        match order_filter().run(with_body(br#"{"type":"refund"}"#)) {
+            Outcome::Filtered { filter, reason } => {
+                assert_eq!(filter, 0);
+                assert_eq!(reason, r#"filter 0 (json_field /type eq "order") did not match"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            order_filter().run(with_body(br#"{"type":"order"}"#)),
+            Outcome::Deliver(_)
+        ));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_filtered_with_the_parse_error() {
+        match order_filter().run(with_body(b"<order id=\"42\"/>")) {
+            Outcome::Filtered { reason, .. } => {
+                assert!(
+                    reason.contains("the body is not JSON (expected value at line 1 column 1)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

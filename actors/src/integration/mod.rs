@@ -200,10 +200,10 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                     }
                 }
             },
-            Outcome::Filtered { filter } => {
+            Outcome::Filtered { filter, reason } => {
                 c.filtered.fetch_add(1, Ordering::Relaxed);
-                debug!(filter, "filtered out");
-                Event::Delivered
+                debug!(filter, %reason, "filtered out");
+                Event::Filtered { reason }
             }
             Outcome::ConvertFailed { converter, error } => {
                 c.failed.fetch_add(1, Ordering::Relaxed);

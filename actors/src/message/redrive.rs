@@ -57,7 +57,7 @@ fn deadline(status: Status, since_ms: u64, grace_ms: u64, processing_ms: u64) ->
     match status {
         Status::Received | Status::Retry => Some(since_ms + grace_ms),
         Status::Processing => Some(since_ms + processing_ms + grace_ms),
-        Status::Completed | Status::DeadLetter => None,
+        Status::Completed | Status::DeadLetter | Status::Filtered => None,
     }
 }
 

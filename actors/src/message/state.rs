@@ -5,6 +5,7 @@
 //!                   |
 //!                   v
 //!   +--------> received --claim--> processing --delivered--> completed
+//!   |             ^  |                 |  \--filtered--> filtered
 //!   |             ^  |                 |
 //!   |   redrive   +--+   redrive /     | failed (retryable, budget left)
 //!   |  (publish lost)    failed        v
@@ -35,12 +36,15 @@ pub enum Status {
     Retry,
     /// Given up; the entry is in the dead-letter queue.
     DeadLetter,
+    /// A filter dropped it: processed, deliberately not delivered (`reason` says which
+    /// filter, and why).
+    Filtered,
 }
 
 impl Status {
     /// No further transition happens on its own (only a replay leaves `dead_letter`).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::DeadLetter)
+        matches!(self, Status::Completed | Status::DeadLetter | Status::Filtered)
     }
 
     /// The status as stored and shown.
@@ -51,6 +55,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Retry => "retry",
             Status::DeadLetter => "dead_letter",
+            Status::Filtered => "filtered",
         }
     }
 }
@@ -82,7 +87,9 @@ pub struct MessageState {
     pub integration_id: IntegrationId,
     /// Current status.
     pub status: Status,
-    /// Failed attempts so far (each scheduled a retry or ended the message).
+    /// Failed delivery attempts so far in this life (each scheduled a retry or ended the
+    /// message). The API shows it as `attempts` and `retry_count` (see
+    /// [`MessageState::attempts_made`]).
     pub retry_count: u32,
     /// The last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +104,9 @@ pub struct MessageState {
     /// Failed attempts, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// With `filtered`: which filter dropped it, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Which life of `integration_id` the message was received (or replayed) for: the
     /// integration's [`new_incarnation`], chosen when it was created. An integration deleted
     /// and created again under the same id has a later one, so it does not take over its
@@ -125,6 +135,11 @@ pub enum Event {
     Claim,
     /// The destination accepted it (`processing -> completed`).
     Delivered,
+    /// A filter dropped it (`processing -> filtered`).
+    Filtered {
+        /// Which filter, and why.
+        reason: String,
+    },
     /// The attempt failed.
     Failed {
         /// What went wrong.
@@ -196,6 +211,7 @@ fn event_name(e: &Event) -> &'static str {
     match e {
         Event::Claim => "claim",
         Event::Delivered => "delivered",
+        Event::Filtered { .. } => "filtered",
         Event::Failed { .. } => "failed",
         Event::RetryDue => "retry_due",
         Event::Redrive => "redrive",
@@ -227,8 +243,24 @@ impl MessageState {
             updated_at_ms: now_ms,
             next_attempt_at_ms: None,
             attempts: Vec::new(),
+            reason: None,
             incarnation: 0,
         }
+    }
+
+    /// Delivery attempts made in this life: the failed ones, plus the one in progress or
+    /// the one that succeeded. A message dead-lettered after `max_retries: 3` made 4.
+    pub fn attempts_made(&self) -> u32 {
+        match self.status {
+            Status::Processing | Status::Completed => self.retry_count + 1,
+            _ => self.retry_count,
+        }
+    }
+
+    /// Retries made: the attempts after the first (3 for a message dead-lettered after
+    /// `max_retries: 3`). A scheduled retry counts once it is attempted.
+    pub fn retries_made(&self) -> u32 {
+        self.attempts_made().saturating_sub(1)
     }
 
     /// How the message's incarnation compares with an integration's (see
@@ -287,6 +319,12 @@ impl MessageState {
             }
             (Status::Processing, Event::Delivered) => {
                 next.status = Status::Completed;
+                next.next_attempt_at_ms = None;
+                Ok(next)
+            }
+            (Status::Processing, Event::Filtered { reason }) => {
+                next.status = Status::Filtered;
+                next.reason = Some(clip(reason));
                 next.next_attempt_at_ms = None;
                 Ok(next)
             }
@@ -361,6 +399,7 @@ impl MessageState {
                 next.incarnation = *incarnation;
                 next.retry_count = 0;
                 next.attempts.clear();
+                next.reason = None;
                 next.next_attempt_at_ms = None;
                 Ok(next)
             }

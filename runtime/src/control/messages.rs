@@ -64,6 +64,21 @@ impl Control {
         }
     }
 
+    /// Recent messages of an integration, newest first (see
+    /// [`Platform::recent_messages`](crate::platform::Platform::recent_messages)).
+    pub async fn recent_messages(
+        &self,
+        t: &TenantId,
+        i: &vrsky_actors::IntegrationId,
+        status: Option<vrsky_actors::message::Status>,
+        limit: usize,
+        before: Option<crate::platform::MessageCursor>,
+    ) -> Result<crate::platform::MessagePage, ControlError> {
+        self.known(t)?;
+        self.route(t, i)?;
+        Ok(self.platform().recent_messages(t, i, status, limit, before).await?)
+    }
+
     /// A page of a tenant's dead letters, newest first.
     pub async fn dead_letters(
         &self,

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Executor, SqlSafeStr};
 
@@ -149,11 +149,31 @@ const POOL_CONNECTIONS_MAX: u32 = 8;
 type IntegrationTuple = (String, String, String, String, Option<i64>);
 type InstanceTuple = (String, i32, String, String, Option<i32>);
 
+/// A stored timestamp (`2026-12-01 05:52:13[.521123]`, UTC: SQLite's `CURRENT_TIMESTAMP`,
+/// PostgreSQL's `NOW()` in a UTC session) as RFC 3339 UTC with milliseconds, the format
+/// of every time the API shows (`2026-12-01T05:52:13.521Z`).
+pub fn stored_time_rfc3339(text: &str) -> Result<String, DbError> {
+    let corrupt = || DbError::Corrupt(format!("timestamp {text:?}"));
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let at = time::PrimitiveDateTime::parse(whole, &format)
+        .map_err(|_| corrupt())?
+        .assume_utc();
+    let digits: String = fraction.chars().take_while(char::is_ascii_digit).take(3).collect();
+    let ms = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<3}").parse::<u64>().map_err(|_| corrupt())?
+    };
+    let secs = u64::try_from(at.unix_timestamp()).map_err(|_| corrupt())?;
+    Ok(crate::http::views::rfc3339(secs * 1000 + ms))
+}
+
 fn tenant_row((id, name, created_at): (String, String, String)) -> Result<TenantRow, DbError> {
     Ok(TenantRow {
         id: TenantId::new(id).map_err(|e| DbError::Corrupt(e.to_string()))?,
         name,
-        created_at,
+        created_at: stored_time_rfc3339(&created_at)?,
     })
 }
 
@@ -162,7 +182,7 @@ fn integration_row((t, i, spec, created_at, incarnation): IntegrationTuple) -> R
         tenant_id: TenantId::new(t).map_err(|e| DbError::Corrupt(e.to_string()))?,
         id: IntegrationId::new(i).map_err(|e| DbError::Corrupt(e.to_string()))?,
         spec,
-        created_at,
+        created_at: stored_time_rfc3339(&created_at)?,
         incarnation: incarnation
             .map(u64::try_from)
             .transpose()
@@ -197,10 +217,12 @@ impl Db {
             migrations(SQLITE_MIGRATIONS).run(&pool).await?;
             Ok(Db::Sqlite(pool))
         } else {
+            // Timestamps are written and read in UTC whatever the server's time zone.
+            let opts = PgConnectOptions::from_str(url)?.options([("timezone", "UTC")]);
             let pool = PgPoolOptions::new()
                 .max_connections(POOL_CONNECTIONS_MAX)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(opts)
                 .await?;
             migrations(POSTGRES_MIGRATIONS).run(&pool).await?;
             Ok(Db::Postgres(pool))
@@ -461,6 +483,29 @@ impl Db {
             .await?
         });
         rows.into_iter().map(instance_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::stored_time_rfc3339;
+
+    #[test]
+    fn stored_times_become_rfc3339_utc() {
+        assert_eq!(
+            stored_time_rfc3339("2026-12-01 05:52:13").unwrap(),
+            "2026-12-01T05:52:13.000Z"
+        );
+        assert_eq!(
+            stored_time_rfc3339("2026-12-01 05:52:13.521123").unwrap(),
+            "2026-12-01T05:52:13.521Z"
+        );
+        assert_eq!(
+            stored_time_rfc3339("2026-12-01 05:52:13.5").unwrap(),
+            "2026-12-01T05:52:13.500Z"
+        );
+        assert!(stored_time_rfc3339("yesterday").is_err());
     }
 }
 

@@ -12,7 +12,9 @@ use vrsky_actors::{IntegrationId, TenantId};
 
 use super::AppState;
 use super::error::ApiError;
-use super::views::{DeadLetterView, InstanceView, IntegrationView, MessageView, TenantStatsView};
+use super::views::{
+    DeadLetterSummaryView, DeadLetterView, InstanceView, IntegrationView, MessageView, TenantStatsView,
+};
 
 /// Parses a path id; an id that cannot exist is answered like a missing one.
 fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
@@ -224,11 +226,76 @@ pub(crate) async fn get_message(
     Ok(Json(MessageView::from(&state)))
 }
 
-/// Largest dead-letter page.
+/// Largest page of messages or dead letters.
 const PAGE_MAX: usize = 500;
 
 fn bad_query(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+}
+
+/// Parses a `status` query value.
+fn status_param(v: &str) -> Result<vrsky_actors::message::Status, ApiError> {
+    use vrsky_actors::message::Status;
+    [
+        Status::Received,
+        Status::Processing,
+        Status::Retry,
+        Status::Completed,
+        Status::Filtered,
+        Status::DeadLetter,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == v)
+    .ok_or_else(|| {
+        bad_query(format!(
+            "unknown status {v:?} (expected received, processing, retry, completed, filtered or dead_letter)"
+        ))
+    })
+}
+
+/// `GET /api/tenants/{t}/integrations/{i}/messages?limit=&status=&cursor=`: recent
+/// messages, newest first, `limit` (1 to 500, default 50) to a page.
+pub(crate) async fn list_messages(
+    State(s): State<AppState>,
+    Path((t, i)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    let i = integration_id(&i)?;
+    if let Some(k) = q.keys().find(|k| !["limit", "status", "cursor"].contains(&k.as_str())) {
+        return Err(bad_query(format!(
+            "unknown parameter {k:?} (expected limit, status, cursor)"
+        )));
+    }
+    let limit = page_limit(q.get("limit"))?;
+    let status = q.get("status").map(|v| status_param(v)).transpose()?;
+    let before = match q.get("cursor") {
+        None => None,
+        Some(v) => Some(
+            crate::platform::MessageCursor::parse(v)
+                .ok_or_else(|| bad_query("cursor must be a value from next_cursor".into()))?,
+        ),
+    };
+    let (items, next) = s.control.recent_messages(&t, &i, status, limit, before).await?;
+    let items: Vec<MessageView> = items.iter().map(MessageView::from).collect();
+    Ok(Json(serde_json::json!({
+        "tenant_id": t,
+        "integration_id": i,
+        "messages": items,
+        "next_cursor": next.map(|c| c.to_string()),
+    })))
+}
+
+/// The `limit` of a page: 1 to [`PAGE_MAX`], 50 when absent.
+fn page_limit(v: Option<&String>) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(50),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| bad_query(format!("limit must be 1 to {PAGE_MAX}"))),
+    }
 }
 
 /// `GET /api/tenants/{t}/dead-letters?limit=&cursor=`: newest first.
@@ -241,14 +308,7 @@ pub(crate) async fn list_dead_letters(
     if let Some(k) = q.keys().find(|k| *k != "limit" && *k != "cursor") {
         return Err(bad_query(format!("unknown parameter {k:?} (expected limit, cursor)")));
     }
-    let limit = match q.get("limit") {
-        None => 50,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE_MAX).contains(n))
-            .ok_or_else(|| bad_query(format!("limit must be 1 to {PAGE_MAX}")))?,
-    };
+    let limit = page_limit(q.get("limit"))?;
     let cursor = match q.get("cursor") {
         None => None,
         Some(v) => Some(
@@ -257,6 +317,7 @@ pub(crate) async fn list_dead_letters(
         ),
     };
     let (items, next) = s.control.dead_letters(&t, limit, cursor).await?;
+    let items: Vec<DeadLetterSummaryView> = items.iter().map(DeadLetterSummaryView::from).collect();
     Ok(Json(serde_json::json!({"dead_letters": items, "next_cursor": next})))
 }
 

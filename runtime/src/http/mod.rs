@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod echo;
 pub mod error;
 pub mod views;
 mod webhook;
@@ -35,8 +36,8 @@ pub struct AppState {
     pub platform_sync: Arc<str>,
 }
 
-/// Builds the router. `dev_sink` mounts `POST /dev/echo`, the built-in echo sink of
-/// `vrsky dev`.
+/// Builds the router. `dev_sink` mounts `/dev/echo`, the built-in echo sink of `vrsky dev`
+/// (`POST` records, `GET` lists the last 100 requests).
 pub fn router(state: AppState, dev_sink: bool) -> Router {
     let api = Router::new()
         .route("/tenants", post(api::create_tenant).get(api::list_tenants))
@@ -51,6 +52,7 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
                 .put(api::update_integration)
                 .delete(api::delete_integration),
         )
+        .route("/tenants/{t}/integrations/{i}/messages", get(api::list_messages))
         .route(
             "/tenants/{t}/nats-instances",
             get(api::nats_instances).post(api::add_nats_instance),
@@ -74,10 +76,28 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if dev_sink {
-        app = app.route("/dev/echo", post(dev_echo));
+        let sink = std::sync::Arc::new(echo::EchoSink::default());
+        app = app.route(
+            "/dev/echo",
+            post({
+                let sink = sink.clone();
+                move |headers, body| echo::receive(sink, headers, body)
+            })
+            .get(move || echo::recent(sink)),
+        );
     }
-    app.fallback(|| async { error::ApiError::not_found("no such route") })
-        .with_state(state)
+    // Every answer of the router itself has the API's error shape too.
+    app.fallback(
+        |uri: axum::http::Uri| async move { error::ApiError::not_found(format!("no such route: {}", uri.path())) },
+    )
+    .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+        error::ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {}", uri.path()),
+        )
+    })
+    .with_state(state)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -103,15 +123,4 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body))
-}
-
-async fn dev_echo(headers: axum::http::HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
-    let text = String::from_utf8_lossy(&body);
-    tracing::info!(
-        message_id = headers.get("x-vrsky-message-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        bytes = body.len(),
-        body = %text.chars().take(200).collect::<String>(),
-        "echo sink received"
-    );
-    StatusCode::OK
 }

@@ -11,7 +11,7 @@ use vrsky_actors::message::{Attempt, MessageState};
 use vrsky_actors::{IntegrationId, MessageId, TenantId};
 
 use crate::control::{Directory, InstanceInfo, IntegrationInfo, TenantPhase, TenantStats};
-use crate::platform::DeadLetter;
+use crate::platform::{DeadLetter, DeadLetterSummary};
 
 /// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds
 /// (`2025-11-26T19:50:45.123Z`).
@@ -36,9 +36,11 @@ pub struct MessageView {
     pub message_id: MessageId,
     /// Integration.
     pub integration_id: IntegrationId,
-    /// `received`, `processing`, `completed`, `retry` or `dead_letter`.
+    /// `received`, `processing`, `retry`, `completed`, `filtered` or `dead_letter`.
     pub status: &'static str,
-    /// Failed attempts so far.
+    /// Delivery attempts made (4 for a message dead-lettered after `max_retries: 3`).
+    pub attempts: u32,
+    /// Retries made: the attempts after the first (3 there).
     pub retry_count: u32,
     /// The last failure.
     pub last_error: Option<String>,
@@ -49,6 +51,9 @@ pub struct MessageView {
     /// With `retry`: when the next attempt is due (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// With `filtered`: which filter dropped it, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&MessageState> for MessageView {
@@ -57,11 +62,62 @@ impl From<&MessageState> for MessageView {
             message_id: s.message_id.clone(),
             integration_id: s.integration_id.clone(),
             status: s.status.as_str(),
-            retry_count: s.retry_count,
+            attempts: s.attempts_made(),
+            retry_count: s.retries_made(),
             last_error: s.last_error.clone(),
             created_at: rfc3339(s.created_at_ms),
             updated_at: rfc3339(s.updated_at_ms),
             next_attempt_at: s.next_attempt_at_ms.map(rfc3339),
+            reason: s.reason.clone(),
+        }
+    }
+}
+
+/// One failed delivery attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When it ended (RFC 3339).
+    pub at: String,
+    /// The destination's status code, if it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            at: rfc3339(a.at_ms),
+            status: a.status,
+            error: a.error.clone(),
+        }
+    }
+}
+
+/// A dead letter in a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterSummaryView {
+    /// Message id.
+    pub message_id: MessageId,
+    /// Integration.
+    pub integration_id: String,
+    /// When it was dead-lettered (RFC 3339).
+    pub dead_at: String,
+    /// The last failure.
+    pub last_error: String,
+}
+
+impl From<&DeadLetterSummary> for DeadLetterSummaryView {
+    fn from(d: &DeadLetterSummary) -> Self {
+        DeadLetterSummaryView {
+            message_id: d.message_id.clone(),
+            integration_id: d.integration_id.clone(),
+            dead_at: rfc3339(d.dead_at_ms),
+            last_error: d.last_error.clone(),
         }
     }
 }
@@ -72,8 +128,8 @@ pub struct DeadLetterView {
     /// The state when it was dead-lettered.
     #[serde(flatten)]
     pub message: MessageView,
-    /// Every failed attempt.
-    pub attempts: Vec<Attempt>,
+    /// Every failed attempt, oldest first.
+    pub attempt_history: Vec<AttemptView>,
     /// The original forwarded headers.
     pub headers: Vec<(String, String)>,
     /// The body's media type.
@@ -93,7 +149,7 @@ impl From<&DeadLetter> for DeadLetterView {
         let text = std::str::from_utf8(&d.envelope.payload).ok().map(str::to_owned);
         DeadLetterView {
             message: MessageView::from(&d.state),
-            attempts: d.state.attempts.clone(),
+            attempt_history: d.state.attempts.iter().map(AttemptView::from).collect(),
             headers: d.envelope.headers.clone(),
             content_type: d.envelope.content_type.clone(),
             payload_base64: match text {

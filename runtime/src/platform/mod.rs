@@ -7,9 +7,11 @@
 //!   per-message TTLs for finished states), the `MessageStore` port;
 //! - `redrive.rs`: the node-local re-drive index and the start-up scan that fills it;
 //! - `retries.rs`: the retry queue's entries and its durable consumer;
-//! - `dead_letters.rs`: the dead-letter queue's entries, headers and lookups.
+//! - `dead_letters.rs`: the dead-letter queue's entries, headers and lookups;
+//! - `listing.rs`: an integration's recent messages, newest first, paged.
 
 mod dead_letters;
+mod listing;
 mod redrive;
 mod retries;
 mod setup;
@@ -26,6 +28,7 @@ use vrsky_actors::message::{StoreError, StoreErrorKind};
 use vrsky_actors::{TenantId, subjects};
 
 pub use dead_letters::{DeadLetter, DeadLetterSummary};
+pub use listing::{MessageCursor, MessagePage, NewestPage};
 pub use redrive::Observation;
 pub use retries::retry_entry_of;
 pub use state::Accepted;
