@@ -39,7 +39,7 @@ pub fn install_crypto_provider() {
 /// Extra behaviour for `vrsky dev`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RuntimeOptions {
-    /// Mount the built-in echo sink at `POST /dev/echo`.
+    /// Mount the built-in echo sink at `/dev/echo`.
     pub dev_sink: bool,
 }
 

@@ -197,3 +197,135 @@ async fn a_waiting_retry_shows_its_attempts_and_when_it_is_due() {
     sink.stop();
     t.shutdown().await;
 }
+
+/// One curl of the README: method, URL, headers, body.
+type Call = (String, String, Vec<(String, String)>, String);
+
+/// The curl commands of the README's "Using it" example, with `$API` and `$AUTH`
+/// substituted.
+fn readme_calls(api: &str) -> Vec<Call> {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("## Using it").unwrap();
+    let block = &readme[start..];
+    let block = &block[block.find("```sh").unwrap() + 5..];
+    let block = &block[..block.find("```").unwrap()];
+    // Join continued lines and multi-line quoted bodies into one command each.
+    let mut commands: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in block.lines() {
+        let line = line.trim_end();
+        let continues = open || commands.last().is_some_and(|c| c.ends_with('\\'));
+        if continues {
+            let last = commands.last_mut().unwrap();
+            if last.ends_with('\\') {
+                last.pop();
+            }
+            last.push('\n');
+            last.push_str(line);
+        } else if line.trim_start().starts_with("curl ") {
+            commands.push(line.trim_start().to_owned());
+        } else {
+            continue;
+        }
+        open = commands.last().unwrap().matches('\'').count() % 2 == 1;
+    }
+    commands
+        .into_iter()
+        .map(|c| {
+            let c = c.replace("$API", api);
+            let method = if c.contains("-X POST") { "POST" } else { "GET" }.to_owned();
+            let quoted: Vec<&str> = c.split('\'').collect();
+            let mut headers = Vec::new();
+            let mut body = String::new();
+            for (k, part) in quoted.iter().enumerate() {
+                if k % 2 == 1 {
+                    let before = quoted[k - 1].trim_end();
+                    if before.ends_with("-H") {
+                        let (n, v) = part.split_once(':').unwrap();
+                        headers.push((n.trim().to_owned(), v.trim().to_owned()));
+                    } else if before.ends_with("-d") {
+                        body = (*part).to_owned();
+                    }
+                }
+            }
+            if c.contains("-d '") && body.is_empty() {
+                panic!("no body parsed from {c}");
+            }
+            if c.contains(r#"-H "$AUTH""#) {
+                headers.push(("authorization".into(), "Bearer test-admin-token-0123456789".into()));
+            }
+            let url = c
+                .split_whitespace()
+                .map(|w| w.trim_matches('"'))
+                .find(|w| w.starts_with(api))
+                .unwrap()
+                .to_owned();
+            (method, url, headers, body)
+        })
+        .collect()
+}
+
+/// The README's "Using it" example, run as written against a node with the dev echo
+/// sink: the order is delivered (converted) to the sink, the refund is filtered, and
+/// the listing and the sink show both as the README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_example_delivers_to_the_echo_sink() {
+    let t = TestRuntime::start_with_options(
+        Backend::Sqlite,
+        vrsky_runtime::app::RuntimeOptions { dev_sink: true },
+        |_| {},
+    )
+    .await;
+    let api = t.url("");
+    let api = api.trim_end_matches('/');
+    let calls = readme_calls("http://127.0.0.1:8080");
+    assert!(calls.len() >= 6, "{calls:?}");
+    let mut answers = Vec::new();
+    for (method, url, headers, body) in &calls {
+        let url = url.replace("http://127.0.0.1:8080", api);
+        let body = body.replace("http://127.0.0.1:8080", api);
+        let mut r = t.http.request(method.parse().unwrap(), &url);
+        for (k, v) in headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        if !body.is_empty() {
+            r = r.body(body.clone());
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status < 300, "{method} {url} {body}: {status} {v}");
+        answers.push(v);
+        // The example's reads follow its webhooks: let those finish first.
+        if url.contains("/webhooks/") {
+            let id = answers.last().unwrap()["message_id"].as_str().unwrap().to_owned();
+            let (_, m) = t
+                .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+                .await;
+            let done = crate::common::wait_until(Duration::from_secs(30), || async {
+                let (_, m) = t
+                    .api(Method::GET, &format!("/api/tenants/acme/messages/{id}"), None)
+                    .await;
+                m["status"] == "completed" || m["status"] == "filtered"
+            })
+            .await;
+            assert!(done.is_ok(), "{m}");
+        }
+    }
+    let listing = answers.iter().find(|v| v.get("messages").is_some()).unwrap();
+    let statuses: Vec<&str> = listing["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["filtered", "completed"], "{listing}");
+    let echo = answers.iter().find(|v| v.get("requests").is_some()).unwrap();
+    assert_eq!(echo["requests"][0]["body"], r#"{"id":42,"source":"vrsky"}"#, "{echo}");
+    assert_eq!(
+        echo["requests"].as_array().unwrap().len(),
+        1,
+        "the refund was not delivered"
+    );
+    t.shutdown().await;
+}

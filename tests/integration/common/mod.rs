@@ -114,6 +114,15 @@ impl TestRuntime {
 
     /// Starts a node with a configuration adjusted by `tweak`.
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestRuntime {
+        Self::start_with_options(backend, RuntimeOptions::default(), tweak).await
+    }
+
+    /// Starts a node with options (`vrsky dev`'s echo sink) and an adjusted configuration.
+    pub async fn start_with_options(
+        backend: Backend,
+        options: RuntimeOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestRuntime {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let pg = match backend {
@@ -122,7 +131,7 @@ impl TestRuntime {
         };
         let mut cfg = test_config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
         tweak(&mut cfg);
-        let rt = Runtime::start(cfg.clone(), RuntimeOptions::default()).await.unwrap();
+        let rt = Runtime::start(cfg.clone(), options).await.unwrap();
         TestRuntime {
             rt: Some(rt),
             dir,
