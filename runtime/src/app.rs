@@ -167,7 +167,7 @@ impl Runtime {
             TenantDeps {
                 db,
                 provisioner,
-                http: http_client()?,
+                http: http_client(cfg.producer.allow_private_targets)?,
                 store: Arc::new(platform_state.clone()),
                 directory: directory.clone(),
                 settings: TenantSettings {

@@ -16,6 +16,7 @@ pub mod nats;
 pub mod platform;
 pub mod producer;
 pub mod scheduler;
+pub mod targets;
 pub mod telemetry;
 
 /// The allocator of every binary built on this crate (`vrsky`, the test node, the tests).

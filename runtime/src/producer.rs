@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+use crate::targets::{CheckedResolver, blocked_in, is_blocked};
 use vrsky_actors::Envelope;
 use vrsky_actors::components::{
     Delivered, HttpMethod, HttpProducerSpec, ProduceError, ProduceErrorKind, Producer, SpecError,
@@ -23,15 +24,20 @@ use vrsky_actors::components::{
 /// the platform's trust store), HTTP/1.1 or HTTP/2 by ALPN. It never follows redirects
 /// (a 3xx is an answer, classified as permanent) and retries nothing itself: retries
 /// are the message's, with backoff and a dead-letter queue.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Host names are resolved by [`CheckedResolver`], so it connects only to addresses a
+/// producer may reach (see `targets.rs`).
+pub type HttpClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>;
 
 /// Most idle connections kept per destination.
 const IDLE_PER_HOST: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the delivery client. Fails only if the platform trust store cannot be read.
-pub fn http_client() -> Result<HttpClient, rustls::Error> {
-    let mut tcp = HttpConnector::new();
+/// Builds the delivery client; with `allow_private_targets` false it never connects to
+/// a blocked address. Fails only if the platform trust store cannot be read.
+pub fn http_client(allow_private_targets: bool) -> Result<HttpClient, rustls::Error> {
+    let mut tcp = HttpConnector::new_with_resolver(CheckedResolver {
+        allow_private: allow_private_targets,
+    });
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -65,25 +71,11 @@ fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
     }
 }
 
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
-    }
-}
-
 impl HttpProducer {
     /// Checks the spec's URL and headers and builds the producer. Unless
-    /// `allow_private_targets`, URLs naming loopback, private or link-local addresses (or
-    /// `localhost`) are refused. Host names are not resolved here.
+    /// `allow_private_targets`, a URL naming a blocked IP literal (see `targets.rs`) or
+    /// `localhost` is refused; other host names are checked when they are resolved, at
+    /// each delivery.
     pub fn new(client: HttpClient, spec: &HttpProducerSpec, allow_private_targets: bool) -> Result<Self, SpecError> {
         let url = Url::parse(&spec.url).map_err(|e| match e {
             url::ParseError::RelativeUrlWithoutBase => spec_err(
@@ -110,14 +102,21 @@ impl HttpProducer {
         }
         let private = match url.host() {
             None => return Err(spec_err("producer.url", "has no host")),
-            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-            Some(url::Host::Ipv4(v4)) => is_private(IpAddr::V4(v4)),
-            Some(url::Host::Ipv6(v6)) => is_private(IpAddr::V6(v6)),
+            Some(url::Host::Domain(d)) => {
+                let d = d.trim_end_matches('.');
+                d == "localhost" || d.ends_with(".localhost")
+            }
+            Some(url::Host::Ipv4(v4)) => is_blocked(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => is_blocked(IpAddr::V6(v6)),
         };
         if private && !allow_private_targets {
             return Err(spec_err(
                 "producer.url",
-                "loopback, private and link-local targets are not allowed on this runtime",
+                format!(
+                    "{:?} names a loopback, private, link-local or reserved address, which producers may not \
+                     reach on this runtime (producer.allow_private_targets is off)",
+                    url.host_str().unwrap_or("")
+                ),
             ));
         }
         let mut headers = HeaderMap::new();
@@ -219,11 +218,16 @@ impl HttpProducer {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.request_headers(env);
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.unanswered(error_chain(&e)))?;
+        let resp = self.client.request(req).await.map_err(|e| match blocked_in(&e) {
+            // Refused before any connection: the reason says nothing of the port.
+            Some(b) => ProduceError {
+                kind: ProduceErrorKind::Permanent,
+                status: None,
+                message: format!("request to {} refused: {b}", self.url),
+                retry_after_ms: None,
+            },
+            None => self.unanswered(error_chain(&e)),
+        })?;
         let status = resp.status();
         let retry_after = retry_after_ms(resp.headers(), std::time::SystemTime::now());
         // A response body left unread keeps its connection out of the pool: read and
@@ -290,7 +294,7 @@ mod tests {
     #[test]
     fn target_checks() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let c = http_client().unwrap();
+        let c = http_client(false).unwrap();
         for bad in [
             "http://127.0.0.1/x",
             "http://localhost:8080",
@@ -352,7 +356,7 @@ mod tests {
         let mut s = spec(&format!("http://{addr}/hook?a=1#fragment"));
         s.method = HttpMethod::Put;
         s.headers.insert("Authorization".into(), "Bearer k".into());
-        let p = HttpProducer::new(http_client().unwrap(), &s, true).unwrap();
+        let p = HttpProducer::new(http_client(true).unwrap(), &s, true).unwrap();
         let env = envelope();
         assert_eq!(p.deliver(&env).await.unwrap().status, 204);
         let (method, uri, h, body) = seen.lock().unwrap().take().unwrap();
@@ -392,7 +396,7 @@ mod tests {
             async move { (http::StatusCode::FOUND, [(http::header::LOCATION, to)]) }
         }))
         .await;
-        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{redirect}/")), true).unwrap();
+        let p = HttpProducer::new(http_client(true).unwrap(), &spec(&format!("http://{redirect}/")), true).unwrap();
         let e = p.deliver(&envelope()).await.unwrap_err();
         assert_eq!((e.kind, e.status), (ProduceErrorKind::Permanent, Some(302)));
         assert!(e.message.contains("answered 302 Found"), "{}", e.message);
@@ -405,7 +409,7 @@ mod tests {
         .await;
         let mut s = spec(&format!("http://{slow}/"));
         s.timeout_ms = 200;
-        let p = HttpProducer::new(http_client().unwrap(), &s, true).unwrap();
+        let p = HttpProducer::new(http_client(true).unwrap(), &s, true).unwrap();
         let e = p.deliver(&envelope()).await.unwrap_err();
         assert_eq!((e.kind, e.status), (ProduceErrorKind::Retryable, None));
         assert!(e.message.contains("no answer within 200 ms"), "{}", e.message);
@@ -414,7 +418,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{closed}/")), true).unwrap();
+        let p = HttpProducer::new(http_client(true).unwrap(), &spec(&format!("http://{closed}/")), true).unwrap();
         let e = p.deliver(&envelope()).await.unwrap_err();
         assert_eq!((e.kind, e.status), (ProduceErrorKind::Retryable, None));
         assert!(e.message.contains("refused"), "{}", e.message);
@@ -445,7 +449,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
-        let p = HttpProducer::new(http_client().unwrap(), &spec(&format!("http://{addr}/hook")), true).unwrap();
+        let p = HttpProducer::new(http_client(true).unwrap(), &spec(&format!("http://{addr}/hook")), true).unwrap();
         let env = envelope();
         for _ in 0..5 {
             assert_eq!(p.deliver(&env).await.unwrap().status, 200);

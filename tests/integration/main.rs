@@ -10,4 +10,5 @@ mod durability;
 mod foundation;
 mod instances;
 mod newcomer;
+mod ssrf;
 mod tenants;

@@ -341,7 +341,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
         TenantDeps {
             db: db.clone(),
             provisioner,
-            http: crate::producer::http_client().unwrap(),
+            http: crate::producer::http_client(false).unwrap(),
             store: Arc::new(platform),
             directory: Arc::new(Directory::default()),
             settings: TenantSettings {

@@ -75,7 +75,7 @@ impl Floor {
         let (sink, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals)).await?;
         let sub = tenant.queue_subscribe(SUBJECT, "floor".into()).await?;
         tenant.flush().await?;
-        let client = vrsky_runtime::producer::http_client()?;
+        let client = vrsky_runtime::producer::http_client(true)?;
         let sink: http::Uri = format!("http://{sink}/sink").parse()?;
         let worker = {
             let store = store.clone();
