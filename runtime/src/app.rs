@@ -63,6 +63,7 @@ pub struct Runtime {
 impl Runtime {
     /// Starts a node from a validated configuration.
     pub async fn start(cfg: Config, opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        raise_open_files_limit();
         install_crypto_provider();
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -219,14 +220,14 @@ impl Runtime {
         let addr = listener.local_addr()?;
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = router(state, opts.dev_sink);
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+        let limits = crate::http::serve::ServeLimits {
+            header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
+            max_connections: cfg.http.max_connections,
+        };
+        let http_task = tokio::spawn(crate::http::serve::serve(listener, app, limits, async {
+            let _ = stop_rx.await;
+        }));
         info!(%addr, "vrsky listening");
         Ok(Runtime {
             addr,
@@ -260,6 +261,16 @@ impl Runtime {
         }
         self.control.db().close().await;
         info!("vrsky stopped");
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit: every connection, tenant
+/// NATS client and nats-server pipe is a descriptor, and the usual soft limit of 1,024 is
+/// reached long before the connection cap.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

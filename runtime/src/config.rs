@@ -26,12 +26,38 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Webhook ingress settings.
     pub webhook: WebhookConfig,
+    /// Limits of the HTTP server against slow and numerous clients.
+    pub http: HttpConfig,
     /// Producer settings.
     pub producer: ProducerConfig,
     /// Logging settings.
     pub log: LogConfig,
     /// Durable message state in the platform NATS.
     pub state: StateConfig,
+}
+
+/// Limits of the HTTP server, so slow or numerous clients cannot hold its sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection that has not sent a request's headers this long after it opened (or
+    /// after its previous response) is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body not received in full this long after its headers is refused with
+    /// 408 and its connection closed.
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// Durable message state: retention in the platform JetStream and re-drive timing.
@@ -200,6 +226,7 @@ impl Default for Config {
             admin_token: None,
             nats: NatsConfig::default(),
             webhook: WebhookConfig::default(),
+            http: HttpConfig::default(),
             producer: ProducerConfig::default(),
             log: LogConfig::default(),
             state: StateConfig::default(),
@@ -317,6 +344,18 @@ impl Config {
                     self.webhook.refusal_delay_ms
                 ),
             });
+        }
+        for (field, value) in [
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: "must be positive".into(),
+                });
+            }
         }
         if self.nats.instances_per_tenant_max == 0 {
             return Err(ConfigError::Invalid {

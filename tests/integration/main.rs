@@ -9,6 +9,7 @@ mod dev_command;
 mod durability;
 mod foundation;
 mod instances;
+mod limits;
 mod newcomer;
 mod ssrf;
 mod tenants;

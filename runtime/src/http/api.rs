@@ -1,7 +1,6 @@
 //! REST handlers under `/api`.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -12,6 +11,7 @@ use vrsky_actors::{IntegrationId, TenantId};
 
 use super::AppState;
 use super::error::ApiError;
+use super::serve::ApiBody;
 use super::views::{
     DeadLetterSummaryView, DeadLetterView, InstanceView, IntegrationView, MessageView, TenantStatsView,
 };
@@ -38,7 +38,10 @@ fn tenant_json(row: crate::db::TenantRow) -> serde_json::Value {
 }
 
 /// `POST /api/tenants` -> 201.
-pub(crate) async fn create_tenant(State(s): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn create_tenant(
+    State(s): State<AppState>,
+    ApiBody(body): ApiBody,
+) -> Result<impl IntoResponse, ApiError> {
     let req: CreateTenant = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
     let id =
         TenantId::new(&req.id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("id: {e}")))?;
@@ -75,7 +78,7 @@ pub(crate) async fn delete_tenant(
 pub(crate) async fn create_integration(
     State(s): State<AppState>,
     Path(t): Path<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant_id(&t)?;
     // The tenant is checked before the body so an unknown tenant is a 404 whatever the body.
@@ -114,7 +117,7 @@ pub(crate) async fn get_integration(
 pub(crate) async fn update_integration(
     State(s): State<AppState>,
     Path((t, i)): Path<(String, String)>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant_id(&t)?;
     let i = integration_id(&i)?;
@@ -353,7 +356,7 @@ pub(crate) async fn retry_dead_letter(
 pub(crate) async fn retry_dead_letters(
     State(s): State<AppState>,
     Path(t): Path<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant_id(&t)?;
     let filter: crate::control::ReplayFilter = if body.is_empty() {

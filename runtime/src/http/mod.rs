@@ -4,6 +4,7 @@ mod api;
 mod auth;
 mod echo;
 pub mod error;
+pub mod serve;
 pub mod views;
 mod webhook;
 

@@ -127,7 +127,7 @@ pub(crate) async fn receive(
     }
     let body = read_limited(body, limit).await.map_err(|e| match e {
         ReadError::TooLarge => too_large(),
-        ReadError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}")),
+        ReadError::Body(e) => super::serve::body_error(&e),
     })?;
     // Looked up again now the body is in: a slow upload may have outlived the integration
     // it started with, and the message must carry the one that will deliver it.
