@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::targets::{CheckedResolver, blocked_in, is_blocked};
 use vrsky_actors::Envelope;
+use vrsky_actors::components::signature::Secret;
 use vrsky_actors::components::{
     Delivered, HttpMethod, HttpProducerSpec, ProduceError, ProduceErrorKind, Producer, SpecError,
 };
@@ -62,6 +63,8 @@ pub struct HttpProducer {
     method: Method,
     headers: HeaderMap,
     timeout: Duration,
+    /// Standard Webhooks secret each delivery is signed with.
+    signing: Option<Secret>,
 }
 
 fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
@@ -140,6 +143,10 @@ impl HttpProducer {
             .as_str()
             .parse()
             .map_err(|e| spec_err("producer.url", format!("{:?} is not a URL: {e}", spec.url)))?;
+        let signing = match &spec.signing {
+            None => None,
+            Some(s) => Some(Secret::parse(&s.secret).map_err(|m| spec_err("producer.signing.secret", m))?),
+        };
         Ok(HttpProducer {
             client,
             url,
@@ -147,6 +154,7 @@ impl HttpProducer {
             method,
             headers,
             timeout: Duration::from_millis(spec.timeout_ms),
+            signing,
         })
     }
 
@@ -170,6 +178,22 @@ impl HttpProducer {
         h.insert("x-vrsky-attempt", HeaderValue::from(env.attempt));
         if let Some(tp) = env.trace_context.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
             h.insert("traceparent", tp);
+        }
+        if let Some(secret) = &self.signing {
+            // Standard Webhooks: the id is the message id, the same on every attempt, so
+            // the destination can deduplicate; the timestamp is this attempt's.
+            let now_s = vrsky_actors::now_ms() / 1000;
+            let id = env.message_id.as_str();
+            let signature = secret.sign(id, now_s, &env.payload);
+            for (name, value) in [
+                ("webhook-id", id.to_owned()),
+                ("webhook-timestamp", now_s.to_string()),
+                ("webhook-signature", signature),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+            }
         }
         h
     }
@@ -288,6 +312,7 @@ mod tests {
             method: HttpMethod::Post,
             headers: Default::default(),
             timeout_ms: 1000,
+            signing: None,
         }
     }
 

@@ -11,5 +11,6 @@ mod foundation;
 mod instances;
 mod limits;
 mod newcomer;
+mod signatures;
 mod ssrf;
 mod tenants;

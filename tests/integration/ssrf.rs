@@ -128,6 +128,7 @@ async fn no_producer_url_reaches_this_machine() {
             method: HttpMethod::Post,
             headers: Default::default(),
             timeout_ms: 2000,
+            signing: None,
         };
         match HttpProducer::new(client.clone(), &spec, false) {
             Err(e) => {
@@ -174,6 +175,7 @@ async fn no_producer_url_reaches_this_machine() {
         method: HttpMethod::Post,
         headers: Default::default(),
         timeout_ms: 500,
+        signing: None,
     };
     let p = HttpProducer::new(http_client(true).unwrap(), &spec, true).unwrap();
     let _ = p.deliver(&envelope()).await;

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use super::{ConsumeError, Consumer};
+use super::signature::{Secret, SignatureError};
+use super::{ConsumeError, Consumer, ConsumerSpec, SpecError};
 use crate::envelope::Envelope;
 use crate::ids::{IntegrationId, MessageId, TenantId};
 
@@ -25,18 +26,59 @@ pub struct InboundRequest {
     pub received_at_ms: u64,
 }
 
-/// Keeps `content-type` and the configured headers; drops everything else.
+/// Keeps `content-type` and the configured headers; drops everything else. With a
+/// signature secret, it verifies each request first.
 #[derive(Debug, Clone)]
 pub struct WebhookConsumer {
     /// Lowercase header names to forward.
     forward: Vec<String>,
+    /// Standard Webhooks secret incoming requests must be signed with.
+    verify: Option<Secret>,
 }
 
 impl WebhookConsumer {
-    /// A consumer forwarding these headers (matched case-insensitively).
+    /// A consumer forwarding these headers (matched case-insensitively), verifying
+    /// nothing.
     pub fn new(forward_headers: &[String]) -> Self {
         WebhookConsumer {
             forward: forward_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            verify: None,
+        }
+    }
+
+    /// The consumer a spec describes; fails on a secret that does not parse (a spec that
+    /// passed validation never does).
+    pub fn from_spec(spec: &ConsumerSpec) -> Result<Self, SpecError> {
+        let verify = match &spec.signature {
+            None => None,
+            Some(s) => Some(Secret::parse(&s.secret).map_err(|message| SpecError {
+                field: "consumer.signature.secret".into(),
+                message,
+            })?),
+        };
+        Ok(WebhookConsumer {
+            verify,
+            ..WebhookConsumer::new(&spec.forward_headers)
+        })
+    }
+
+    /// Checks an incoming request's signature (when this consumer requires one) at
+    /// `now_s`. `header` looks a request header up by lowercase name.
+    pub fn verify<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: &[u8],
+        now_s: u64,
+    ) -> Result<(), SignatureError> {
+        match &self.verify {
+            None => Ok(()),
+            Some(secret) => secret.verify(
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                body,
+                now_s,
+            ),
         }
     }
 }

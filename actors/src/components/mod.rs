@@ -6,6 +6,7 @@ mod consumer;
 mod converter;
 mod filter;
 mod pipeline;
+pub mod signature;
 mod spec;
 
 use futures::future::BoxFuture;
@@ -19,7 +20,7 @@ pub use filter::JsonFieldFilter;
 pub use pipeline::{Outcome, Pipeline};
 pub use spec::{
     ConsumerSpec, ConverterSpec, FieldOp, FilterSpec, HttpMethod, HttpProducerSpec, IntegrationSpec, MissingField,
-    ProducerSpec, SpecError,
+    ProducerSpec, REDACTED, SignatureScheme, SignatureSpec, SigningSpec, SpecError,
 };
 
 /// Turns an inbound request into an envelope (the webhook receiver is the first).

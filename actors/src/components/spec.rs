@@ -52,6 +52,35 @@ pub struct ConsumerSpec {
     /// Request headers carried to the producer (case-insensitive). `content-type` always is.
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Verify incoming webhooks' signatures; unsigned or badly signed ones get 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureSpec>,
+}
+
+/// How incoming webhooks are signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureSpec {
+    /// The signature scheme: `standard-webhooks`.
+    pub scheme: SignatureScheme,
+    /// The shared secret, `whsec_<base64>`.
+    pub secret: String,
+}
+
+/// Signature schemes a consumer can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignatureScheme {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+/// How deliveries are signed (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSpec {
+    /// The shared secret, `whsec_<base64>`.
+    pub secret: String,
 }
 
 /// One filter.
@@ -141,6 +170,10 @@ pub struct HttpProducerSpec {
     /// Whole-request timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Sign each delivery (Standard Webhooks: `webhook-id` is the message id, the same on
+    /// every attempt, `webhook-timestamp` the attempt's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -205,7 +238,52 @@ fn check_header_name(field: String, name: &str) -> Result<(), SpecError> {
     }
 }
 
+/// What the API shows in place of a secret: signing secrets and producer header values.
+/// Sent back in an update, it keeps the stored value.
+pub const REDACTED: &str = "********";
+
 impl IntegrationSpec {
+    /// The spec as the API shows it: signing secrets and producer header values replaced
+    /// by [`REDACTED`] (header values often carry credentials).
+    pub fn redacted(&self) -> IntegrationSpec {
+        let mut s = self.clone();
+        if let Some(sig) = &mut s.consumer.signature {
+            sig.secret = REDACTED.into();
+        }
+        let ProducerSpec::Http(http) = &mut s.producer;
+        if let Some(signing) = &mut http.signing {
+            signing.secret = REDACTED.into();
+        }
+        for v in http.headers.values_mut() {
+            *v = REDACTED.into();
+        }
+        s
+    }
+
+    /// For an update: every value given as [`REDACTED`] takes the previous spec's (a
+    /// client that read the spec, changed a field and sent it back keeps its secrets).
+    pub fn keep_secrets_from(&mut self, previous: &IntegrationSpec) {
+        if let (Some(sig), Some(old)) = (&mut self.consumer.signature, &previous.consumer.signature)
+            && sig.secret == REDACTED
+        {
+            sig.secret = old.secret.clone();
+        }
+        let ProducerSpec::Http(http) = &mut self.producer;
+        let ProducerSpec::Http(old) = &previous.producer;
+        if let (Some(signing), Some(was)) = (&mut http.signing, &old.signing)
+            && signing.secret == REDACTED
+        {
+            signing.secret = was.secret.clone();
+        }
+        for (name, v) in http.headers.iter_mut() {
+            if v == REDACTED
+                && let Some(was) = old.headers.get(name)
+            {
+                *v = was.clone();
+            }
+        }
+    }
+
     /// Checks everything serde cannot; the URL itself is checked by the producer's builder.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.consumer.forward_headers.len() > HEADERS_MAX {
@@ -216,6 +294,13 @@ impl IntegrationSpec {
         }
         for (i, h) in self.consumer.forward_headers.iter().enumerate() {
             check_header_name(format!("consumer.forward_headers[{i}]"), h)?;
+        }
+        if let Some(sig) = &self.consumer.signature {
+            super::signature::Secret::parse(&sig.secret).map_err(|m| err("consumer.signature.secret", m))?;
+        }
+        let ProducerSpec::Http(http) = &self.producer;
+        if let Some(signing) = &http.signing {
+            super::signature::Secret::parse(&signing.secret).map_err(|m| err("producer.signing.secret", m))?;
         }
         if self.filters.len() > FILTERS_MAX {
             return Err(err("filters", format!("at most {FILTERS_MAX} filters")));

@@ -183,7 +183,8 @@ impl From<IntegrationInfo> for IntegrationView {
         IntegrationView {
             webhook_path: webhook_path(&i.tenant_id, &i.spec.id),
             tenant_id: i.tenant_id,
-            spec: i.spec,
+            // Secrets and producer header values are never shown.
+            spec: i.spec.redacted(),
             created_at: i.created_at,
             stats: i.stats,
         }

@@ -132,6 +132,16 @@ pub(crate) async fn receive(
     // Looked up again now the body is in: a slow upload may have outlived the integration
     // it started with, and the message must carry the one that will deliver it.
     let route = s.control.route(&tenant, &integration)?;
+    // A signed integration refuses what is not signed by its secret, before anything is
+    // stored (a repeated webhook-id is deduplicated below, as for any idempotency key).
+    route
+        .consumer
+        .verify(
+            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            &body,
+            now_ms() / 1000,
+        )
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()))?;
 
     // Idempotency-Key, or Standard Webhooks' webhook-id: a repeat within the state TTL
     // maps to the same message id, and the create-only state write refuses it.

@@ -362,18 +362,27 @@ impl TenantActorState {
             .model
             .integrations
             .values()
-            .map(|m| {
+            .filter_map(|m| {
                 let ProducerSpec::Http(http) = &m.spec.producer;
+                // A stored spec passed validation; one whose secret no longer parses gets
+                // no route (404) rather than a consumer that skips verification.
+                let consumer = match WebhookConsumer::from_spec(&m.spec.consumer) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(tenant_id = %t, integration_id = %m.spec.id, error = %e, "integration not routed");
+                        return None;
+                    }
+                };
                 let route = Route {
                     subject: subjects::integration_inbox(&t, &m.spec.id),
-                    consumer: WebhookConsumer::new(&m.spec.consumer.forward_headers),
+                    consumer,
                     instances: self.instances.clone(),
                     retry: m.spec.retry,
                     timeout_ms: http.timeout_ms,
                     incarnation: m.incarnation,
                     counters: counters.get(&m.spec.id).cloned().unwrap_or_default(),
                 };
-                (m.spec.id.clone(), Arc::new(route))
+                Some((m.spec.id.clone(), Arc::new(route)))
             })
             .collect();
         self.args.deps.directory.publish(

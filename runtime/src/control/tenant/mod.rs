@@ -95,10 +95,13 @@ impl TenantActorState {
 
     async fn update_integration(
         &mut self,
-        spec: vrsky_actors::components::IntegrationSpec,
+        mut spec: vrsky_actors::components::IntegrationSpec,
     ) -> Result<IntegrationInfo, ControlError> {
         if !self.running {
             return Err(self.not_running());
+        }
+        if let Some(previous) = self.model.integrations.get(&spec.id) {
+            spec.keep_secrets_from(&previous.spec);
         }
         spec.validate()?;
         spec.retry.validate(self.args.deps.settings.retention)?;
