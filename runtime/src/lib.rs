@@ -3,6 +3,7 @@
 //! that starts and stops a node. The `vrsky` binary (`src/bin/vrsky/`) adds the bench,
 //! which is not part of this library.
 
+pub mod api_keys;
 pub mod app;
 pub mod cli;
 pub mod config;

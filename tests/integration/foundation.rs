@@ -87,7 +87,7 @@ async fn end_to_end(backend: Backend) {
     .await;
 
     // Readiness names the durability setting of the platform JetStream.
-    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let (_, ready) = t.api(Method::GET, "/readyz", None).await;
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["platform_sync_interval"], "always", "{ready}");
 

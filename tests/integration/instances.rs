@@ -183,7 +183,7 @@ async fn killed_instance_leaves_discovery_and_returns() {
         .await
         .expect("came back");
     assert_ne!(pid_of(&data, "acme", 2), pid, "not restarted");
-    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let (_, ready) = t.api(Method::GET, "/readyz", None).await;
     assert_eq!(ready["tenants"][0]["instances"].as_array().unwrap().len(), 2, "{ready}");
     assert!(
         ready["tenants"][0]["instances"]
@@ -344,7 +344,7 @@ async fn unresponsive_instance_leaves_discovery_by_probe() {
             .success()
     );
     let left = wait_until(WAIT, || async { discovered(&t, "acme").await == vec![1] }).await;
-    let ready: Value = t.http.get(t.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let (_, ready) = t.api(Method::GET, "/readyz", None).await;
     assert!(
         std::process::Command::new("kill")
             .args(["-CONT", &pid])

@@ -13,4 +13,5 @@ mod limits;
 mod newcomer;
 mod signatures;
 mod ssrf;
+mod tenant_keys;
 mod tenants;

@@ -114,6 +114,12 @@ macro_rules! on_pool {
     };
 }
 
+mod api_keys;
+mod audit;
+
+pub use api_keys::ApiKeyRow;
+pub use audit::{AuditEntry, AuditQuery};
+
 /// Each backend's migrations, in order: (version, description, SQL).
 type Migrations = &'static [(i64, &'static str, &'static str)];
 
@@ -124,6 +130,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "integration incarnation",
         include_str!("../../migrations/sqlite/0002_integration_incarnation.sql"),
     ),
+    (
+        3,
+        "api keys and audit log",
+        include_str!("../../migrations/sqlite/0003_api_keys_audit.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -132,6 +143,11 @@ const POSTGRES_MIGRATIONS: Migrations = &[
         2,
         "integration incarnation",
         include_str!("../../migrations/postgres/0002_integration_incarnation.sql"),
+    ),
+    (
+        3,
+        "api keys and audit log",
+        include_str!("../../migrations/postgres/0003_api_keys_audit.sql"),
     ),
 ];
 
@@ -280,6 +296,10 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM nats_instances WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM api_keys WHERE tenant_id = $1")
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;

@@ -45,8 +45,19 @@ pub(crate) async fn create_tenant(
     let req: CreateTenant = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
     let id =
         TenantId::new(&req.id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("id: {e}")))?;
-    let row = s.control.create_tenant(&id, &req.name).await?;
-    Ok((StatusCode::CREATED, Json(tenant_json(row))))
+    // The audit names the tenant the body asked for, refused or not.
+    let audit = super::audit::AuditTenant(id.as_str().to_owned());
+    let row = match s.control.create_tenant(&id, &req.name).await {
+        Ok(row) => row,
+        Err(e) => {
+            let mut resp = ApiError::from(e).into_response();
+            resp.extensions_mut().insert(audit);
+            return Ok(resp);
+        }
+    };
+    let mut resp = (StatusCode::CREATED, Json(tenant_json(row))).into_response();
+    resp.extensions_mut().insert(audit);
+    Ok(resp)
 }
 
 /// `GET /api/tenants`.

@@ -34,6 +34,12 @@ impl ApiError {
         }
     }
 
+    /// The same error, answered with `Retry-After: {s}`.
+    pub fn with_retry_after(mut self, s: u64) -> Self {
+        self.retry_after_s = Some(s);
+        self
+    }
+
     /// The same error, answered with `Connection: close`.
     pub fn closing(mut self) -> Self {
         self.close_connection = true;

@@ -1,7 +1,9 @@
 //! The HTTP server: REST API under `/api` (bearer token), webhook ingress, health.
 
 mod api;
-mod auth;
+mod api_keys;
+mod audit;
+pub mod auth;
 mod echo;
 pub mod error;
 pub mod serve;
@@ -69,8 +71,13 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
             get(api::get_dead_letter).delete(api::delete_dead_letter),
         )
         .route("/tenants/{t}/dead-letters/{id}/retry", post(api::retry_dead_letter))
+        .route("/tenants/{t}/api-keys", post(api_keys::create).get(api_keys::list))
+        .route("/tenants/{t}/api-keys/{id}", delete(api_keys::revoke))
         .route("/tree", get(api::tree))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route("/audit", get(audit::list))
+        // Outermost first: authenticate, then record the change with its outcome.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let mut app = Router::new()
         .nest("/api", api)
         .route("/webhooks/{t}/{i}", post(webhook::receive))
@@ -106,7 +113,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 when the metadata store, the platform NATS and every tenant's NATS answer.
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let db = s.control.db().ping().await.map_err(|e| e.to_string());
     let platform = s.platform.connection_state() == async_nats::connection::State::Connected;
     let tenants = views::readiness(s.control.directory());
@@ -123,5 +130,13 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Without the admin token only up or down: tenant ids, ports and error texts are
+    // the operator's.
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !auth::is_admin(header, s.admin_token.as_deref()) {
+        return (status, axum::Json(serde_json::json!({"ready": ready})));
+    }
     (status, axum::Json(body))
 }

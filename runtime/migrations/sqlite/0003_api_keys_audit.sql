@@ -1,0 +1,26 @@
+-- Tenant API keys: the key is shown once at creation; only its SHA-256 is kept. A key's
+-- id is part of the key itself, so a lookup is by primary key.
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    key_sha256 TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+
+-- Who did what, append-only (updates and deletes are refused by the database itself).
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    tenant_id TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_log_tenant ON audit_log (tenant_id, id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
