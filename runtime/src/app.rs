@@ -64,6 +64,10 @@ impl Runtime {
     /// Starts a node from a validated configuration.
     pub async fn start(cfg: Config, opts: RuntimeOptions) -> anyhow::Result<Runtime> {
         raise_open_files_limit();
+        let sealer = crate::secrets::Sealer::new(cfg.security.secrets_key.as_deref())?;
+        if !sealer.encrypts() {
+            warn!("security.secrets_key is unset: producer header values and signing secrets are stored in plain text");
+        }
         install_crypto_provider();
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -180,6 +184,7 @@ impl Runtime {
                     subscription_capacity: SUBSCRIPTION_CAPACITY.max(4 * cfg.webhook.unfinished_per_integration_max),
                 },
                 redrive_now: Arc::new(move |t| expediter.expedite(t)),
+                sealer: Arc::new(sealer),
             },
         ));
         control.load_all(startup_timeout * 2).await?;

@@ -112,6 +112,9 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             if cfg.admin_token.is_none() {
                 cfg.admin_token = Some(dev::kept_token(&cfg.data_dir)?);
             }
+            if cfg.security.secrets_key.is_none() {
+                cfg.security.secrets_key = Some(dev::kept_secrets_key(&cfg.data_dir)?);
+            }
             dev::run(cfg).await
         }
         Command::Serve { flags, database_url } => {

@@ -28,12 +28,24 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// Limits of the HTTP server against slow and numerous clients.
     pub http: HttpConfig,
+    /// Secrets at rest.
+    pub security: SecurityConfig,
     /// Producer settings.
     pub producer: ProducerConfig,
     /// Logging settings.
     pub log: LogConfig,
     /// Durable message state in the platform NATS.
     pub state: StateConfig,
+}
+
+/// Secrets at rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Base64 of 32 random bytes: the AES-256-GCM key producer header values and signing
+    /// secrets are stored under. Unset: stored in plain text (a warning at start);
+    /// `vrsky dev` generates one and keeps it in `<data_dir>/secrets-key`.
+    pub secrets_key: Option<String>,
 }
 
 /// Limits of the HTTP server, so slow or numerous clients cannot hold its sockets.
@@ -227,6 +239,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             webhook: WebhookConfig::default(),
             http: HttpConfig::default(),
+            security: SecurityConfig::default(),
             producer: ProducerConfig::default(),
             log: LogConfig::default(),
             state: StateConfig::default(),

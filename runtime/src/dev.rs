@@ -28,18 +28,34 @@ pub const TOKEN_FILE: &str = "dev-admin-token";
 /// The admin token of a dev data dir: the one kept in `<data_dir>/dev-admin-token`, or a
 /// new one written there (mode 0600) on the first start.
 pub fn kept_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = data_dir.join(TOKEN_FILE);
+    kept(data_dir, TOKEN_FILE, random_token)
+}
+
+/// Where `vrsky dev` keeps its secrets-at-rest key.
+pub const SECRETS_KEY_FILE: &str = "secrets-key";
+
+/// The secrets-at-rest key of a dev data dir, kept like its token.
+pub fn kept_secrets_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    kept(data_dir, SECRETS_KEY_FILE, || {
+        crate::secrets::Sealer::generate_key().unwrap_or_default()
+    })
+}
+
+/// A value kept in `<data_dir>/<file>` (mode 0600), made by `make` on the first start.
+fn kept(data_dir: &std::path::Path, file: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    let path = data_dir.join(file);
     match std::fs::read_to_string(&path) {
         Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_owned()),
         Ok(_) => anyhow::bail!(
-            "{} holds no usable token (16+ characters); delete it to have a new one generated",
+            "{} holds no usable value (16+ characters); delete it to have a new one generated",
             path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let token = random_token();
+    let token = make();
+    anyhow::ensure!(token.len() >= 16, "could not generate {}", path.display());
     let mut open = std::fs::OpenOptions::new();
     open.write(true).create_new(true);
     #[cfg(unix)]

@@ -17,6 +17,7 @@ pub mod nats;
 pub mod platform;
 pub mod producer;
 pub mod scheduler;
+pub mod secrets;
 pub mod targets;
 pub mod telemetry;
 

@@ -58,7 +58,8 @@ const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("vrsky/",
 #[derive(Debug, Clone)]
 pub struct HttpProducer {
     client: HttpClient,
-    url: Url,
+    /// The URL as errors and logs show it: without its query, which may carry secrets.
+    shown: String,
     uri: Uri,
     method: Method,
     headers: HeaderMap,
@@ -149,7 +150,7 @@ impl HttpProducer {
         };
         Ok(HttpProducer {
             client,
-            url,
+            shown: shown_url(&url),
             uri,
             method,
             headers,
@@ -199,6 +200,20 @@ impl HttpProducer {
     }
 }
 
+/// A URL as `last_error`, dead letters and logs show it: scheme, host, port and path;
+/// a query (API keys often travel in it) is replaced by `?...`.
+pub fn shown_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_fragment(None);
+    let had_query = shown.query().is_some_and(|q| !q.is_empty());
+    shown.set_query(None);
+    let mut s = shown.to_string();
+    if had_query {
+        s.push_str("?...");
+    }
+    s
+}
+
 /// Most bytes of a response body read (and discarded) to keep its connection reusable.
 const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 
@@ -231,7 +246,7 @@ impl HttpProducer {
         ProduceError {
             kind: ProduceErrorKind::Retryable,
             status: None,
-            message: format!("request to {} failed: {message}", self.url),
+            message: format!("request to {} failed: {message}", self.shown),
             retry_after_ms: None,
         }
     }
@@ -247,7 +262,7 @@ impl HttpProducer {
             Some(b) => ProduceError {
                 kind: ProduceErrorKind::Permanent,
                 status: None,
-                message: format!("request to {} refused: {b}", self.url),
+                message: format!("request to {} refused: {b}", self.shown),
                 retry_after_ms: None,
             },
             None => self.unanswered(error_chain(&e)),
@@ -293,7 +308,7 @@ impl Producer for HttpProducer {
                 Err(kind) => Err(ProduceError {
                     kind,
                     status: Some(status.as_u16()),
-                    message: format!("{} answered {status}", self.url),
+                    message: format!("{} answered {status}", self.shown),
                     retry_after_ms: retry_after,
                 }),
             }
@@ -314,6 +329,17 @@ mod tests {
             timeout_ms: 1000,
             signing: None,
         }
+    }
+
+    #[test]
+    fn errors_never_show_a_query() {
+        let u = |s: &str| shown_url(&Url::parse(s).unwrap());
+        assert_eq!(
+            u("https://api.example.com/hook?api_key=s3cret&x=1"),
+            "https://api.example.com/hook?..."
+        );
+        assert_eq!(u("https://api.example.com/hook#frag"), "https://api.example.com/hook");
+        assert_eq!(u("http://h:8080/a/b"), "http://h:8080/a/b");
     }
 
     #[test]

@@ -186,3 +186,50 @@ async fn signed_webhooks_in_and_out() {
     sink.stop();
     t.shutdown().await;
 }
+
+/// Producer header values and signing secrets are not in the metadata store in plain
+/// text, and a restarted node opens them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_and_survive_a_restart() {
+    let sink = Sink::start().await;
+    let mut t = TestRuntime::start(Backend::Sqlite).await;
+    t.create_tenant("acme").await;
+    let mut hook = spec("hook", &sink.url("/hook"), json!({}));
+    hook["producer"]["signing"] = json!({"secret": OUTGOING});
+    hook["producer"]["headers"] = json!({"authorization": "Bearer downstream-key-0123"});
+    t.create_integration("acme", hook).await;
+    let stored: Vec<u8> = ["vrsky.db", "vrsky.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(t.dir.path().join(f)).ok())
+        .flatten()
+        .collect();
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        text.contains("\"id\":\"hook\""),
+        "the spec is not where it was looked for"
+    );
+    assert!(
+        !text.contains("downstream-key-0123"),
+        "a header value is stored in plain text"
+    );
+    assert!(
+        !text.contains(&OUTGOING[6..]),
+        "the signing secret is stored in plain text"
+    );
+    assert!(text.contains("enc:v1:"), "no sealed value found");
+
+    t.restart().await;
+    let (s, v) = t.webhook_json("acme", "hook", b"after".to_vec(), &[]).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["message_id"].as_str().unwrap().to_owned();
+    t.wait_status("acme", &id, "completed").await;
+    let r = &sink.for_message(&id)[0];
+    assert_eq!(r.header("authorization"), Some("Bearer downstream-key-0123"));
+    let ts = r.header("webhook-timestamp").unwrap();
+    assert_eq!(
+        r.header("webhook-signature").unwrap(),
+        python_signature(OUTGOING, &id, ts, &r.body)
+    );
+    sink.stop();
+    t.shutdown().await;
+}

@@ -260,6 +260,23 @@ impl IntegrationSpec {
         s
     }
 
+    /// Every secret value of the spec, by field path: signing secrets and producer header
+    /// values (what is masked in the API and encrypted at rest).
+    pub fn secrets_mut(&mut self) -> Vec<(String, &mut String)> {
+        let mut out = Vec::new();
+        if let Some(sig) = &mut self.consumer.signature {
+            out.push(("consumer.signature.secret".to_owned(), &mut sig.secret));
+        }
+        let ProducerSpec::Http(http) = &mut self.producer;
+        if let Some(signing) = &mut http.signing {
+            out.push(("producer.signing.secret".to_owned(), &mut signing.secret));
+        }
+        for (name, v) in http.headers.iter_mut() {
+            out.push((format!("producer.headers.{name}"), v));
+        }
+        out
+    }
+
     /// For an update: every value given as [`REDACTED`] takes the previous spec's (a
     /// client that read the spec, changed a field and sent it back keeps its secrets).
     pub fn keep_secrets_from(&mut self, previous: &IntegrationSpec) {

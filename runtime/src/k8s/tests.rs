@@ -353,6 +353,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
                 subscription_capacity: 1024,
             },
             redrive_now: Arc::new(|_| {}),
+            sealer: Arc::new(crate::secrets::Sealer::new(None).unwrap()),
         },
     );
     let t = TenantId::new("acme").unwrap();

@@ -98,6 +98,8 @@ pub fn test_config(dir: &std::path::Path, database_url: Option<String>) -> Confi
         admin_token: Some(TOKEN.into()),
         ..Config::default()
     };
+    // Secrets at rest are encrypted in every test, as in production.
+    cfg.security.secrets_key = Some("dGVzdC1zZWNyZXRzLWtleS0wMTIzNDU2Nzg5YWJjZGU=".into());
     cfg.producer.allow_private_targets = true;
     cfg.webhook.body_bytes_max = 64 * 1024;
     // Re-drive quickly so tests of lost publishes and dead workers take seconds.

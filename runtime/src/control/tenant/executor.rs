@@ -55,9 +55,12 @@ fn instance_model(row: &InstanceRow) -> Result<InstanceModel, ControlError> {
     })
 }
 
-fn integration_model(row: &IntegrationRow) -> Result<IntegrationModel, ControlError> {
+fn integration_model(row: &IntegrationRow, sealer: &crate::secrets::Sealer) -> Result<IntegrationModel, ControlError> {
     let spec: IntegrationSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ControlError::internal(format!("stored spec of {}/{}: {e}", row.tenant_id, row.id)))?;
+    let spec = sealer
+        .open_spec(&row.tenant_id, spec)
+        .map_err(|e| ControlError::internal(e.to_string()))?;
     Ok(IntegrationModel {
         spec,
         incarnation: row.incarnation,
@@ -76,7 +79,7 @@ impl TenantActorState {
             model.instances.insert(m.number, m);
         }
         for row in deps.db.integrations(t).await? {
-            let m = integration_model(&row)?;
+            let m = integration_model(&row, &self.args.deps.sealer)?;
             // A stored spec that no longer builds (e.g. private targets now refused) is
             // left out with a warning rather than keeping the whole tenant down.
             if let Err(error) = self.integration_args(&m) {
@@ -104,7 +107,7 @@ impl TenantActorState {
         match command {
             Command::StoreIntegration(id) => {
                 let m = self.integration(id)?;
-                let json = serde_json::to_string(&m.spec).map_err(|e| ControlError::internal(e.to_string()))?;
+                let json = self.stored_spec(&m.spec)?;
                 let incarnation = m.incarnation;
                 deps.db
                     .create_integration(&t, id, &json, incarnation)
@@ -138,8 +141,7 @@ impl TenantActorState {
                 }
             }
             Command::UpdateIntegration(id) => {
-                let json = serde_json::to_string(&self.integration(id)?.spec)
-                    .map_err(|e| ControlError::internal(e.to_string()))?;
+                let json = self.stored_spec(&self.integration(id)?.spec)?;
                 if !deps.db.update_integration(&t, id, &json).await? {
                     return Err(ControlError::not_found(format!(
                         "integration {id} not found in tenant {t}"
@@ -350,6 +352,17 @@ impl TenantActorState {
         self.run(&Command::RestartIntegrations).await?;
         self.args.deps.db.delete_instance(&t, n as i32).await?;
         Ok(())
+    }
+
+    /// A spec as the metadata store keeps it: JSON with its secrets sealed.
+    fn stored_spec(&self, spec: &IntegrationSpec) -> Result<String, ControlError> {
+        let sealed = self
+            .args
+            .deps
+            .sealer
+            .seal_spec(&self.args.tenant_id, spec)
+            .map_err(|e| ControlError::internal(e.to_string()))?;
+        serde_json::to_string(&sealed).map_err(|e| ControlError::internal(e.to_string()))
     }
 
     /// Publishes this tenant's entry of the routing snapshot.

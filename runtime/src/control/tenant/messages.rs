@@ -55,6 +55,8 @@ pub struct TenantDeps {
     /// Called when a tenant's NATS client dropped messages (a slow consumer): makes the
     /// tenant's `received` messages due for re-drive now.
     pub redrive_now: Arc<dyn Fn(&TenantId) + Send + Sync>,
+    /// Seals and opens the secrets of stored specs.
+    pub sealer: Arc<crate::secrets::Sealer>,
 }
 
 /// Arguments of a TenantActor; cloned for every restart.
