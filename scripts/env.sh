@@ -74,6 +74,10 @@ ensure_kubernetes_validate() {
     local dir
     dir=$(dirname "$bin")
     case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$dir:$PATH" ;; esac
+    # Its Python has PyYAML, which the deploy/ checks use.
+    if [ -x "$dir/python" ]; then
+        export VRSKY_TOOLS_PYTHON="$dir/python"
+    fi
 }
 
 # PostgreSQL on 127.0.0.1:5432 (trust auth) for the test suite.

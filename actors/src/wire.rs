@@ -153,5 +153,18 @@ mod tests {
             let back = decode(Some(&h), &p).unwrap();
             prop_assert_eq!(back, Claimable { state: st, revision, record, envelope: env });
         }
+
+        /// Fuzz: whatever arrives over NATS (any revision header, any payload) is decoded
+        /// or refused, never a panic.
+        #[test]
+        fn arbitrary_messages_never_panic(
+            revision in "[ -~]{0,24}",
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(H_REVISION, revision.as_str());
+            let _ = decode(Some(&h), &Bytes::from(payload.clone()));
+            let _ = decode(None, &Bytes::from(payload));
+        }
     }
 }

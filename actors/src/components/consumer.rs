@@ -118,6 +118,33 @@ impl Consumer for WebhookConsumer {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::testkit::proptest_config("../proptest-regressions/actors-consumer.txt"))]
+
+        /// Fuzz: any headers (names, raw value bytes) and body become an envelope or a
+        /// precise refusal; only forwarded, UTF-8 headers are kept.
+        #[test]
+        fn arbitrary_requests_never_panic(
+            headers in proptest::collection::vec(("[a-z-]{1,12}", proptest::collection::vec(any::<u8>(), 0..24)), 0..8),
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let c = WebhookConsumer::new(&["x-a".into(), "x-b".into()]);
+            let r = InboundRequest {
+                message_id: MessageId::generate(),
+                tenant_id: TenantId::new("t").unwrap(),
+                integration_id: IntegrationId::new("i").unwrap(),
+                headers,
+                body: Bytes::from(body),
+                trace_context: None,
+                received_at_ms: 0,
+            };
+            if let Ok(env) = c.accept(r) {
+                prop_assert!(env.headers.iter().all(|(k, _)| k == "x-a" || k == "x-b"));
+            }
+        }
+    }
 
     #[test]
     fn forwards_only_chosen_headers() {

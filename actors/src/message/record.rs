@@ -136,6 +136,23 @@ mod tests {
             let back = decode_envelope(&encode_envelope(&env).unwrap(), attempt).unwrap();
             prop_assert_eq!(back, env);
         }
+
+        /// Fuzz: arbitrary bytes (and JSON-looking lines) never panic the decoders; they
+        /// decode or are refused.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..400),
+            line in "\\{[ -~]{0,80}\\}",
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = decode_stored(&Bytes::from(raw.clone()));
+            let _ = decode_envelope(&Bytes::from(raw), 1);
+            let mut framed = line.into_bytes();
+            framed.push(b'\n');
+            framed.extend_from_slice(&tail);
+            let _ = decode_stored(&Bytes::from(framed.clone()));
+            let _ = decode_envelope(&Bytes::from(framed), 1);
+        }
     }
 
     #[test]

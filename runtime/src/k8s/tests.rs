@@ -60,6 +60,61 @@ fn objects_are_named_labelled_sized_and_probed() {
     assert!(instance_name(&long).unwrap_err().to_string().contains("63"));
 }
 
+/// `deploy/k8s/network-policies.yaml`: valid against the 1.33 schemas, and it isolates:
+/// tenant and platform NATS take traffic from the runtime only (the platform's members
+/// also from each other), and the runtime's egress has no allow-all rule and keeps the
+/// private ranges out of its internet rule.
+#[test]
+fn network_policies_pass_strict_validation_and_isolate() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/network-policies.yaml");
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.33.0", path])
+        .output()
+        .expect("kubernetes-validate is needed: scripts/test installs it (pip install kubernetes-validate)");
+    assert!(
+        out.status.success(),
+        "strict validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = r#"
+import sys, yaml
+docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
+def sources(rule):
+    return [(p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name"),
+             p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component"))
+            for p in rule.get("from", [])]
+t = docs["tenant-nats-from-runtime-only"]["spec"]
+assert t["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "tenant-nats"}, t
+assert set(t["policyTypes"]) == {"Ingress", "Egress"}, t
+assert [s for r in t["ingress"] for s in sources(r)] == [("vrsky", "runtime")], t
+p = docs["platform-nats-from-runtime-only"]["spec"]
+assert {s for r in p["ingress"] for s in sources(r)} == {(None, "runtime"), (None, "platform-nats")}, p
+e = docs["runtime-egress"]["spec"]
+assert e["policyTypes"] == ["Egress"], e
+for rule in e["egress"]:
+    assert rule.get("to"), "an egress rule without 'to' allows everything: %r" % rule
+    for peer in rule["to"]:
+        block = peer.get("ipBlock")
+        if block and block["cidr"] in ("0.0.0.0/0", "::/0"):
+            must = {"0.0.0.0/0": {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"},
+                    "::/0": {"fc00::/7", "fe80::/10"}}[block["cidr"]]
+            assert must <= set(block.get("except", [])), block
+print("ok")
+"#;
+    let python = std::env::var("VRSKY_TOOLS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", check, path])
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        out.status.success(),
+        "the policies do not isolate as they should:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn objects_pass_strict_schema_validation() {
     let owner = OwnerReference {
