@@ -1,6 +1,7 @@
 //! Slow clients: hundreds of half-sent requests neither block a normal webhook nor hold
 //! their sockets; the server closes them at `http.header_read_timeout_ms` (headers never
-//! finished) or answers 408 at `http.body_read_timeout_ms` (body never finished).
+//! finished, or a keep-alive connection idle between requests) or answers 408 at
+//! `http.body_read_timeout_ms` (body never finished).
 
 use std::time::Duration;
 
@@ -36,6 +37,17 @@ async fn slow_clients_are_cut_off_and_do_not_block_a_normal_webhook() {
         .await;
     let addr = t.rt().addr;
     let (headers_slow, body_slow) = (400, 400);
+    // A keep-alive connection that made one request and then says nothing.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(
+        &first, b"HTTP/1.1 200",
+        "the idle connection's first request was served"
+    );
     let mut slow = Vec::new();
     for k in 0..headers_slow + body_slow {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -75,6 +87,10 @@ async fn slow_clients_are_cut_off_and_do_not_block_a_normal_webhook() {
         answers[headers_slow..].iter().all(|a| a.contains("request_timeout")),
         "408s carry the error shape"
     );
+    // The idle keep-alive connection is closed too: hyper's header timer also runs while
+    // a connection waits for its next request.
+    let closed_idle = tokio::time::timeout(Duration::from_secs(20), until_closed(idle)).await;
+    assert!(closed_idle.is_ok(), "an idle keep-alive connection was left open");
     sink.wait_for("/hook", 1, Duration::from_secs(30)).await;
     assert_eq!(sink.count("/hook"), 1, "only the normal webhook was delivered");
     sink.stop();

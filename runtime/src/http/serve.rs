@@ -1,6 +1,7 @@
 //! The HTTP server's accept loop and its limits against slow and numerous clients:
 //! - a connection that does not send a request's headers within
-//!   `http.header_read_timeout_ms` is closed (hyper's header timer);
+//!   `http.header_read_timeout_ms` is closed (hyper's header timer, which also runs while
+//!   a keep-alive connection waits for its next request, so an idle one is closed too);
 //! - a request body not received within `http.body_read_timeout_ms` of its headers fails
 //!   to read ([`BodyTimeout`]): handlers answer 408 and close the connection;
 //! - at most `http.max_connections` connections are served at once; past it the loop
