@@ -35,6 +35,8 @@ pub fn dead_letter_id(subject: &str) -> Option<MessageId> {
 
 /// The platform's KV bucket of message state.
 pub const STATE_BUCKET: &str = "message_state";
+/// The platform's KV bucket of runtime keys (the wire MAC key).
+pub const KEYS_BUCKET: &str = "vrsky_keys";
 
 /// The stream behind the state bucket.
 pub fn state_stream() -> String {

@@ -1,8 +1,15 @@
 //! A message on a tenant's NATS: the payload is the stored message exactly as written to
 //! `message_state` (state line, then the envelope record: see [`crate::message`]'s record
-//! format), and one header carries the revision it was stored at. Ingress and the
-//! re-publishers send the bytes they wrote; a worker claims with one revision-checked write
-//! of those same bytes, so nothing is encoded twice and nothing is read before a claim.
+//! format), one header carries the revision it was stored at, and one its MAC. Ingress and
+//! the re-publishers send the bytes they wrote; a worker claims with one revision-checked
+//! write of those same bytes, so nothing is encoded twice and nothing is read before a
+//! claim.
+//!
+//! **The MAC** (`Vrsky-Mac`, HMAC-SHA256 under the platform's [`WireKey`] over the
+//! revision and the bytes) is what lets the claim trust bytes that came over NATS: only
+//! the runtime, which wrote them to the KV record, can publish a message a worker will
+//! claim. Anyone else able to publish on a tenant's NATS (a forged body carrying the
+//! current revision) is refused as malformed, and the stored record stays as it was.
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
@@ -11,6 +18,46 @@ use crate::envelope::Envelope;
 use crate::message::{MessageState, decode_envelope, decode_stored};
 
 const H_REVISION: &str = "Vrsky-Revision";
+const H_MAC: &str = "Vrsky-Mac";
+
+/// The key that authenticates published messages: one per platform, shared by every
+/// node (kept in the platform's JetStream).
+#[derive(Clone)]
+pub struct WireKey(ring::hmac::Key);
+
+impl std::fmt::Debug for WireKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireKey(..)")
+    }
+}
+
+impl WireKey {
+    /// A key from its bytes (32 random bytes).
+    pub fn new(bytes: &[u8]) -> WireKey {
+        WireKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    fn input(revision: u64, stored: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(8 + stored.len());
+        m.extend_from_slice(&revision.to_be_bytes());
+        m.extend_from_slice(stored);
+        m
+    }
+
+    fn tag(&self, revision: u64, stored: &[u8]) -> String {
+        use base64::Engine;
+        let tag = ring::hmac::sign(&self.0, &Self::input(revision, stored));
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(tag.as_ref())
+    }
+
+    fn verify(&self, revision: u64, stored: &[u8], mac: &str) -> bool {
+        use base64::Engine;
+        match base64::engine::general_purpose::STANDARD_NO_PAD.decode(mac) {
+            Ok(tag) => ring::hmac::verify(&self.0, &Self::input(revision, stored), &tag).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
 
 /// Why a NATS message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +79,9 @@ pub enum WireError {
     /// The payload is not a stored message with its envelope.
     #[error("bad payload: {0}")]
     Payload(String),
+    /// The MAC does not match: the message was not published by the runtime.
+    #[error("the message's Vrsky-Mac does not match: not published by the runtime")]
+    Forged,
 }
 
 /// A published message, ready to be claimed.
@@ -48,14 +98,15 @@ pub struct Claimable {
 }
 
 /// The headers and payload that publish a stored message written at `revision`.
-pub fn encode(stored: Bytes, revision: u64) -> (HeaderMap, Bytes) {
+pub fn encode(key: &WireKey, stored: Bytes, revision: u64) -> (HeaderMap, Bytes) {
     let mut h = HeaderMap::new();
     h.insert(HeaderName::from_static(H_REVISION), HeaderValue::from(revision));
+    h.insert(HeaderName::from_static(H_MAC), key.tag(revision, &stored).as_str());
     (h, stored)
 }
 
-/// Reads a message published by [`encode`].
-pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Claimable, WireError> {
+/// Reads a message published by [`encode`] under the same key.
+pub fn decode(key: &WireKey, headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Claimable, WireError> {
     let h = headers.ok_or(WireError::NoHeaders)?;
     let revision = h
         .get(H_REVISION)
@@ -66,6 +117,10 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Claimable,
             name: H_REVISION,
             reason: e.to_string(),
         })?;
+    let mac = h.get(H_MAC).ok_or(WireError::Missing(H_MAC))?;
+    if !key.verify(revision, payload, mac.as_str()) {
+        return Err(WireError::Forged);
+    }
     let (state, record) = decode_stored(payload).map_err(|e| WireError::Payload(e.to_string()))?;
     let record = record.ok_or_else(|| WireError::Payload("no envelope after the state line".into()))?;
     let envelope = decode_envelope(&record, state.next_attempt()).map_err(|e| WireError::Payload(e.to_string()))?;
@@ -105,6 +160,38 @@ mod tests {
         }
     }
 
+    fn key() -> WireKey {
+        WireKey::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    /// A body forged with the current revision (or resent under another key) is refused;
+    /// the genuine one passes.
+    #[test]
+    fn only_the_runtime_can_publish_a_claimable_message() {
+        let env = sample(vec![], b"real".to_vec(), None);
+        let st = state_of(&env);
+        let stored = encode_stored(&st, Some(&encode_envelope(&env).unwrap())).unwrap();
+        let (h, p) = encode(&key(), stored.clone(), 7);
+        assert!(decode(&key(), Some(&h), &p).is_ok());
+        let forged = encode_stored(
+            &st,
+            Some(&encode_envelope(&sample(vec![], b"forged".to_vec(), None)).unwrap()),
+        )
+        .unwrap();
+        assert!(matches!(decode(&key(), Some(&h), &forged), Err(WireError::Forged)));
+        let mut no_mac = HeaderMap::new();
+        no_mac.insert(H_REVISION, "7");
+        assert!(matches!(
+            decode(&key(), Some(&no_mac), &p),
+            Err(WireError::Missing(H_MAC))
+        ));
+        let mut other_rev = h.clone();
+        other_rev.insert(H_REVISION, "8");
+        assert!(matches!(decode(&key(), Some(&other_rev), &p), Err(WireError::Forged)));
+        let other_key = WireKey::new(b"another key, another platform...");
+        assert!(matches!(decode(&other_key, Some(&h), &p), Err(WireError::Forged)));
+    }
+
     fn state_of(env: &Envelope) -> MessageState {
         MessageState::received(
             env.message_id.clone(),
@@ -119,21 +206,21 @@ mod tests {
         let env = sample(vec![], b"x".to_vec(), None);
         let st = state_of(&env);
         let record = encode_envelope(&env).unwrap();
-        assert!(matches!(decode(None, &Bytes::new()), Err(WireError::NoHeaders)));
+        assert!(matches!(decode(&key(), None, &Bytes::new()), Err(WireError::NoHeaders)));
         assert!(matches!(
-            decode(Some(&HeaderMap::new()), &Bytes::new()),
+            decode(&key(), Some(&HeaderMap::new()), &Bytes::new()),
             Err(WireError::Missing(H_REVISION))
         ));
         // A state without its envelope (a finished message) cannot be delivered.
-        let (h, p) = encode(encode_stored(&st, None).unwrap(), 3);
-        assert!(matches!(decode(Some(&h), &p), Err(WireError::Payload(_))));
+        let (h, p) = encode(&key(), encode_stored(&st, None).unwrap(), 3);
+        assert!(matches!(decode(&key(), Some(&h), &p), Err(WireError::Payload(_))));
         // Ids of the state and of the envelope must agree.
         let other = MessageState {
             message_id: MessageId::generate(),
             ..st
         };
-        let (h, p) = encode(encode_stored(&other, Some(&record)).unwrap(), 3);
-        assert!(matches!(decode(Some(&h), &p), Err(WireError::Payload(_))));
+        let (h, p) = encode(&key(), encode_stored(&other, Some(&record)).unwrap(), 3);
+        assert!(matches!(decode(&key(), Some(&h), &p), Err(WireError::Payload(_))));
     }
 
     proptest! {
@@ -149,8 +236,8 @@ mod tests {
             let env = sample(headers, payload, ct);
             let st = state_of(&env);
             let record = encode_envelope(&env).unwrap();
-            let (h, p) = encode(encode_stored(&st, Some(&record)).unwrap(), revision);
-            let back = decode(Some(&h), &p).unwrap();
+            let (h, p) = encode(&key(), encode_stored(&st, Some(&record)).unwrap(), revision);
+            let back = decode(&key(), Some(&h), &p).unwrap();
             prop_assert_eq!(back, Claimable { state: st, revision, record, envelope: env });
         }
 
@@ -163,8 +250,11 @@ mod tests {
         ) {
             let mut h = async_nats::HeaderMap::new();
             h.insert(H_REVISION, revision.as_str());
-            let _ = decode(Some(&h), &Bytes::from(payload.clone()));
-            let _ = decode(None, &Bytes::from(payload));
+            let _ = decode(&key(), Some(&h), &Bytes::from(payload.clone()));
+            let _ = decode(&key(), None, &Bytes::from(payload.clone()));
+            // With a valid MAC, the payload itself is decoded or refused.
+            let (h, p) = encode(&key(), Bytes::from(payload), 42);
+            let _ = decode(&key(), Some(&h), &p);
         }
     }
 }

@@ -185,6 +185,7 @@ impl Runtime {
                 },
                 redrive_now: Arc::new(move |t| expediter.expedite(t)),
                 sealer: Arc::new(sealer),
+                wire_key: platform_state.wire_key().clone(),
             },
         ));
         control.load_all(startup_timeout * 2).await?;

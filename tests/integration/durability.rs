@@ -942,3 +942,63 @@ async fn deleted_tenant_leaves_no_messages_behind() {
     assert_eq!(s, 404);
     t.shutdown().await;
 }
+
+/// A body forged onto a tenant's NATS with the message's current revision (what anyone
+/// able to publish there could send) is not claimed: it lacks the runtime's MAC. The
+/// stored record stays as it was and the genuine message is delivered, once, by the
+/// re-driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_publish_with_the_current_revision_is_not_claimed() {
+    let sink = Sink::start().await;
+    let t = setup_with(&sink, fast_retry(3), 1_000).await;
+    let id = MessageId::generate();
+    let platform = t.rt().control.platform();
+    let vrsky_runtime::platform::Accepted::New { revision, .. } = platform
+        .accept(&envelope(&id), hook_incarnation(&t), now_ms())
+        .await
+        .unwrap()
+    else {
+        panic!("duplicate")
+    };
+    // The same message, with a forged body, at the right revision, straight onto the
+    // tenant's NATS: without a MAC, and with a made-up one.
+    let forged_env = Envelope {
+        payload: bytes::Bytes::from_static(b"forged"),
+        ..envelope(&id)
+    };
+    let state = MessageState {
+        incarnation: hook_incarnation(&t),
+        ..MessageState::received(
+            id.clone(),
+            forged_env.tenant_id.clone(),
+            forged_env.integration_id.clone(),
+            now_ms(),
+        )
+    };
+    let record = vrsky_actors::message::encode_envelope(&forged_env).unwrap();
+    let forged = encode_stored(&state, Some(&record)).unwrap();
+    let (_, instances) = t.api(Method::GET, "/api/tenants/acme/nats-instances", None).await;
+    let url = instances["nats_instances"][0]["url"].as_str().unwrap().to_owned();
+    let nc = async_nats::connect(url).await.unwrap();
+    let subject = vrsky_actors::subjects::integration_inbox(&forged_env.tenant_id, &forged_env.integration_id);
+    for mac in [None, Some("bm90IHRoZSBydW50aW1l")] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Vrsky-Revision", revision.to_string().as_str());
+        if let Some(m) = mac {
+            h.insert("Vrsky-Mac", m);
+        }
+        nc.publish_with_headers(subject.clone(), h, forged.clone())
+            .await
+            .unwrap();
+    }
+    nc.flush().await.unwrap();
+    let m = t.wait_status("acme", id.as_str(), "completed").await;
+    assert_eq!(m["attempts"], 1, "{m}");
+    let got = sink.for_message(id.as_str());
+    assert_eq!(got.len(), 1, "delivered {} times", got.len());
+    assert_eq!(got[0].body.as_ref(), b"stored", "the forged body was delivered");
+    let (_, hook) = t.api(Method::GET, "/api/tenants/acme/integrations/hook", None).await;
+    assert!(hook["stats"]["malformed"].as_u64().unwrap() >= 2, "{hook}");
+    sink.stop();
+    t.shutdown().await;
+}

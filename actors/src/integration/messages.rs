@@ -31,6 +31,8 @@ pub struct IntegrationArgs {
     /// Which life of the integration id this is (see
     /// [`crate::message::MessageState::incarnation`]).
     pub incarnation: u64,
+    /// Authenticates what arrives over NATS (see [`crate::wire`]).
+    pub wire_key: crate::wire::WireKey,
 }
 
 /// Messages an IntegrationActor accepts.

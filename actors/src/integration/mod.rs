@@ -109,7 +109,7 @@ fn jitter_sample() -> f64 {
 async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
     let c = &args.counters;
     c.received.fetch_add(1, Ordering::Relaxed);
-    let claim = match wire::decode(msg.headers.as_ref(), &msg.payload) {
+    let claim = match wire::decode(&args.wire_key, msg.headers.as_ref(), &msg.payload) {
         Ok(d) => d,
         Err(error) => {
             c.malformed.fetch_add(1, Ordering::Relaxed);

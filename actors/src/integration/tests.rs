@@ -115,11 +115,16 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
         store: store.clone(),
         retry: RetryPolicy::default(),
         incarnation: 7,
+        wire_key: wire::WireKey::new(b"test-wire-key-0123456789abcdef01"),
     };
     let (actor, _) = Actor::spawn(None, IntegrationActor, args).await.unwrap();
     let subject = subjects::integration_inbox(&t, &i);
     let publish = |stored: bytes::Bytes, revision: u64| {
-        let (h, p) = wire::encode(stored, revision);
+        let (h, p) = wire::encode(
+            &wire::WireKey::new(b"test-wire-key-0123456789abcdef01"),
+            stored,
+            revision,
+        );
         client.publish_with_headers(subject.clone(), h, p)
     };
 

@@ -43,6 +43,8 @@ pub struct Route {
     pub incarnation: u64,
     /// The integration's counters; ingress reads its `unfinished` gauge (admission).
     pub counters: Arc<IntegrationCounters>,
+    /// Signs what is published (see `vrsky_actors::wire`).
+    pub wire_key: vrsky_actors::wire::WireKey,
 }
 
 impl Route {
@@ -85,7 +87,7 @@ impl Route {
             Some(l) => l,
             None => return Some(Err(no_route())),
         };
-        let (headers, payload) = wire::encode(stored, revision);
+        let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
         link.client
             .publish_with_headers(self.subject.clone(), headers, payload)
             .now_or_never()
@@ -94,7 +96,7 @@ impl Route {
 
     async fn publish_bounded(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
         let link = self.instances.pick_usable().ok_or_else(no_route)?;
-        let (headers, payload) = wire::encode(stored, revision);
+        let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
             link.client.publish_with_headers(self.subject.clone(), headers, payload),
@@ -279,6 +281,7 @@ mod tests {
             timeout_ms: 1,
             incarnation: 1,
             counters: Arc::default(),
+            wire_key: vrsky_actors::wire::WireKey::new(b"k"),
         })
     }
 

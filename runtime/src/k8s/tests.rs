@@ -405,6 +405,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
             },
             redrive_now: Arc::new(|_| {}),
             sealer: Arc::new(crate::secrets::Sealer::new(None).unwrap()),
+            wire_key: vrsky_actors::wire::WireKey::new(b"k"),
         },
     );
     let t = TenantId::new("acme").unwrap();

@@ -8,9 +8,11 @@
 //! - `redrive.rs`: the node-local re-drive index and the start-up scan that fills it;
 //! - `retries.rs`: the retry queue's entries and its durable consumer;
 //! - `dead_letters.rs`: the dead-letter queue's entries, headers and lookups;
-//! - `listing.rs`: an integration's recent messages, newest first, paged.
+//! - `listing.rs`: an integration's recent messages, newest first, paged;
+//! - `keys.rs`: the wire MAC key every node signs and checks tenant-NATS messages with.
 
 mod dead_letters;
+mod keys;
 mod listing;
 mod redrive;
 mod retries;
@@ -155,6 +157,15 @@ pub struct Platform {
     /// The bucket's last sequence when this process opened it: anything at or below was
     /// written by an earlier process (this one accepts nothing before it has opened).
     opened_at_seq: u64,
+    /// Signs and checks what is published on tenant NATS.
+    wire_key: vrsky_actors::wire::WireKey,
+}
+
+impl Platform {
+    /// The platform's wire MAC key.
+    pub fn wire_key(&self) -> &vrsky_actors::wire::WireKey {
+        &self.wire_key
+    }
 }
 
 fn header(h: &mut HeaderMap, name: &str, value: &str) {

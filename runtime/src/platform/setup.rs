@@ -141,7 +141,9 @@ impl Platform {
             },
         )
         .await?;
+        let wire_key = super::keys::wire_key(&js, settings.replicas).await?;
         Ok(Platform {
+            wire_key,
             js,
             kv,
             retry,

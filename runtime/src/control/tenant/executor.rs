@@ -264,6 +264,7 @@ impl TenantActorState {
             store: deps.store.clone(),
             retry: m.spec.retry,
             incarnation: m.incarnation,
+            wire_key: deps.wire_key.clone(),
         })
     }
 
@@ -394,6 +395,7 @@ impl TenantActorState {
                     timeout_ms: http.timeout_ms,
                     incarnation: m.incarnation,
                     counters: counters.get(&m.spec.id).cloned().unwrap_or_default(),
+                    wire_key: self.args.deps.wire_key.clone(),
                 };
                 Some((m.spec.id.clone(), Arc::new(route)))
             })

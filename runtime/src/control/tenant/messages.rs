@@ -57,6 +57,8 @@ pub struct TenantDeps {
     pub redrive_now: Arc<dyn Fn(&TenantId) + Send + Sync>,
     /// Seals and opens the secrets of stored specs.
     pub sealer: Arc<crate::secrets::Sealer>,
+    /// The platform's wire MAC key: routes sign with it, workers check it.
+    pub wire_key: vrsky_actors::wire::WireKey,
 }
 
 /// Arguments of a TenantActor; cloned for every restart.
