@@ -17,7 +17,7 @@ use super::views::{
 };
 
 /// Parses a path id; an id that cannot exist is answered like a missing one.
-fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
     TenantId::new(s).map_err(|e| ApiError::not_found(format!("tenant {s:?} not found ({e})")))
 }
 

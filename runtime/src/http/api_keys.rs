@@ -5,17 +5,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use vrsky_actors::TenantId;
-
 use super::AppState;
+use super::api::tenant_id;
 use super::error::ApiError;
 use super::views::rfc3339;
 use crate::api_keys;
 use crate::db::ApiKeyRow;
-
-fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
-    TenantId::new(s).map_err(|e| ApiError::not_found(format!("tenant {s:?} not found ({e})")))
-}
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).with_retry_after(1)

@@ -17,13 +17,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::api_keys;
 
-/// Compares without an early exit on the first differing byte.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use vrsky_actors::components::signature::constant_time_eq;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
