@@ -71,6 +71,11 @@ pub fn integration_inbox(tenant: &TenantId, integration: &IntegrationId) -> Stri
     format!("vrsky.t.{tenant}.i.{integration}.in")
 }
 
+/// Every integration inbox of one tenant: what its NATS users may use, and nothing more.
+pub fn tenant_inboxes(tenant: &TenantId) -> String {
+    format!("vrsky.t.{tenant}.i.*.in")
+}
+
 /// The queue group that makes each message go to one worker across runtime nodes.
 pub fn integration_queue_group(integration: &IntegrationId) -> String {
     format!("vrsky-workers-{integration}")

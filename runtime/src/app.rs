@@ -26,7 +26,8 @@ use crate::db::Db;
 use crate::http::{AppState, router};
 use crate::k8s::{KubeProvisioner, KubeSettings};
 use crate::nats::LocalProvisioner;
-use crate::nats::process::{ServerOptions, find_binary, free_port, require_supported, start_server};
+use crate::nats::process::{ServerOptions, find_binary, free_port, require_supported};
+use crate::nats::trust::Trust;
 use crate::platform::{Platform, PlatformSettings};
 use crate::producer::http_client;
 use crate::scheduler::{RetryScheduler, SchedulerArgs};
@@ -55,6 +56,8 @@ pub struct Runtime {
     pub platform_url: String,
     /// The platform's JetStream `sync_interval` as far as this node knows it.
     pub platform_sync: String,
+    /// NATS credentials of tenant servers (tests mint users with it).
+    pub trust: Arc<Trust>,
     platform_server: Option<StopHandle>,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: tokio::task::JoinHandle<()>,
@@ -75,12 +78,23 @@ impl Runtime {
         info!(bin = %bin.display(), %version, "nats-server found");
         let startup_timeout = Duration::from_millis(cfg.nats.startup_timeout_ms);
 
-        let (platform_url, platform_server) = match &cfg.nats.platform_url {
-            Some(url) => (url.clone(), None),
+        // Every nats-server this node starts serves TLS from the local CA; under
+        // Kubernetes, tenant servers' certificates come from a Secret instead.
+        let local_ca = Arc::new(crate::nats::tls::LocalCa::load_or_create(&cfg.data_dir.join("tls"))?);
+        let (platform_url, platform_server, platform_creds, platform_ca) = match &cfg.nats.platform_url {
+            Some(url) => (
+                url.clone(),
+                None,
+                cfg.nats
+                    .platform_creds
+                    .clone()
+                    .context("nats.platform_creds is required with nats.platform_url")?,
+                cfg.nats.platform_ca.clone(),
+            ),
             None => {
-                let p = start_server(
+                let p = crate::nats::platform_server::start_platform(
                     &bin,
-                    &ServerOptions {
+                    ServerOptions {
                         server_name: "vrsky-platform".into(),
                         client_port: free_port()?,
                         dir: cfg.data_dir.join("platform-nats"),
@@ -89,12 +103,14 @@ impl Runtime {
                         adopt: false,
                         startup_timeout,
                         go_max_procs: cfg.nats.go_max_procs,
+                        security: None,
                     },
+                    &local_ca,
                 )
                 .await?;
-                info!(url = %p.url, version = %p.version, sync_interval = %cfg.state.platform_sync_interval,
-                    "platform nats started (jetstream)");
-                (p.url, Some(p.stop))
+                info!(url = %p.process.url, version = %p.process.version, sync_interval = %cfg.state.platform_sync_interval,
+                    "platform nats started (jetstream, tls, operator mode)");
+                (p.process.url, Some(p.process.stop), p.creds_file, Some(p.ca_file))
             }
         };
         let platform_sync = match (&cfg.nats.platform_url, cfg.state.platform_sync_interval.as_str()) {
@@ -102,7 +118,9 @@ impl Runtime {
             (None, s) => s.to_owned(),
         };
         info!(sync_interval = %platform_sync, "platform jetstream durability (see ARCHITECTURE.md, Durability)");
-        let platform = async_nats::ConnectOptions::new()
+        let platform = crate::nats::platform_server::platform_options(&platform_creds, platform_ca.as_deref())
+            .await
+            .with_context(|| format!("reading nats.platform_creds {}", platform_creds.display()))?
             .name("vrsky-platform")
             .max_reconnects(None)
             .event_callback({
@@ -140,6 +158,23 @@ impl Runtime {
             .with_context(|| format!("opening metadata store ({})", redact(&db_url)))?;
         info!(backend = db.backend(), "metadata store ready");
 
+        let sealer = Arc::new(sealer);
+        let (ca, ca_file) = match cfg.nats.provisioner {
+            ProvisionerKind::Local => (Some(local_ca.clone()), local_ca.ca_file().to_path_buf()),
+            ProvisionerKind::Kubernetes => (
+                None,
+                cfg.nats
+                    .kubernetes
+                    .ca_file
+                    .clone()
+                    .context("nats.kubernetes.ca_file is required")?,
+            ),
+        };
+        let trust = Arc::new(
+            Trust::open(db.clone(), sealer.clone(), ca, ca_file)
+                .await
+                .context("loading the NATS operator and system account")?,
+        );
         let (root, _) = spawn_root(SupervisorArgs::empty("runtime")).await?;
         let provisioner: crate::nats::SharedProvisioner = match cfg.nats.provisioner {
             ProvisionerKind::Local => Arc::new(LocalProvisioner::new(
@@ -147,6 +182,7 @@ impl Runtime {
                 cfg.data_dir.clone(),
                 startup_timeout,
                 cfg.nats.go_max_procs,
+                trust.clone(),
             )),
             ProvisionerKind::Kubernetes => {
                 let client = kube::Client::try_default()
@@ -159,7 +195,9 @@ impl Runtime {
                         image: k.image.clone(),
                         ready_timeout: Duration::from_millis(k.ready_timeout_ms),
                         poll_interval: Duration::from_millis(k.poll_interval_ms),
+                        tls_secret: k.tls_secret.clone(),
                     },
+                    trust.clone(),
                 ))
             }
         };
@@ -182,10 +220,12 @@ impl Runtime {
                     instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
                     retention: platform_settings.retention(),
                     subscription_capacity: SUBSCRIPTION_CAPACITY.max(4 * cfg.webhook.unfinished_per_integration_max),
+                    credential_rotation: Duration::from_secs(u64::from(cfg.security.credential_rotation_days) * 86_400),
                 },
                 redrive_now: Arc::new(move |t| expediter.expedite(t)),
-                sealer: Arc::new(sealer),
+                sealer,
                 wire_key: platform_state.wire_key().clone(),
+                trust: trust.clone(),
             },
         ));
         control.load_all(startup_timeout * 2).await?;
@@ -241,6 +281,7 @@ impl Runtime {
             platform,
             platform_url,
             platform_sync,
+            trust,
             platform_server,
             http_stop: Some(http_stop),
             http_task,

@@ -38,14 +38,27 @@ pub struct Config {
     pub state: StateConfig,
 }
 
-/// Secrets at rest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Secrets at rest and NATS credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Base64 of 32 random bytes: the AES-256-GCM key producer header values and signing
-    /// secrets are stored under. Unset: stored in plain text (a warning at start);
-    /// `vrsky dev` generates one and keeps it in `<data_dir>/secrets-key`.
+    /// Base64 of 32 random bytes: the AES-256-GCM key producer header values, signing
+    /// secrets and NATS account keys are stored under. Unset: stored in plain text (a
+    /// warning at start); `vrsky dev` generates one and keeps it in
+    /// `<data_dir>/secrets-key`.
     pub secrets_key: Option<String>,
+    /// Days between automatic rotations of each tenant's NATS users (0: never; rotate
+    /// by hand with `POST /api/tenants/{t}/credentials/rotate`).
+    pub credential_rotation_days: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            secrets_key: None,
+            credential_rotation_days: 30,
+        }
+    }
 }
 
 /// Limits of the HTTP server, so slow or numerous clients cannot hold its sockets.
@@ -125,8 +138,14 @@ pub struct NatsConfig {
     /// `PATH` that is new enough.
     pub server_bin: Option<PathBuf>,
     /// URL of the platform NATS (JetStream). Default: a local server spawned in
-    /// `<data_dir>/platform-nats`.
+    /// `<data_dir>/platform-nats` (TLS and operator mode; the runtime is its only user).
     pub platform_url: Option<String>,
+    /// Creds file (user JWT and seed) the runtime connects to an external platform NATS
+    /// with; required with `platform_url`.
+    pub platform_creds: Option<PathBuf>,
+    /// CA certificate (PEM) of the external platform NATS; TLS is then required. Unset:
+    /// the system's roots verify it, and TLS is used if the server offers it.
+    pub platform_ca: Option<PathBuf>,
     /// How long a spawned nats-server may take to accept clients.
     pub startup_timeout_ms: u64,
     /// `GOMAXPROCS` of every nats-server this node spawns (the local platform server and
@@ -167,6 +186,13 @@ pub struct KubernetesConfig {
     pub ready_timeout_ms: u64,
     /// How often readiness is polled.
     pub poll_interval_ms: u64,
+    /// Secret in `vrsky-tenants` with the tenant servers' certificate (`tls.crt`,
+    /// `tls.key`, for `*.vrsky-tenants.svc`), mounted into every instance; made by the
+    /// operator or cert-manager.
+    pub tls_secret: String,
+    /// The CA (PEM) that signed that certificate, as the runtime sees it (a mounted
+    /// Secret). Required with this provisioner.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for KubernetesConfig {
@@ -175,6 +201,8 @@ impl Default for KubernetesConfig {
             image: "nats:2.10-alpine".into(),
             ready_timeout_ms: 120_000,
             poll_interval_ms: 2_000,
+            tls_secret: "vrsky-tenant-nats-tls".into(),
+            ca_file: None,
         }
     }
 }
@@ -252,6 +280,8 @@ impl Default for NatsConfig {
         NatsConfig {
             server_bin: None,
             platform_url: None,
+            platform_creds: None,
+            platform_ca: None,
             startup_timeout_ms: 10_000,
             go_max_procs: 1,
             health_interval_ms: 10_000,
@@ -341,6 +371,19 @@ impl Config {
                     "the image tag must name nats-server 2.10 or newer, got {:?}",
                     self.nats.kubernetes.image
                 ),
+            });
+        }
+        if self.nats.provisioner == ProvisionerKind::Kubernetes && self.nats.kubernetes.ca_file.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "nats.kubernetes.ca_file",
+                message: "required with the kubernetes provisioner: the CA that signed nats.kubernetes.tls_secret"
+                    .into(),
+            });
+        }
+        if self.nats.platform_url.is_some() && self.nats.platform_creds.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "nats.platform_creds",
+                message: "an external nats.platform_url needs the creds file of the runtime's user".into(),
             });
         }
         if self.webhook.unfinished_per_integration_max == 0 {
@@ -492,6 +535,9 @@ mod tests {
             let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
             assert!(err.contains("nats.kubernetes.image"), "{err}");
             jail.set_env("VRSKY_NATS__KUBERNETES__IMAGE", "nats:2.10.24-alpine");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("nats.kubernetes.ca_file"), "{err}");
+            jail.set_env("VRSKY_NATS__KUBERNETES__CA_FILE", "/etc/vrsky/tenant-nats-ca.crt");
             assert_eq!(
                 Config::load(None, NoFlags {}).unwrap().nats.provisioner,
                 ProvisionerKind::Kubernetes

@@ -8,15 +8,17 @@ use std::sync::{Arc, RwLock};
 
 use vrsky_actors::nats_instance::InstanceHealth;
 
-/// One instance: its number, URL, connection and health.
+/// One instance: its number, URL, connections and health.
 #[derive(Debug)]
 pub struct InstanceLink {
     /// 1-based instance number.
     pub number: u32,
     /// Client URL.
     pub url: String,
-    /// This node's connection to it.
-    pub client: async_nats::Client,
+    /// This node's publishing connection (the tenant's `ingress` user).
+    pub publisher: async_nats::Client,
+    /// This node's subscribing connection (the tenant's `worker` user).
+    pub subscriber: async_nats::Client,
     /// Written by its NatsInstanceActor.
     pub health: Arc<InstanceHealth>,
     /// In the publish rotation. A new instance joins only once every integration
@@ -31,7 +33,19 @@ pub struct InstanceLink {
 impl InstanceLink {
     /// Healthy by its probe and connected from this node.
     pub fn usable(&self) -> bool {
-        self.health.is_healthy() && self.client.connection_state() == async_nats::connection::State::Connected
+        self.health.is_healthy() && self.connected()
+    }
+
+    /// Both connections are up.
+    pub fn connected(&self) -> bool {
+        use async_nats::connection::State::Connected;
+        self.publisher.connection_state() == Connected && self.subscriber.connection_state() == Connected
+    }
+
+    /// Flushes what was published and closes both connections.
+    pub async fn drain(&self) {
+        let _ = self.publisher.drain().await;
+        let _ = self.subscriber.drain().await;
     }
 }
 
@@ -72,9 +86,9 @@ impl InstanceSet {
             .map(|l| l.health.clone())
     }
 
-    /// Connections to every instance, for subscribing.
+    /// Subscribing connections to every instance.
     pub fn clients(&self) -> Vec<async_nats::Client> {
-        self.links().iter().map(|l| l.client.clone()).collect()
+        self.links().iter().map(|l| l.subscriber.clone()).collect()
     }
 
     /// Whether any instance is usable (healthy, connected and in the rotation).

@@ -43,6 +43,8 @@ pub struct KubeSettings {
     pub ready_timeout: Duration,
     /// How often readiness is polled, during start and afterwards.
     pub poll_interval: Duration,
+    /// Secret with the servers' certificate (`tls.crt`, `tls.key`).
+    pub tls_secret: String,
 }
 
 /// Runs tenant instances as Kubernetes objects.
@@ -50,7 +52,11 @@ pub struct KubeSettings {
 pub struct KubeProvisioner {
     client: kube::Client,
     settings: KubeSettings,
+    trust: std::sync::Arc<crate::nats::trust::Trust>,
 }
+
+/// Where an instance's certificate is mounted.
+const TLS_DIR: &str = "/etc/nats-tls";
 
 /// `nats-{tenant}-{N}`: the name of every object of an instance, and its DNS label.
 pub fn instance_name(spec: &InstanceSpec) -> Result<String, ProvisionError> {
@@ -90,15 +96,22 @@ fn meta(spec: &InstanceSpec, name: &str, owner: Option<&OwnerReference>) -> Obje
     }
 }
 
-/// The nats-server configuration of an instance (NATS core, no JetStream).
-pub fn server_config(name: &str) -> String {
+/// The nats-server configuration of an instance (NATS core, no JetStream): operator
+/// mode with `auth` (the tenant's account only, `Trust::server_auth`), and TLS with the
+/// certificate mounted from the TLS Secret.
+pub fn server_config(name: &str, auth: &str) -> String {
+    let tls = crate::nats::tls::server_tls_block(
+        &std::path::Path::new(TLS_DIR).join("tls.crt"),
+        &std::path::Path::new(TLS_DIR).join("tls.key"),
+    );
     format!(
-        "server_name: \"{name}\"\nlisten: \"0.0.0.0:{CLIENT_PORT}\"\nhttp: \"0.0.0.0:{MONITOR_PORT}\"\nmax_payload: 8MB\nmax_pending: 64MB\n"
+        "server_name: \"{name}\"\nlisten: \"0.0.0.0:{CLIENT_PORT}\"\nhttp: \"0.0.0.0:{MONITOR_PORT}\"\nmax_payload: 8MB\nmax_pending: 64MB\n{auth}{tls}"
     )
 }
 
-/// The Deployment: one replica, 2 CPU and 4 GiB, ready when `/healthz` answers.
-pub fn deployment(spec: &InstanceSpec, image: &str) -> Result<Deployment, ProvisionError> {
+/// The Deployment: one replica, 2 CPU and 4 GiB, ready when `/healthz` answers; its
+/// config from the instance's Secret, its certificate from `tls_secret`.
+pub fn deployment(spec: &InstanceSpec, image: &str, tls_secret: &str) -> Result<Deployment, ProvisionError> {
     let name = instance_name(spec)?;
     let resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity("2".into())),
@@ -151,22 +164,40 @@ pub fn deployment(spec: &InstanceSpec, image: &str) -> Result<Deployment, Provis
                         }),
                         readiness_probe: Some(health(2, 5)),
                         liveness_probe: Some(health(10, 10)),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "config".into(),
-                            mount_path: "/etc/nats".into(),
-                            read_only: Some(true),
-                            ..Default::default()
-                        }]),
+                        volume_mounts: Some(vec![
+                            VolumeMount {
+                                name: "config".into(),
+                                mount_path: "/etc/nats".into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            },
+                            VolumeMount {
+                                name: "tls".into(),
+                                mount_path: TLS_DIR.into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            },
+                        ]),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(name.clone()),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(name.clone()),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        },
+                        Volume {
+                            name: "tls".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(tls_secret.into()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
                     ..Default::default()
                 }),
             },
@@ -203,12 +234,13 @@ pub fn service(spec: &InstanceSpec, owner: Option<&OwnerReference>) -> Result<Se
     })
 }
 
-/// The Secret holding the instance's nats-server configuration.
-pub fn secret(spec: &InstanceSpec, owner: Option<&OwnerReference>) -> Result<Secret, ProvisionError> {
+/// The Secret holding the instance's nats-server configuration (with its operator and
+/// account JWTs: public claims, no seeds).
+pub fn secret(spec: &InstanceSpec, owner: Option<&OwnerReference>, auth: &str) -> Result<Secret, ProvisionError> {
     let name = instance_name(spec)?;
     Ok(Secret {
         metadata: meta(spec, &name, owner),
-        string_data: Some(BTreeMap::from([("nats.conf".into(), server_config(&name))])),
+        string_data: Some(BTreeMap::from([("nats.conf".into(), server_config(&name, auth))])),
         type_: Some("Opaque".into()),
         ..Default::default()
     })
@@ -231,17 +263,29 @@ fn ready(d: &Deployment) -> bool {
 }
 
 impl KubeProvisioner {
-    /// A provisioner over a kube client.
-    pub fn new(client: kube::Client, settings: KubeSettings) -> Self {
-        KubeProvisioner { client, settings }
+    /// A provisioner over a kube client; `trust` gives each instance its accounts.
+    pub fn new(client: kube::Client, settings: KubeSettings, trust: std::sync::Arc<crate::nats::trust::Trust>) -> Self {
+        KubeProvisioner {
+            client,
+            settings,
+            trust,
+        }
     }
 
     async fn apply(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
         let name = instance_name(spec)?;
+        let fail =
+            |e: &dyn std::fmt::Display| ProvisionError::NotReady(format!("credentials of {}: {e}", spec.tenant_id));
+        let account = self.trust.tenant(&spec.tenant_id).await.map_err(|e| fail(&e))?;
+        let auth = self.trust.server_auth(&account).map_err(|e| fail(&e))?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
         let d = deployments
-            .patch(&name, &pp, &Patch::Apply(&deployment(spec, &self.settings.image)?))
+            .patch(
+                &name,
+                &pp,
+                &Patch::Apply(&deployment(spec, &self.settings.image, &self.settings.tls_secret)?),
+            )
             .await
             .map_err(api_err)?;
         let owner = OwnerReference {
@@ -259,7 +303,7 @@ impl KubeProvisioner {
             .map_err(api_err)?;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
         secrets
-            .patch(&name, &pp, &Patch::Apply(&secret(spec, Some(&owner))?))
+            .patch(&name, &pp, &Patch::Apply(&secret(spec, Some(&owner), &auth)?))
             .await
             .map_err(api_err)?;
         Ok(())

@@ -80,29 +80,59 @@ impl Sealer {
         format!("{t}/{i}/{field}")
     }
 
+    /// `value` sealed, bound to `aad` (where it is stored): `enc:v1:...`. Without a key,
+    /// or when it is sealed already, `value` as it is.
+    pub fn seal(&self, aad: &str, value: &str) -> Result<String, SecretsError> {
+        let Some(key) = &self.key else {
+            return Ok(value.to_owned());
+        };
+        if value.starts_with(SEALED) {
+            return Ok(value.to_owned());
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| SecretsError::Random)?;
+        let mut data = value.as_bytes().to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad.as_bytes()),
+            &mut data,
+        )
+        .map_err(|_| SecretsError::Random)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&data);
+        Ok(format!("{SEALED}{}", STANDARD.encode(sealed)))
+    }
+
+    /// A value read back: opened when sealed (with the `aad` it was sealed with), as it
+    /// is when stored in plain text before a key was configured.
+    pub fn open(&self, aad: &str, value: &str) -> Result<String, SecretsError> {
+        let Some(b64) = value.strip_prefix(SEALED) else {
+            return Ok(value.to_owned());
+        };
+        let fail = || SecretsError::Open(aad.to_owned());
+        let key = self.key.as_ref().ok_or_else(fail)?;
+        let mut bytes = STANDARD.decode(b64).map_err(|_| fail())?;
+        if bytes.len() < NONCE_LEN {
+            return Err(fail());
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+        let opened = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut bytes[NONCE_LEN..],
+            )
+            .map_err(|_| fail())?;
+        String::from_utf8(opened.to_vec()).map_err(|_| fail())
+    }
+
     /// The spec as stored: its secrets sealed.
     pub fn seal_spec(&self, t: &TenantId, spec: &IntegrationSpec) -> Result<IntegrationSpec, SecretsError> {
         let mut out = spec.clone();
-        let Some(key) = &self.key else {
-            return Ok(out);
-        };
         let id = out.id.clone();
         for (field, value) in out.secrets_mut() {
-            if value.starts_with(SEALED) {
-                continue;
-            }
-            let mut nonce = [0u8; NONCE_LEN];
-            self.rng.fill(&mut nonce).map_err(|_| SecretsError::Random)?;
-            let mut data = value.as_bytes().to_vec();
-            key.seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(t, &id, &field).as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| SecretsError::Random)?;
-            let mut sealed = nonce.to_vec();
-            sealed.extend_from_slice(&data);
-            *value = format!("{SEALED}{}", STANDARD.encode(sealed));
+            *value = self.seal(&Self::aad(t, &id, &field), value)?;
         }
         Ok(out)
     }
@@ -111,25 +141,9 @@ impl Sealer {
     pub fn open_spec(&self, t: &TenantId, mut spec: IntegrationSpec) -> Result<IntegrationSpec, SecretsError> {
         let id = spec.id.clone();
         for (field, value) in spec.secrets_mut() {
-            let Some(b64) = value.strip_prefix(SEALED) else {
-                continue;
-            };
-            let fail = || SecretsError::Open(format!("{t}/{id} {field}"));
-            let key = self.key.as_ref().ok_or_else(fail)?;
-            let mut bytes = STANDARD.decode(b64).map_err(|_| fail())?;
-            if bytes.len() < NONCE_LEN {
-                return Err(fail());
-            }
-            let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&bytes[..NONCE_LEN]);
-            let opened = key
-                .open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(Self::aad(t, &id, &field).as_bytes()),
-                    &mut bytes[NONCE_LEN..],
-                )
-                .map_err(|_| fail())?;
-            *value = String::from_utf8(opened.to_vec()).map_err(|_| fail())?;
+            *value = self
+                .open(&Self::aad(t, &id, &field), value)
+                .map_err(|_| SecretsError::Open(format!("{t}/{id} {field}")))?;
         }
         Ok(spec)
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::common::node::NodeProcess;
 use crate::common::{FailFirst, Sink, TOKEN, spec, wait_until};
 
-async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::process::ServerProcess {
+async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::platform_server::PlatformServer {
     crate::common::external_platform(dir, "platform").await
 }
 
@@ -77,7 +77,7 @@ async fn kill_9_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path()).await;
     let sink = Sink::start().await;
-    let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
+    let mut node = NodeProcess::start(dir.path().join("node"), &platform, &[]).await;
     let http = reqwest::Client::new();
     create_hook(&http, &node, &sink, json!({"max_retries": 5, "backoff_base_s": 0.1})).await;
 
@@ -163,7 +163,7 @@ async fn kill_9_under_load_loses_nothing() {
         "{duplicates} duplicates cannot all be explained by {kills} crashes"
     );
     node.stop().await;
-    platform.stop.stop().await;
+    platform.process.stop.stop().await;
 }
 
 /// Retries pending when the node is killed still fire after it restarts.
@@ -178,7 +178,7 @@ async fn pending_retries_fire_after_kill_9() {
         status: 503,
         ..Default::default()
     });
-    let mut node = NodeProcess::start(dir.path().join("node"), &platform.url, &[]).await;
+    let mut node = NodeProcess::start(dir.path().join("node"), &platform, &[]).await;
     let http = reqwest::Client::new();
     // First retry after 2 s: long enough to kill the node while every retry is pending.
     create_hook(&http, &node, &sink, json!({"max_retries": 3, "backoff_base_s": 1.0})).await;
@@ -233,5 +233,5 @@ async fn pending_retries_fire_after_kill_9() {
         assert_eq!(sink.for_message(id)[1].header("x-vrsky-attempt"), Some("2"));
     }
     node.stop().await;
-    platform.stop.stop().await;
+    platform.process.stop.stop().await;
 }

@@ -756,7 +756,7 @@ async fn retry_over_a_rolled_back_state_is_accepted() {
     assert_eq!(s, 202, "{v}");
     let id = v["message_id"].as_str().unwrap().to_owned();
     t.wait_status("acme", &id, "completed").await;
-    let js = async_nats::jetstream::new(async_nats::connect(t.rt().platform_url.as_str()).await.unwrap());
+    let js = async_nats::jetstream::new(t.rt().platform.clone());
     let kv = js.get_key_value("message_state").await.unwrap();
     kv.delete(format!("acme.{id}")).await.unwrap();
     let (s, v) = t.webhook_json("acme", "hook", b"two".to_vec(), &key).await;
@@ -979,7 +979,11 @@ async fn a_forged_publish_with_the_current_revision_is_not_claimed() {
     let forged = encode_stored(&state, Some(&record)).unwrap();
     let (_, instances) = t.api(Method::GET, "/api/tenants/acme/nats-instances", None).await;
     let url = instances["nats_instances"][0]["url"].as_str().unwrap().to_owned();
-    let nc = async_nats::connect(url).await.unwrap();
+    // Whoever forges holds the tenant's own ingress credentials (leaked): NATS lets them
+    // publish on the inbox; the MAC is what stops the forgery.
+    let nc = crate::common::tenant_client(t.rt(), "acme", vrsky_runtime::nats::trust::Role::Ingress, &url)
+        .await
+        .unwrap();
     let subject = vrsky_actors::subjects::integration_inbox(&forged_env.tenant_id, &forged_env.integration_id);
     for mac in [None, Some("bm90IHRoZSBydW50aW1l")] {
         let mut h = async_nats::HeaderMap::new();

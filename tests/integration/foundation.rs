@@ -537,17 +537,17 @@ async fn configured_platform_nats_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let platform = crate::common::external_platform(dir.path(), "external-platform").await;
     let mut cfg = crate::common::test_config(&dir.path().join("node"), None);
-    cfg.nats.platform_url = Some(platform.url.clone());
+    crate::common::use_platform(&mut cfg, &platform);
     let rt = vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default())
         .await
         .unwrap();
-    assert_eq!(rt.platform_url, platform.url);
+    assert_eq!(rt.platform_url, platform.process.url);
     assert!(
         !dir.path().join("node/platform-nats").exists(),
         "spawned a platform server anyway"
     );
     rt.shutdown().await;
-    platform.stop.stop().await;
+    platform.process.stop.stop().await;
 }
 
 /// A platform stream whose configuration cannot be made what VRSky needs refuses startup
@@ -558,7 +558,7 @@ async fn incompatible_platform_stream_refuses_startup() {
     let dir = tempfile::tempdir().unwrap();
     let platform = crate::common::external_platform(dir.path(), "wrong-platform").await;
     // Someone made retry_queue a limits stream: retention cannot be changed in place.
-    let js = async_nats::jetstream::new(async_nats::connect(platform.url.as_str()).await.unwrap());
+    let js = async_nats::jetstream::new(crate::common::platform_client(&platform).await);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "retry_queue".into(),
         subjects: vec!["vrsky.retry.>".into()],
@@ -569,7 +569,7 @@ async fn incompatible_platform_stream_refuses_startup() {
     .await
     .unwrap();
     let mut cfg = crate::common::test_config(&dir.path().join("node"), None);
-    cfg.nats.platform_url = Some(platform.url.clone());
+    crate::common::use_platform(&mut cfg, &platform);
     let err = match vrsky_runtime::Runtime::start(cfg, vrsky_runtime::RuntimeOptions::default()).await {
         Ok(rt) => {
             rt.shutdown().await;
@@ -578,5 +578,5 @@ async fn incompatible_platform_stream_refuses_startup() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("retry_queue"), "{err}");
-    platform.stop.stop().await;
+    platform.process.stop.stop().await;
 }

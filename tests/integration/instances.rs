@@ -245,7 +245,7 @@ async fn restarted_node_adopts_running_instances() {
     let platform = crate::common::external_platform(dir.path(), "adopt-platform").await;
     let sink = Sink::start().await;
     let data = dir.path().join("node");
-    let mut node = NodeProcess::start(data.clone(), &platform.url, &[]).await;
+    let mut node = NodeProcess::start(data.clone(), &platform, &[]).await;
     let http = reqwest::Client::new();
     let call = |m: Method, path: String, body: Option<Value>| {
         let (http, url) = (http.clone(), node.url(&path));
@@ -323,7 +323,7 @@ async fn restarted_node_adopts_running_instances() {
         servers_under(&data.join("tenants")).is_empty(),
         "servers survived a clean stop"
     );
-    platform.stop.stop().await;
+    platform.process.stop.stop().await;
 }
 
 /// An instance whose process is alive but does not answer (SIGSTOP) fails its health

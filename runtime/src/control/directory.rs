@@ -88,7 +88,7 @@ impl Route {
             None => return Some(Err(no_route())),
         };
         let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
-        link.client
+        link.publisher
             .publish_with_headers(self.subject.clone(), headers, payload)
             .now_or_never()
             .map(|r| r.map_err(|e| StoreError::caused(StoreErrorKind::Unavailable, e)))
@@ -99,7 +99,8 @@ impl Route {
         let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
-            link.client.publish_with_headers(self.subject.clone(), headers, payload),
+            link.publisher
+                .publish_with_headers(self.subject.clone(), headers, payload),
         )
         .await
         {

@@ -214,14 +214,37 @@ impl Control {
             .ok_or_else(|| ControlError::internal(format!("tenant {t} vanished after creation")))
     }
 
+    /// Revokes every NATS user of a tenant that is being deleted, on each of its
+    /// instances: their connections close now, before the instances stop (a server
+    /// that outlives this, under Kubernetes say, refuses them too). Audited.
+    async fn revoke_credentials(&self, t: &TenantId) {
+        let urls: Vec<String> = match self.deps.directory.get(t) {
+            Some(s) => s.instances.links().iter().map(|l| l.url.clone()).collect(),
+            None => Vec::new(),
+        };
+        let (outcome, detail) = match self.deps.trust.revoke_all(t, &urls).await {
+            Ok(n) => ("ok", format!("every user revoked on {n} server(s)")),
+            Err(e) => {
+                warn!(tenant_id = %t, error = %e, "revoking the tenant's NATS users failed; its servers are stopped anyway");
+                ("failed", e.to_string())
+            }
+        };
+        let entry = crate::db::AuditEntry::runtime(t.as_str(), "credentials.revoke", outcome, Some(detail));
+        self.deps.db.record_audit(&entry).await;
+    }
+
+    /// Rotates a tenant's NATS users now (`POST /api/tenants/{t}/credentials/rotate`).
+    pub async fn rotate_credentials(&self, t: &TenantId) -> Result<crate::nats::trust::Rotation, ControlError> {
+        self.ask(t, TenantMsg::RotateCredentials).await
+    }
+
     async fn stop_subtree(&self, t: &TenantId) {
         if let Ok(false) | Err(_) = self.root.stop_child(&tenant_child_name(t)).await {
             warn!(tenant_id = %t, "tenant subtree was not running");
         }
         if let Some(snapshot) = self.deps.directory.get(t) {
             for link in snapshot.instances.links() {
-                let client = link.client.clone();
-                tokio::spawn(async move { drop(client.drain().await) });
+                tokio::spawn(async move { link.drain().await });
             }
         }
         self.deps.directory.remove(t);
@@ -259,6 +282,7 @@ impl Control {
         if self.deps.db.tenant(t).await?.is_none() {
             return Err(ControlError::not_found(format!("tenant {t} not found")));
         }
+        self.revoke_credentials(t).await;
         self.stop_subtree(t).await;
         self.decommission(t).await;
         self.platform.purge_tenant(t).await?;

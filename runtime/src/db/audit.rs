@@ -47,7 +47,34 @@ type AuditTuple = (
     Option<String>,
 );
 
+impl AuditEntry {
+    /// An event of the runtime itself (`actor: "runtime"`), such as an automatic rotation
+    /// or a refused NATS connection.
+    pub fn runtime(tenant: &str, action: &str, outcome: &str, detail: Option<String>) -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            at_ms: vrsky_actors::now_ms(),
+            actor: "runtime".into(),
+            tenant_id: Some(tenant.to_owned()),
+            action: action.into(),
+            target: None,
+            outcome: outcome.into(),
+            detail,
+        }
+    }
+}
+
 impl Db {
+    /// Appends an event and logs it as a structured event (`target: "vrsky::audit"`); a
+    /// failed append is logged, never returned: auditing must not fail the audited work.
+    pub async fn record_audit(&self, e: &AuditEntry) {
+        tracing::info!(target: "vrsky::audit", actor = %e.actor, tenant_id = e.tenant_id.as_deref().unwrap_or("-"),
+            action = %e.action, object = e.target.as_deref().unwrap_or("-"), outcome = %e.outcome, "audit");
+        if let Err(err) = self.append_audit(e).await {
+            tracing::warn!(error = %err, action = %e.action, "audit entry not stored");
+        }
+    }
+
     /// Appends an event (its `id` is assigned).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<(), DbError> {
         let at = i64::try_from(e.at_ms).map_err(|err| DbError::Corrupt(err.to_string()))?;

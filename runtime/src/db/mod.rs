@@ -116,9 +116,11 @@ macro_rules! on_pool {
 
 mod api_keys;
 mod audit;
+mod credentials;
 
 pub use api_keys::ApiKeyRow;
 pub use audit::{AuditEntry, AuditQuery};
+pub use credentials::CredentialsRow;
 
 /// Each backend's migrations, in order: (version, description, SQL).
 type Migrations = &'static [(i64, &'static str, &'static str)];
@@ -135,6 +137,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "api keys and audit log",
         include_str!("../../migrations/sqlite/0003_api_keys_audit.sql"),
     ),
+    (
+        4,
+        "nats credentials",
+        include_str!("../../migrations/sqlite/0004_nats_credentials.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -148,6 +155,11 @@ const POSTGRES_MIGRATIONS: Migrations = &[
         3,
         "api keys and audit log",
         include_str!("../../migrations/postgres/0003_api_keys_audit.sql"),
+    ),
+    (
+        4,
+        "nats credentials",
+        include_str!("../../migrations/postgres/0004_nats_credentials.sql"),
     ),
 ];
 
@@ -300,6 +312,10 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM api_keys WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM tenant_credentials WHERE tenant_id = $1")
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;

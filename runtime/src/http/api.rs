@@ -222,6 +222,24 @@ pub(crate) async fn tenant_stats(
     Ok(Json(TenantStatsView::from(s.control.stats(&t).await?)))
 }
 
+/// `POST /api/tenants/{t}/credentials/rotate`: new NATS users for the tenant, every older
+/// one revoked on its servers (their connections close at once and come back with the
+/// new users; nothing accepted is lost).
+pub(crate) async fn rotate_credentials(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant_id(&t)?;
+    s.control.tenant(&t).await?;
+    let r = s.control.rotate_credentials(&t).await?;
+    Ok(Json(serde_json::json!({
+        "tenant_id": t.as_str(),
+        "rotated_at": super::views::rfc3339(r.rotated_at_ms),
+        "revoked_issued_before": super::views::rfc3339((r.revoked_before_s + 1) * 1000),
+        "servers_updated": r.servers_updated,
+    })))
+}
+
 /// `GET /api/tree`: the live supervision tree.
 pub(crate) async fn tree(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.control.tree().await?))

@@ -7,7 +7,6 @@ use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::{info, warn};
 
 use super::AppState;
 use super::auth::{Principal, path_tenant};
@@ -38,6 +37,7 @@ pub(super) fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("DELETE", "/tenants/{t}/dead-letters/{id}") => "dead_letter.delete",
         ("POST", "/tenants/{t}/api-keys") => "api_key.create",
         ("DELETE", "/tenants/{t}/api-keys/{id}") => "api_key.revoke",
+        ("POST", "/tenants/{t}/credentials/rotate") => "credentials.rotate",
         _ => "api.change",
     })
 }
@@ -54,11 +54,7 @@ fn now_ms() -> u64 {
 
 /// Appends an entry and logs it; a failed append is logged, never fails the call.
 async fn append(state: &AppState, e: AuditEntry) {
-    info!(target: "vrsky::audit", actor = %e.actor, tenant_id = e.tenant_id.as_deref().unwrap_or("-"),
-        action = %e.action, object = e.target.as_deref().unwrap_or("-"), outcome = %e.outcome, "audit");
-    if let Err(err) = state.control.db().append_audit(&e).await {
-        warn!(error = %err, action = %e.action, "audit entry not stored");
-    }
+    state.control.db().record_audit(&e).await;
 }
 
 /// Records a failed authentication (in the background: a flood of bad tokens must not

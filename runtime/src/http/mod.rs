@@ -73,6 +73,7 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
         .route("/tenants/{t}/dead-letters/{id}/retry", post(api::retry_dead_letter))
         .route("/tenants/{t}/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/tenants/{t}/api-keys/{id}", delete(api_keys::revoke))
+        .route("/tenants/{t}/credentials/rotate", post(api::rotate_credentials))
         .route("/tree", get(api::tree))
         .route("/audit", get(audit::list))
         // Outermost first: authenticate, then record the change with its outcome.

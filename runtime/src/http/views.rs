@@ -302,7 +302,7 @@ pub fn readiness(directory: &Directory) -> Vec<TenantReadiness> {
                     instance_number: l.number,
                     url: l.url.clone(),
                     healthy: l.health.is_healthy(),
-                    nats_connected: l.client.connection_state() == async_nats::connection::State::Connected,
+                    nats_connected: l.connected(),
                     reason: l.health.reason(),
                     slow_consumers: l.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
                 })

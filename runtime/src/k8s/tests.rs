@@ -13,6 +13,36 @@ use serde_json::{Value, json};
 use super::*;
 use vrsky_actors::TenantId;
 
+/// A trust store over a throwaway SQLite file holding tenant `acme`, certificates from a
+/// Secret.
+async fn trust(dir: &std::path::Path) -> std::sync::Arc<crate::nats::trust::Trust> {
+    let db = crate::db::Db::connect(&format!("sqlite://{}/trust.db?mode=rwc", dir.display()))
+        .await
+        .unwrap();
+    db.create_tenant(&TenantId::new("acme").unwrap(), "Acme", "x")
+        .await
+        .unwrap();
+    trust_on(db, dir).await
+}
+
+async fn trust_on(db: crate::db::Db, dir: &std::path::Path) -> std::sync::Arc<crate::nats::trust::Trust> {
+    let sealer = std::sync::Arc::new(crate::secrets::Sealer::new(None).unwrap());
+    std::sync::Arc::new(
+        crate::nats::trust::Trust::open(db, sealer, None, dir.join("ca.pem"))
+            .await
+            .unwrap(),
+    )
+}
+
+fn settings(ready_timeout: Duration, poll_interval: Duration) -> KubeSettings {
+    KubeSettings {
+        image: "nats:2.10-alpine".into(),
+        ready_timeout,
+        poll_interval,
+        tls_secret: "vrsky-tenant-nats-tls".into(),
+    }
+}
+
 fn spec() -> InstanceSpec {
     InstanceSpec {
         tenant_id: TenantId::new("acme").unwrap(),
@@ -23,7 +53,7 @@ fn spec() -> InstanceSpec {
 
 #[test]
 fn objects_are_named_labelled_sized_and_probed() {
-    let d = deployment(&spec(), "nats:2.10-alpine").unwrap();
+    let d = deployment(&spec(), "nats:2.10-alpine", "vrsky-tenant-nats-tls").unwrap();
     assert_eq!(d.metadata.name.as_deref(), Some("nats-acme-1"));
     assert_eq!(d.metadata.namespace.as_deref(), Some(NAMESPACE));
     let l = d.metadata.labels.as_ref().unwrap();
@@ -47,8 +77,25 @@ fn objects_are_named_labelled_sized_and_probed() {
         Some("/healthz")
     );
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
-    assert!(server_config("nats-acme-1").contains("listen: \"0.0.0.0:4222\""));
-    assert!(!server_config("nats-acme-1").contains("jetstream"));
+    let conf = server_config("nats-acme-1", "operator: \"OJWT\"\n");
+    assert!(conf.contains("listen: \"0.0.0.0:4222\""));
+    assert!(!conf.contains("jetstream"));
+    assert!(
+        conf.contains("operator: \"OJWT\"") && conf.contains("cert_file: \"/etc/nats-tls/tls.crt\""),
+        "{conf}"
+    );
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "tls" && m.mount_path == "/etc/nats-tls")
+    );
+    let volumes = pod.volumes.as_ref().unwrap();
+    let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
+    assert_eq!(
+        tls.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("vrsky-tenant-nats-tls")
+    );
     assert_eq!(
         instance_url(&spec()).unwrap(),
         "nats://nats-acme-1.vrsky-tenants.svc.cluster.local:4222"
@@ -135,7 +182,7 @@ fn objects_pass_strict_schema_validation() {
     let objects = [
         (
             "deployment.json",
-            serde_json::to_vec(&deployment(&spec(), "nats:2.10-alpine").unwrap()).unwrap(),
+            serde_json::to_vec(&deployment(&spec(), "nats:2.10-alpine", "vrsky-tenant-nats-tls").unwrap()).unwrap(),
         ),
         (
             "service.json",
@@ -143,7 +190,7 @@ fn objects_pass_strict_schema_validation() {
         ),
         (
             "secret.json",
-            serde_json::to_vec(&secret(&spec(), Some(&owner)).unwrap()).unwrap(),
+            serde_json::to_vec(&secret(&spec(), Some(&owner), "operator: \"OJWT\"\n").unwrap()).unwrap(),
         ),
     ];
     let mut files = Vec::new();
@@ -200,13 +247,11 @@ fn apply_query_ok(q: &str) {
 async fn verifier_create_wait_ready_delete() {
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(mock, "default");
+    let dir = tempfile::tempdir().unwrap();
     let p = KubeProvisioner::new(
         client,
-        KubeSettings {
-            image: "nats:2.10-alpine".into(),
-            ready_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(10),
-        },
+        settings(Duration::from_secs(10), Duration::from_millis(10)),
+        trust(dir.path()).await,
     );
     let starting = tokio::spawn({
         let p = p.clone();
@@ -276,13 +321,11 @@ async fn verifier_create_wait_ready_delete() {
 #[tokio::test]
 async fn verifier_readiness_times_out_with_a_clear_error() {
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let dir = tempfile::tempdir().unwrap();
     let p = KubeProvisioner::new(
         kube::Client::new(mock, "default"),
-        KubeSettings {
-            image: "nats:2.10-alpine".into(),
-            ready_timeout: Duration::from_millis(100),
-            poll_interval: Duration::from_millis(20),
-        },
+        settings(Duration::from_millis(100), Duration::from_millis(20)),
+        trust(dir.path()).await,
     );
     let starting = tokio::spawn(async move { p.start(spec()).await });
     // Answer every request: applies echo, readiness never comes.
@@ -333,6 +376,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
             adopt: false,
             startup_timeout: Duration::from_secs(10),
             go_max_procs: 1,
+            security: None,
         },
     )
     .await
@@ -375,13 +419,11 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
             send.send_response(respond(v));
         }
     });
+    let trust = trust_on(db.clone(), dir.path()).await;
     let provisioner = Arc::new(KubeProvisioner::new(
         kube::Client::new(mock, "default"),
-        KubeSettings {
-            image: "nats:2.10-alpine".into(),
-            ready_timeout: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(50),
-        },
+        settings(Duration::from_secs(5), Duration::from_millis(50)),
+        trust.clone(),
     ));
     let (root, _) = vrsky_supervision::spawn_root(vrsky_supervision::SupervisorArgs::empty("runtime"))
         .await
@@ -402,10 +444,12 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
                 instances_per_tenant_max: 2,
                 retention: Duration::from_secs(900),
                 subscription_capacity: 1024,
+                credential_rotation: Duration::ZERO,
             },
             redrive_now: Arc::new(|_| {}),
             sealer: Arc::new(crate::secrets::Sealer::new(None).unwrap()),
             wire_key: vrsky_actors::wire::WireKey::new(b"k"),
+            trust,
         },
     );
     let t = TenantId::new("acme").unwrap();

@@ -124,6 +124,19 @@ pub struct ServerOptions {
     pub startup_timeout: Duration,
     /// `GOMAXPROCS` of the process; 0 leaves Go's default (one per core).
     pub go_max_procs: u16,
+    /// Who may connect, and TLS. `None` runs an open server (only the bench's raw
+    /// baseline and tests of that baseline do).
+    pub security: Option<ServerSecurity>,
+}
+
+/// The security of a server: its operator-mode block (`nats/jwt.rs`) and its TLS
+/// certificate and key files.
+#[derive(Debug, Clone)]
+pub struct ServerSecurity {
+    /// Config text: `operator`, `system_account`, `resolver`, `resolver_preload`.
+    pub auth: String,
+    /// Certificate and key files.
+    pub tls: (PathBuf, PathBuf),
 }
 
 /// A started server: its version and the channels to stop it or hear that it exited.
@@ -161,7 +174,17 @@ fn config_text(o: &ServerOptions, monitor_port: u16) -> String {
             o.sync_interval
         ));
     }
+    if let Some(sec) = &o.security {
+        c.push_str(&sec.auth);
+        c.push_str(&super::tls::server_tls_block(&sec.tls.0, &sec.tls.1));
+    }
     c
+}
+
+/// Whether a config found on disk is as secure as `o` asks: a server started before
+/// authentication existed is not adopted (it is replaced).
+fn secured_like(conf: &str, o: &ServerOptions) -> bool {
+    o.security.is_none() || (conf.contains("resolver: MEMORY") && conf.contains("tls {"))
 }
 
 /// Reads the INFO line on `port`; returns the version once it accepts connections, and
@@ -208,6 +231,10 @@ async fn adopt(o: &ServerOptions) -> Option<ServerProcess> {
     let pid = running_from(&o.dir)?;
     let version = read_info(o.client_port, &o.server_name).await?;
     let conf = std::fs::read_to_string(o.dir.join("nats.conf")).ok()?;
+    if !secured_like(&conf, o) {
+        warn!(server = %o.server_name, pid, "not adopting a nats-server without authentication and TLS: it is replaced");
+        return None;
+    }
     let monitor = conf
         .lines()
         .find_map(|l| l.trim().strip_prefix("http: "))
@@ -387,6 +414,7 @@ mod tests {
             adopt: false,
             startup_timeout: Duration::from_secs(1),
             go_max_procs: 0,
+            security: None,
         };
         let c = config_text(&o, 2);
         assert!(c.contains("sync_interval: always"));

@@ -277,11 +277,16 @@ pub async fn nats_bin() -> PathBuf {
         .0
 }
 
-/// A platform JetStream server owned by the test (as in production, it outlives nodes).
-pub async fn external_platform(dir: &std::path::Path, name: &str) -> vrsky_runtime::nats::process::ServerProcess {
-    vrsky_runtime::nats::process::start_server(
+/// A platform JetStream server owned by the test (as in production, it outlives nodes):
+/// TLS and operator mode, as `vrsky` starts its own, with the runtime's creds file.
+pub async fn external_platform(
+    dir: &std::path::Path,
+    name: &str,
+) -> vrsky_runtime::nats::platform_server::PlatformServer {
+    let ca = vrsky_runtime::nats::tls::LocalCa::load_or_create(&dir.join(format!("{name}-ca"))).unwrap();
+    vrsky_runtime::nats::platform_server::start_platform(
         &nats_bin().await,
-        &vrsky_runtime::nats::process::ServerOptions {
+        vrsky_runtime::nats::process::ServerOptions {
             server_name: name.into(),
             client_port: vrsky_runtime::nats::process::free_port().unwrap(),
             dir: dir.join(name),
@@ -290,10 +295,42 @@ pub async fn external_platform(dir: &std::path::Path, name: &str) -> vrsky_runti
             adopt: false,
             startup_timeout: Duration::from_secs(10),
             go_max_procs: 1,
+            security: None,
         },
+        &ca,
     )
     .await
     .unwrap()
+}
+
+/// Points a configuration at an external platform server.
+pub fn use_platform(cfg: &mut Config, p: &vrsky_runtime::nats::platform_server::PlatformServer) {
+    cfg.nats.platform_url = Some(p.process.url.clone());
+    cfg.nats.platform_creds = Some(p.creds_file.clone());
+    cfg.nats.platform_ca = Some(p.ca_file.clone());
+}
+
+/// A client of an external platform server, as the runtime's user.
+pub async fn platform_client(p: &vrsky_runtime::nats::platform_server::PlatformServer) -> async_nats::Client {
+    vrsky_runtime::nats::platform_server::platform_options(&p.creds_file, Some(&p.ca_file))
+        .await
+        .unwrap()
+        .connect(p.process.url.as_str())
+        .await
+        .unwrap()
+}
+
+/// A client of a tenant's NATS instance at `url` as one of the runtime's own users of
+/// that tenant (what someone holding leaked credentials could do).
+pub async fn tenant_client(
+    rt: &Runtime,
+    tenant: &str,
+    role: vrsky_runtime::nats::trust::Role,
+    url: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let t = vrsky_actors::TenantId::new(tenant).unwrap();
+    let account = rt.trust.tenant(&t).await.unwrap();
+    rt.trust.tenant_options(&account, role).connect(url).await
 }
 
 /// Finds a node by name in a tree JSON.

@@ -16,6 +16,8 @@ pub struct NodeProcess {
     pub port: u16,
     pub dir: PathBuf,
     platform_url: String,
+    platform_creds: PathBuf,
+    platform_ca: PathBuf,
     extra_env: Vec<(String, String)>,
     starts: u32,
 }
@@ -39,7 +41,11 @@ pub fn kill_servers_under(dir: &Path) {
 }
 
 impl NodeProcess {
-    pub async fn start(dir: PathBuf, platform_url: &str, extra_env: &[(&str, &str)]) -> NodeProcess {
+    pub async fn start(
+        dir: PathBuf,
+        platform: &vrsky_runtime::nats::platform_server::PlatformServer,
+        extra_env: &[(&str, &str)],
+    ) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -49,7 +55,9 @@ impl NodeProcess {
             child: None,
             port,
             dir,
-            platform_url: platform_url.to_owned(),
+            platform_url: platform.process.url.clone(),
+            platform_creds: platform.creds_file.clone(),
+            platform_ca: platform.ca_file.clone(),
             extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             starts: 0,
         };
@@ -79,6 +87,8 @@ impl NodeProcess {
             .env("VRSKY_DATA_DIR", &self.dir)
             .env("VRSKY_ADMIN_TOKEN", TOKEN)
             .env("VRSKY_NATS__PLATFORM_URL", &self.platform_url)
+            .env("VRSKY_NATS__PLATFORM_CREDS", &self.platform_creds)
+            .env("VRSKY_NATS__PLATFORM_CA", &self.platform_ca)
             .env("VRSKY_PRODUCER__ALLOW_PRIVATE_TARGETS", "true")
             .env("VRSKY_STATE__REDRIVE_AFTER_MS", "1000")
             .env("VRSKY_STATE__REDRIVE_TICK_MS", "100")

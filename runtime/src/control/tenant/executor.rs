@@ -21,10 +21,11 @@ use vrsky_supervision::{SupervisorError, SupervisorExt};
 
 use super::messages::{InstanceInfo, IntegrationInfo, TenantArgs};
 use crate::control::directory::{Route, TenantPhase, TenantSnapshot};
-use crate::control::error::{ControlError, ControlErrorKind};
+use crate::control::error::ControlError;
 use crate::db::{InstanceRow, IntegrationRow};
 use crate::instances::{InstanceLink, InstanceSet};
 use crate::nats::connect_tenant;
+use crate::nats::trust::Role;
 use crate::producer::HttpProducer;
 
 /// A TenantActor's state: the desired state, the connections and counters it hands to
@@ -209,7 +210,7 @@ impl TenantActorState {
                 let port = self.instance(*n)?.endpoint.port;
                 if let Some(link) = self.detached.remove(n) {
                     // The workers left it; flush what this node still had for it, then close.
-                    let _ = tokio::time::timeout(deps.settings.connect_timeout, link.client.drain()).await;
+                    let _ = tokio::time::timeout(deps.settings.connect_timeout, link.drain()).await;
                 }
                 sup.stop_child(&instance_child_name(&t, *n)).await?;
                 let spec = InstanceSpec {
@@ -280,28 +281,41 @@ impl TenantActorState {
             Some(l) if l.url == url => l,
             _ => {
                 let slow_consumers = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                let (count, redrive, tenant) = (slow_consumers.clone(), deps.redrive_now.clone(), t.clone());
-                let client = connect_tenant(
-                    std::slice::from_ref(&url),
-                    &format!("vrsky-{t}-{n}"),
-                    deps.settings.subscription_capacity,
-                    Arc::new(move || {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        redrive(&tenant);
-                    }),
-                )
-                .await
-                .map_err(|e| {
-                    ControlError::caused(
-                        ControlErrorKind::Unavailable,
-                        &format!("tenant {t} nats instance {n}"),
-                        e,
-                    )
-                })?;
+                let unavailable =
+                    |e: &dyn std::fmt::Display| ControlError::unavailable(format!("tenant {t} nats instance {n}: {e}"));
+                let account = deps.trust.tenant(&t).await.map_err(|e| unavailable(&e))?;
+                let connect = |role: Role| {
+                    let (count, redrive, tenant) = (slow_consumers.clone(), deps.redrive_now.clone(), t.clone());
+                    let (options, urls) = (deps.trust.tenant_options(&account, role), vec![url.clone()]);
+                    let name = format!("vrsky-{t}-{n}-{}", role.as_str());
+                    let capacity = deps.settings.subscription_capacity;
+                    async move {
+                        connect_tenant(
+                            options,
+                            &urls,
+                            &name,
+                            capacity,
+                            Arc::new(move || {
+                                count.fetch_add(1, Ordering::Relaxed);
+                                redrive(&tenant);
+                            }),
+                        )
+                        .await
+                    }
+                };
+                let publisher = connect(Role::Ingress).await.map_err(|e| unavailable(&e))?;
+                let subscriber = match connect(Role::Worker).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        drop(publisher.drain().await);
+                        return Err(unavailable(&e));
+                    }
+                };
                 let link = Arc::new(InstanceLink {
                     number: n,
                     url,
-                    client,
+                    publisher,
+                    subscriber,
                     health: Arc::default(),
                     accepting: std::sync::atomic::AtomicBool::new(false),
                     slow_consumers,
@@ -347,7 +361,7 @@ impl TenantActorState {
         let sup = &self.args.supervisor;
         let _ = sup.stop_child(&instance_child_name(&t, n)).await;
         if let Some(link) = self.instances.remove(n) {
-            tokio::spawn(async move { drop(link.client.drain().await) });
+            tokio::spawn(async move { link.drain().await });
         }
         self.model.instances.remove(&n);
         self.run(&Command::RestartIntegrations).await?;
@@ -447,7 +461,7 @@ impl TenantActorState {
 
 async fn wait_connected(link: &InstanceLink, timeout: Duration) -> Result<(), ControlError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    while link.client.connection_state() != async_nats::connection::State::Connected {
+    while !link.connected() {
         if tokio::time::Instant::now() >= deadline {
             return Err(ControlError::unavailable(format!(
                 "nats instance {} not reachable",

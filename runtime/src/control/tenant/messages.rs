@@ -35,6 +35,9 @@ pub struct TenantSettings {
     /// Messages a tenant NATS client buffers per subscription before it drops (the
     /// admission bound plus headroom, so a worker's backlog never overflows it).
     pub subscription_capacity: usize,
+    /// How often the tenant's NATS users are rotated (`security.credential_rotation_days`);
+    /// zero turns automatic rotation off.
+    pub credential_rotation: Duration,
 }
 
 /// The adapters a TenantActor's executor uses. Shared by every tenant of the node; none
@@ -59,6 +62,8 @@ pub struct TenantDeps {
     pub sealer: Arc<crate::secrets::Sealer>,
     /// The platform's wire MAC key: routes sign with it, workers check it.
     pub wire_key: vrsky_actors::wire::WireKey,
+    /// NATS credentials: tenant accounts, this node's users, rotation and revocation.
+    pub trust: Arc<crate::nats::trust::Trust>,
 }
 
 /// Arguments of a TenantActor; cloned for every restart.
@@ -151,4 +156,8 @@ pub enum TenantMsg {
     RemoveInstance(u32, Reply<()>),
     /// The tenant's figures.
     Stats(Reply<TenantStats>),
+    /// Rotate the tenant's NATS users now and revoke the old ones.
+    RotateCredentials(Reply<crate::nats::trust::Rotation>),
+    /// The rotation timer fired: rotate when due, else wait again.
+    RotationDue,
 }

@@ -197,6 +197,53 @@ impl TenantActorState {
         Ok(())
     }
 
+    /// New NATS users for this tenant, the old ones revoked on every live instance; then
+    /// the tenant's `received` messages are re-driven, so what the closed connections
+    /// dropped is published again (claims are revision-checked: nothing runs twice).
+    async fn rotate_credentials(&mut self) -> Result<crate::nats::trust::Rotation, ControlError> {
+        if !self.running {
+            return Err(self.not_running());
+        }
+        let t = self.args.tenant_id.clone();
+        let deps = self.args.deps.clone();
+        let links = self.instances.links();
+        let urls: Vec<String> = links.iter().map(|l| l.url.clone()).collect();
+        let rotation = deps
+            .trust
+            .rotate(&t, &urls)
+            .await
+            .map_err(|e| ControlError::unavailable(format!("rotating the NATS credentials of {t}: {e}")))?;
+        // The servers closed the old users' connections; the clients come back with the
+        // new ones (their auth callback reads them) before anything is re-driven.
+        let deadline = tokio::time::Instant::now() + deps.settings.connect_timeout;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while links.iter().any(|l| !l.connected()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        (deps.redrive_now)(&t);
+        info!(tenant_id = %t, servers = rotation.servers_updated, "nats credentials rotated");
+        Ok(rotation)
+    }
+
+    /// Arms the automatic rotation timer for when it is next due.
+    fn arm_rotation(&self, myself: &ActorRef<TenantMsg>, rotated_at_ms: u64) {
+        if let Some(wait) =
+            crate::nats::trust::rotation_wait(rotated_at_ms, now_ms(), self.args.deps.settings.credential_rotation)
+        {
+            myself.send_after(wait.max(std::time::Duration::from_secs(1)), || TenantMsg::RotationDue);
+        }
+    }
+
+    async fn rotated_at_ms(&self) -> Option<u64> {
+        self.args
+            .deps
+            .trust
+            .tenant(&self.args.tenant_id)
+            .await
+            .ok()
+            .map(|a| a.rotated_at_ms())
+    }
+
     async fn add_instance(&mut self) -> Result<InstanceInfo, ControlError> {
         if !self.running {
             return Err(self.not_running());
@@ -272,7 +319,7 @@ impl Actor for TenantActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<TenantMsg>,
+        myself: ActorRef<TenantMsg>,
         msg: TenantMsg,
         state: &mut TenantActorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -283,6 +330,9 @@ impl Actor for TenantActor {
                         integrations = state.model.integrations.len(), "tenant running");
                     for w in state.waiting.drain(..) {
                         let _ = w.send(Ok(()));
+                    }
+                    if let Some(at) = state.rotated_at_ms().await {
+                        state.arm_rotation(&myself, at);
                     }
                 }
                 Err(e) => {
@@ -341,6 +391,41 @@ impl Actor for TenantActor {
             }
             TenantMsg::Stats(reply) => {
                 let _ = reply.send(Ok(state.stats()));
+            }
+            TenantMsg::RotateCredentials(reply) => {
+                let _ = reply.send(state.rotate_credentials().await);
+            }
+            TenantMsg::RotationDue => {
+                let Some(at) = state.rotated_at_ms().await else {
+                    return Ok(());
+                };
+                let due = crate::nats::trust::rotation_wait(at, now_ms(), state.args.deps.settings.credential_rotation);
+                if due == Some(std::time::Duration::ZERO) {
+                    let t = state.args.tenant_id.to_string();
+                    let entry = match state.rotate_credentials().await {
+                        Ok(r) => crate::db::AuditEntry::runtime(
+                            &t,
+                            "credentials.rotate",
+                            "ok",
+                            Some(format!(
+                                "automatic; users issued at or before {} revoked",
+                                r.revoked_before_s
+                            )),
+                        ),
+                        Err(e) => {
+                            warn!(tenant_id = %t, error = %e, "automatic credential rotation failed; retrying in a minute");
+                            myself.send_after(std::time::Duration::from_secs(60), || TenantMsg::RotationDue);
+                            let e =
+                                crate::db::AuditEntry::runtime(&t, "credentials.rotate", "failed", Some(e.to_string()));
+                            state.args.deps.db.record_audit(&e).await;
+                            return Ok(());
+                        }
+                    };
+                    state.args.deps.db.record_audit(&entry).await;
+                }
+                if let Some(at) = state.rotated_at_ms().await {
+                    state.arm_rotation(&myself, at);
+                }
             }
         }
         Ok(())

@@ -4,9 +4,10 @@
 //! the body, a core-NATS publish on a tenant server, a `processing` compare-and-set claim,
 //! an HTTP POST to the sink, and a `completed` compare-and-set. It goes through the same
 //! libraries (axum, async-nats, the producer's hyper client), nats-servers started the same
-//! way, and the IntegrationActor's own pump (its bound and batching). What it leaves out is
-//! authentication, routing, the state machine and its JSON, the envelope, actors,
-//! deadlines, error handling and tracing.
+//! way (TLS on both hops, as VRSky's), and the IntegrationActor's own pump (its bound and
+//! batching). What it leaves out is authentication (NATS JWTs cost only at connect),
+//! routing, the state machine and its JSON, the envelope, actors, deadlines, error
+//! handling and tracing.
 //!
 //! So its rate against raw HTTP is about the most this design can reach on the machine,
 //! and VRSky's rate against it is what VRSky's own logic costs. It is a measuring device,
@@ -24,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 use vrsky_actors::integration::pump;
 
-use super::{Arrivals, bench_server, record, serve};
+use super::{Arrivals, bench_server, record, serve, tls_client};
 use vrsky_runtime::nats::process::ServerProcess;
 use vrsky_runtime::producer::HttpClient;
 
@@ -59,9 +60,10 @@ impl Floor {
         sync: &str,
         arrivals: Arc<Arrivals>,
     ) -> anyhow::Result<Floor> {
-        let platform = bench_server(bin, dir, "floor-platform", Some(sync)).await?;
-        let tenant_server = bench_server(bin, dir, "floor-tenant", None).await?;
-        let js = async_nats::jetstream::new(async_nats::connect(platform.url.as_str()).await?);
+        // TLS on both hops, as VRSky has them.
+        let platform = bench_server(bin, dir, "floor-platform", Some(sync), true).await?;
+        let tenant_server = bench_server(bin, dir, "floor-tenant", None, true).await?;
+        let js = async_nats::jetstream::new(tls_client(dir, &platform.url).await?);
         let store = js
             .create_key_value(kv::Config {
                 bucket: "floor".into(),
@@ -71,7 +73,7 @@ impl Floor {
                 ..Default::default()
             })
             .await?;
-        let tenant = async_nats::connect(tenant_server.url.as_str()).await?;
+        let tenant = tls_client(dir, &tenant_server.url).await?;
         let (sink, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals)).await?;
         let sub = tenant.queue_subscribe(SUBJECT, "floor".into()).await?;
         tenant.flush().await?;

@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use vrsky_runtime::app::{Runtime, RuntimeOptions};
 use vrsky_runtime::config::Config;
-use vrsky_runtime::nats::process::{ServerOptions, ServerProcess, find_binary, free_port, start_server};
+use vrsky_runtime::nats::process::{
+    ServerOptions, ServerProcess, ServerSecurity, find_binary, free_port, start_server,
+};
 
 mod floor;
 
@@ -107,13 +109,24 @@ pub(crate) struct Report {
 }
 
 /// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
-/// JetStream at `sync` when that is given.
+/// JetStream at `sync` when that is given, and TLS (a certificate from the bench's local
+/// CA in `dir/tls`, as VRSky's servers have) when `tls` is set.
 async fn bench_server(
     bin: &std::path::Path,
     dir: &std::path::Path,
     name: &str,
     sync: Option<&str>,
+    tls: bool,
 ) -> anyhow::Result<ServerProcess> {
+    let security = if tls {
+        let ca = vrsky_runtime::nats::tls::LocalCa::load_or_create(&dir.join("tls"))?;
+        Some(ServerSecurity {
+            auth: String::new(),
+            tls: ca.issue_loopback_into(&dir.join(name))?,
+        })
+    } else {
+        None
+    };
     let options = ServerOptions {
         server_name: name.into(),
         client_port: free_port()?,
@@ -123,8 +136,18 @@ async fn bench_server(
         adopt: false,
         startup_timeout: Duration::from_secs(10),
         go_max_procs: vrsky_runtime::config::NatsConfig::default().go_max_procs,
+        security,
     };
     Ok(start_server(bin, &options).await?)
+}
+
+/// A client of a [`bench_server`] started with TLS.
+async fn tls_client(dir: &std::path::Path, url: &str) -> anyhow::Result<async_nats::Client> {
+    Ok(async_nats::ConnectOptions::new()
+        .add_root_certificates(dir.join("tls").join("ca.pem"))
+        .require_tls(true)
+        .connect(url)
+        .await?)
 }
 
 /// CPU seconds used so far by this process and its child processes (the nats-servers),
@@ -173,7 +196,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
 }
 
 async fn raw_nats(bin: &std::path::Path, dir: &std::path::Path, n: usize, size: usize) -> anyhow::Result<Phase> {
-    let server = bench_server(bin, dir, "raw-nats", None).await?;
+    let server = bench_server(bin, dir, "raw-nats", None, false).await?;
     let sub_client = async_nats::connect(server.url.as_str()).await?;
     let pub_client = async_nats::connect(server.url.as_str()).await?;
     let mut sub = sub_client.subscribe("bench.raw").await?;
@@ -235,7 +258,7 @@ async fn raw_kv_put(
     size: usize,
     sync: &str,
 ) -> anyhow::Result<Phase> {
-    let server = bench_server(bin, dir, "raw-kv", Some(sync)).await?;
+    let server = bench_server(bin, dir, "raw-kv", Some(sync), false).await?;
     let client = async_nats::connect(server.url.as_str()).await?;
     let js = async_nats::jetstream::new(client);
     js.create_key_value(async_nats::jetstream::kv::Config {
