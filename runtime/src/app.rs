@@ -259,6 +259,7 @@ impl Runtime {
             refusal_delay: Duration::from_millis(cfg.webhook.refusal_delay_ms),
             platform: platform.clone(),
             platform_sync: Arc::from(platform_sync.as_str()),
+            failed_auth_budget: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await

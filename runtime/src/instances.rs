@@ -28,6 +28,9 @@ pub struct InstanceLink {
     /// because a subscription's buffer was full (each makes the tenant's `received`
     /// messages due for re-drive at once).
     pub slow_consumers: Arc<std::sync::atomic::AtomicU64>,
+    /// The watch of the instance's refused clients (`nats/auth_events.rs`), stopped with
+    /// the link.
+    pub auth_events: Option<vrsky_actors::integration::AbortOnDrop>,
 }
 
 impl InstanceLink {

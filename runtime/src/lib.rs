@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod app;
+pub mod audit_budget;
 pub mod cli;
 pub mod config;
 pub mod control;

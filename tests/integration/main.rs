@@ -10,6 +10,7 @@ mod durability;
 mod foundation;
 mod instances;
 mod limits;
+mod nats_security;
 mod newcomer;
 mod signatures;
 mod ssrf;

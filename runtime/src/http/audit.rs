@@ -58,8 +58,25 @@ async fn append(state: &AppState, e: AuditEntry) {
 }
 
 /// Records a failed authentication (in the background: a flood of bad tokens must not
-/// hold the answers up).
+/// hold the answers up), within the node's budget (`audit_budget.rs`): past 20 a minute
+/// the rest are counted and summed up in one entry.
 pub(super) fn record_failed_auth(state: &AppState, method: &Method, path: &str, why: &str) {
+    let summary = match state.failed_auth_budget.admit(now_ms()) {
+        crate::audit_budget::Admit::Suppress => return,
+        crate::audit_budget::Admit::Record => None,
+        crate::audit_budget::Admit::RecordAfterSummary(n) => Some(AuditEntry {
+            id: 0,
+            at_ms: now_ms(),
+            actor: "anonymous".into(),
+            tenant_id: None,
+            action: "auth.failed".into(),
+            target: None,
+            outcome: "denied: 401".into(),
+            detail: Some(format!(
+                "{n} more failed authentications not recorded in the last minute"
+            )),
+        }),
+    };
     let entry = AuditEntry {
         id: 0,
         at_ms: now_ms(),
@@ -71,7 +88,12 @@ pub(super) fn record_failed_auth(state: &AppState, method: &Method, path: &str, 
         detail: Some(format!("{method} {path}: {why}")),
     };
     let state = state.clone();
-    tokio::spawn(async move { append(&state, entry).await });
+    tokio::spawn(async move {
+        if let Some(s) = summary {
+            append(&state, s).await;
+        }
+        append(&state, entry).await
+    });
 }
 
 /// Records each change made through the API, with its outcome.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub platform: async_nats::Client,
     /// The platform JetStream's `sync_interval` (the loss window on machine failure).
     pub platform_sync: Arc<str>,
+    /// How many failed API authentications are audited one by one.
+    pub failed_auth_budget: Arc<crate::audit_budget::FailureBudget>,
 }
 
 /// Builds the router. `dev_sink` mounts `/dev/echo`, the built-in echo sink of `vrsky dev`

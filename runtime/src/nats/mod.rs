@@ -1,6 +1,7 @@
 //! NATS adapters: local nats-server processes (tenant instances and the dev platform
 //! server), and client connections.
 
+pub mod auth_events;
 pub mod jwt;
 pub mod platform_server;
 pub mod process;

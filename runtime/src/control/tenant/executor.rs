@@ -311,6 +311,8 @@ impl TenantActorState {
                         return Err(unavailable(&e));
                     }
                 };
+                let auth_events =
+                    crate::nats::auth_events::watch(deps.trust.clone(), deps.db.clone(), t.clone(), n, url.clone());
                 let link = Arc::new(InstanceLink {
                     number: n,
                     url,
@@ -319,6 +321,7 @@ impl TenantActorState {
                     health: Arc::default(),
                     accepting: std::sync::atomic::AtomicBool::new(false),
                     slow_consumers,
+                    auth_events: Some(auth_events),
                 });
                 self.instances.insert(link.clone());
                 link
