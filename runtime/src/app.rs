@@ -54,6 +54,8 @@ pub struct Runtime {
     pub platform: async_nats::Client,
     /// The URL of the platform NATS.
     pub platform_url: String,
+    /// The creds file this node connects to the platform NATS with.
+    pub platform_creds: std::path::PathBuf,
     /// The platform's JetStream `sync_interval` as far as this node knows it.
     pub platform_sync: String,
     /// NATS credentials of tenant servers (tests mint users with it).
@@ -220,7 +222,7 @@ impl Runtime {
                     instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
                     retention: platform_settings.retention(),
                     subscription_capacity: SUBSCRIPTION_CAPACITY.max(4 * cfg.webhook.unfinished_per_integration_max),
-                    credential_rotation: Duration::from_secs(u64::from(cfg.security.credential_rotation_days) * 86_400),
+                    credential_rotation: Duration::from_secs_f64(cfg.security.credential_rotation_days * 86_400.0),
                 },
                 redrive_now: Arc::new(move |t| expediter.expedite(t)),
                 sealer,
@@ -281,6 +283,7 @@ impl Runtime {
             control,
             platform,
             platform_url,
+            platform_creds,
             platform_sync,
             trust,
             platform_server,

@@ -10,7 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The whole runtime configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address of the HTTP server (REST API, webhooks, health).
@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// Secrets at rest and NATS credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Base64 of 32 random bytes: the AES-256-GCM key producer header values, signing
@@ -47,16 +47,16 @@ pub struct SecurityConfig {
     /// warning at start); `vrsky dev` generates one and keeps it in
     /// `<data_dir>/secrets-key`.
     pub secrets_key: Option<String>,
-    /// Days between automatic rotations of each tenant's NATS users (0: never; rotate
-    /// by hand with `POST /api/tenants/{t}/credentials/rotate`).
-    pub credential_rotation_days: u32,
+    /// Days between automatic rotations of each tenant's NATS users (fractions allowed;
+    /// 0: never, rotate by hand with `POST /api/tenants/{t}/credentials/rotate`).
+    pub credential_rotation_days: f64,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
             secrets_key: None,
-            credential_rotation_days: 30,
+            credential_rotation_days: 30.0,
         }
     }
 }
@@ -378,6 +378,13 @@ impl Config {
                 field: "nats.kubernetes.ca_file",
                 message: "required with the kubernetes provisioner: the CA that signed nats.kubernetes.tls_secret"
                     .into(),
+            });
+        }
+        let days = self.security.credential_rotation_days;
+        if !days.is_finite() || !(0.0..=3650.0).contains(&days) {
+            return Err(ConfigError::Invalid {
+                field: "security.credential_rotation_days",
+                message: format!("0 (never) to 3650 days, got {days}"),
             });
         }
         if self.nats.platform_url.is_some() && self.nats.platform_creds.is_none() {

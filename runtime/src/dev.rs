@@ -130,7 +130,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
          \n  API:            {base}/api   (Authorization: Bearer {token})\
          \n  Echo sink:      {base}/dev/echo   (GET: its last 100 requests)\
          \n  Health:         {base}/healthz   {base}/readyz\
-         \n  Platform NATS:  {platform}\
+         \n  Platform NATS:  {platform}   (TLS, creds {creds})\
+         \n  NATS CA:        {ca}   (every local nats-server's certificate; no anonymous clients)\
          \n  Demo webhook:   {base}/webhooks/{DEMO_TENANT}/{DEMO_INTEGRATION} -> {base}/dev/echo\
          \n\nSend a webhook (the echo sink logs it):\n\
          \n  curl -i -X POST {base}/webhooks/{DEMO_TENANT}/{DEMO_INTEGRATION} -H 'content-type: application/json' -H 'x-request-id: hello-1' -d '{{\"hello\":\"world\"}}'\n\
@@ -141,6 +142,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
          \n  export VRSKY_ADMIN_TOKEN={token}\n\
          \nCtrl-C stops everything.\n",
         platform = rt.platform_url,
+        creds = rt.platform_creds.display(),
+        ca = rt.trust.ca_file().display(),
     );
     wait_for_signal().await;
     println!("stopping...");

@@ -478,3 +478,42 @@ async fn rotation_under_load_loses_nothing_and_revocation_closes_connections() {
     sink.stop();
     t.shutdown().await;
 }
+
+/// Automatic rotation: with a period of two seconds the TenantActor's timer rotates by
+/// itself (audited as automatic), the user it replaced is refused, and webhooks are
+/// still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotate_by_themselves_when_due() {
+    let sink = Sink::start().await;
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| {
+        c.security.credential_rotation_days = 2.0 / 86_400.0;
+    })
+    .await;
+    t.create_tenant("acme").await;
+    t.create_integration("acme", spec("hook", &sink.url("/hook"), Value::Null))
+        .await;
+    let url = instance_urls(&t, "acme").await.remove(0);
+    let acc = account(&t, "acme").await;
+    let automatic = || async {
+        audited(&t, "acme", "credentials.rotate")
+            .await
+            .iter()
+            .filter(|e| e["actor"] == "runtime" && e["detail"].as_str().unwrap_or("").starts_with("automatic"))
+            .count()
+    };
+    let before = automatic().await;
+    let old = acc.creds(Role::Worker);
+    wait_until(Duration::from_secs(20), || async { automatic().await > before })
+        .await
+        .expect("no automatic rotation within 20 s of a 2 s period");
+    let e = connect_as(&t, &old, &url)
+        .await
+        .expect_err("a rotated-out user connected");
+    assert_eq!(e.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{e}");
+    let (s, v) = t.webhook_json("acme", "hook", b"{}".to_vec(), &[]).await;
+    assert_eq!(s, 202, "{v}");
+    t.wait_status("acme", v["message_id"].as_str().unwrap(), "completed")
+        .await;
+    sink.stop();
+    t.shutdown().await;
+}

@@ -45,7 +45,12 @@ pub(super) fn action(method: &Method, route: &str) -> Option<&'static str> {
 /// The object a path acts on below its tenant (`/api/tenants/{t}/integrations/{i}`
 /// gives `{i}`).
 fn target(path: &str) -> Option<String> {
-    super::auth::api_segments(path).nth(3).map(str::to_owned)
+    let mut segments = super::auth::api_segments(path).skip(2);
+    match (segments.next(), segments.next()) {
+        // `/credentials/rotate` acts on the tenant itself.
+        (Some("credentials"), _) => None,
+        (_, object) => object.map(str::to_owned),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -215,5 +220,6 @@ mod tests {
         );
         assert_eq!(target("/api/tenants/acme/integrations/orders"), Some("orders".into()));
         assert_eq!(target("/api/tenants/acme"), None);
+        assert_eq!(target("/api/tenants/acme/credentials/rotate"), None);
     }
 }
