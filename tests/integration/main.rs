@@ -10,6 +10,7 @@ mod durability;
 mod foundation;
 mod instances;
 mod limits;
+mod metrics;
 mod nats_security;
 mod newcomer;
 mod signatures;

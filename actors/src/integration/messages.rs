@@ -45,6 +45,8 @@ pub enum IntegrationMsg {
 /// Outcome counters of one integration on this node.
 #[derive(Debug, Default)]
 pub struct IntegrationCounters {
+    /// Webhooks accepted (answered 202; duplicates not counted).
+    pub accepted: AtomicU64,
     /// Messages taken off NATS.
     pub received: AtomicU64,
     /// Delivered with a success status.
@@ -64,11 +66,17 @@ pub struct IntegrationCounters {
     /// Unfinished messages on this node now (a gauge the RetryScheduler keeps from its
     /// re-drive index; admission control reads it).
     pub unfinished: AtomicU64,
+    /// How long each delivery attempt's HTTP exchange took.
+    pub delivery_duration: super::histogram::Histogram,
+    /// From the webhook's acceptance to its successful delivery.
+    pub end_to_end: super::histogram::Histogram,
 }
 
 /// A snapshot of [`IntegrationCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IntegrationStats {
+    /// Webhooks accepted (answered 202; duplicates not counted).
+    pub accepted: u64,
     /// Messages taken off NATS.
     pub received: u64,
     /// Delivered with a success status.
@@ -92,6 +100,7 @@ pub struct IntegrationStats {
 impl IntegrationStats {
     /// Adds another integration's counters to these (a tenant's totals).
     pub fn add(&mut self, other: &IntegrationStats) {
+        self.accepted += other.accepted;
         self.received += other.received;
         self.delivered += other.delivered;
         self.filtered += other.filtered;
@@ -108,6 +117,7 @@ impl IntegrationCounters {
     /// A snapshot.
     pub fn snapshot(&self) -> IntegrationStats {
         IntegrationStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),

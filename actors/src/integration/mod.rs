@@ -12,6 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+pub mod histogram;
+
 pub use messages::{IntegrationArgs, IntegrationCounters, IntegrationMsg, IntegrationStats};
 
 use crate::components::{Outcome, ProduceErrorKind};
@@ -101,6 +103,14 @@ macro_rules! warn_message {
     };
 }
 
+/// Runs `f`, recording how long it took in `h`.
+async fn timed<T>(h: &histogram::Histogram, f: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    h.record(started.elapsed());
+    out
+}
+
 /// A jitter sample in [0, 1).
 fn jitter_sample() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
@@ -182,9 +192,12 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             }
         };
         let event = match args.pipeline.run(claim.envelope) {
-            Outcome::Deliver(out) => match args.producer.deliver(&out).await {
+            Outcome::Deliver(out) => match timed(&c.delivery_duration, args.producer.deliver(&out)).await {
                 Ok(d) => {
                     c.delivered.fetch_add(1, Ordering::Relaxed);
+                    c.end_to_end.record(std::time::Duration::from_millis(
+                        now_ms().saturating_sub(claim.state.created_at_ms),
+                    ));
                     debug!(status = d.status, "delivered");
                     Event::Delivered
                 }

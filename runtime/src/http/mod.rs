@@ -6,6 +6,7 @@ mod audit;
 pub mod auth;
 mod echo;
 pub mod error;
+pub mod metrics;
 pub mod serve;
 pub mod views;
 mod webhook;
@@ -84,6 +85,7 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
     let mut app = Router::new()
         .nest("/api", api)
         .route("/webhooks/{t}/{i}", post(webhook::receive))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if dev_sink {

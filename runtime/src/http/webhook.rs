@@ -221,6 +221,10 @@ pub(crate) async fn receive(
                 // Core NATS, the bytes just stored, without holding the answer: a tenant
                 // whose NATS is down or stuck never delays the 202 (the publish is
                 // bounded, and a lost one is re-driven).
+                route
+                    .counters
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 route.publish_detached(stored, revision, move |e| {
                     warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
                         message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");

@@ -1,0 +1,319 @@
+//! `GET /metrics`: this node's figures in the Prometheus text format (0.0.4), with the
+//! admin token. Read at scrape time from what the node keeps anyway (each integration's
+//! counters and histograms in the routing snapshot, the supervision tree), so the series
+//! agree exactly with the API's `stats`. Labels are tenant, integration, instance,
+//! outcome and kind: never a message id.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use vrsky_actors::integration::IntegrationStats;
+use vrsky_actors::integration::histogram::{BOUNDS_S, HistogramSnapshot};
+use vrsky_supervision::TreeNode;
+
+use super::AppState;
+use super::auth::{bearer, is_admin};
+use super::error::ApiError;
+
+/// One integration's figures.
+#[derive(Debug, Clone)]
+pub struct IntegrationFigures {
+    /// Tenant id.
+    pub tenant: String,
+    /// Integration id.
+    pub integration: String,
+    /// Its counters.
+    pub stats: IntegrationStats,
+    /// Delivery attempts' HTTP exchanges.
+    pub delivery: HistogramSnapshot,
+    /// Webhook to delivery.
+    pub end_to_end: HistogramSnapshot,
+}
+
+/// What a scrape shows.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Per integration.
+    pub integrations: Vec<IntegrationFigures>,
+    /// (tenant, instance number, integrations it serves).
+    pub instances: Vec<(String, u32, usize)>,
+    /// Restarts by actor kind, summed over the tree.
+    pub restarts: Vec<(&'static str, u64)>,
+}
+
+/// A counter series: name, help, and how to read it from an integration's stats.
+type Counter = (&'static str, &'static str, fn(&IntegrationStats) -> u64);
+
+/// The kind of an actor, from its tree name (`tenant:acme` is `tenant`).
+pub fn actor_kind(name: &str) -> &'static str {
+    match name.split(':').next().unwrap_or(name) {
+        "runtime" => "runtime",
+        "retry-scheduler" => "retry_scheduler",
+        "tenant" => "tenant_supervisor",
+        "tenant-actor" => "tenant",
+        "nats" => "nats_instance",
+        "integration" => "integration",
+        _ => "other",
+    }
+}
+
+/// Restarts by kind over a tree (every kind present, zeros included).
+pub fn restarts_by_kind(tree: &TreeNode) -> Vec<(&'static str, u64)> {
+    let mut by = std::collections::BTreeMap::<&'static str, u64>::new();
+    fn walk(n: &TreeNode, by: &mut std::collections::BTreeMap<&'static str, u64>) {
+        *by.entry(actor_kind(&n.name)).or_default() += u64::from(n.restarts);
+        for c in &n.children {
+            walk(c, by);
+        }
+    }
+    walk(tree, &mut by);
+    by.into_iter().collect()
+}
+
+/// A label value, escaped as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (bound, n) in BOUNDS_S.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_s);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// The exposition.
+pub fn render(f: &Figures) -> String {
+    let mut out = String::with_capacity(4096 + f.integrations.len() * 4096);
+    head(&mut out, "vrsky_build_info", "gauge", "The running build.");
+    let _ = writeln!(out, "vrsky_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let il = |i: &IntegrationFigures| {
+        format!(
+            "tenant=\"{}\",integration=\"{}\"",
+            label(&i.tenant),
+            label(&i.integration)
+        )
+    };
+    let counters: [Counter; 5] = [
+        (
+            "vrsky_messages_received_total",
+            "Webhooks accepted (answered 202; duplicates not counted).",
+            |s| s.accepted,
+        ),
+        (
+            "vrsky_messages_delivered_total",
+            "Messages delivered (the destination answered 2xx).",
+            |s| s.delivered,
+        ),
+        ("vrsky_messages_filtered_total", "Messages a filter dropped.", |s| {
+            s.filtered
+        }),
+        (
+            "vrsky_messages_dead_lettered_total",
+            "Messages moved to the dead-letter queue.",
+            |s| s.dead_lettered,
+        ),
+        (
+            "vrsky_messages_retried_total",
+            "Failed attempts that scheduled a retry.",
+            |s| s.retried,
+        ),
+    ];
+    for (name, help, get) in counters {
+        head(&mut out, name, "counter", help);
+        for i in &f.integrations {
+            let _ = writeln!(out, "{name}{{{}}} {}", il(i), get(&i.stats));
+        }
+    }
+    head(
+        &mut out,
+        "vrsky_delivery_attempts_total",
+        "counter",
+        "Delivery and conversion attempts by outcome (success: 2xx; failure: anything else).",
+    );
+    for i in &f.integrations {
+        let _ = writeln!(
+            out,
+            "vrsky_delivery_attempts_total{{{},outcome=\"success\"}} {}",
+            il(i),
+            i.stats.delivered
+        );
+        let _ = writeln!(
+            out,
+            "vrsky_delivery_attempts_total{{{},outcome=\"failure\"}} {}",
+            il(i),
+            i.stats.failed
+        );
+    }
+    head(
+        &mut out,
+        "vrsky_messages_unfinished",
+        "gauge",
+        "Messages received, processing or waiting for a retry on this node.",
+    );
+    for i in &f.integrations {
+        let _ = writeln!(out, "vrsky_messages_unfinished{{{}}} {}", il(i), i.stats.unfinished);
+    }
+    head(
+        &mut out,
+        "vrsky_delivery_duration_seconds",
+        "histogram",
+        "The HTTP exchange of each delivery attempt.",
+    );
+    for i in &f.integrations {
+        histogram(&mut out, "vrsky_delivery_duration_seconds", &il(i), &i.delivery);
+    }
+    head(
+        &mut out,
+        "vrsky_message_end_to_end_seconds",
+        "histogram",
+        "From a webhook's acceptance to its successful delivery, retries included.",
+    );
+    for i in &f.integrations {
+        histogram(&mut out, "vrsky_message_end_to_end_seconds", &il(i), &i.end_to_end);
+    }
+    head(
+        &mut out,
+        "vrsky_nats_instance_integrations",
+        "gauge",
+        "Integrations each tenant NATS instance serves.",
+    );
+    for (t, n, count) in &f.instances {
+        let _ = writeln!(
+            out,
+            "vrsky_nats_instance_integrations{{tenant=\"{}\",instance=\"{n}\"}} {count}",
+            label(t)
+        );
+    }
+    head(
+        &mut out,
+        "vrsky_actor_restarts_total",
+        "counter",
+        "Actor restarts by kind, over the live tree.",
+    );
+    for (kind, n) in &f.restarts {
+        let _ = writeln!(out, "vrsky_actor_restarts_total{{kind=\"{kind}\"}} {n}");
+    }
+    out
+}
+
+/// Gathers this node's figures.
+pub async fn gather(s: &AppState) -> Figures {
+    let mut f = Figures::default();
+    for (t, snapshot) in s.control.directory().all() {
+        let mut ids: Vec<_> = snapshot.counters.iter().collect();
+        ids.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        for (id, c) in ids {
+            f.integrations.push(IntegrationFigures {
+                tenant: t.to_string(),
+                integration: id.to_string(),
+                stats: c.snapshot(),
+                delivery: c.delivery_duration.snapshot(),
+                end_to_end: c.end_to_end.snapshot(),
+            });
+        }
+        // Every integration subscribes on every instance of its tenant.
+        for link in snapshot.instances.links() {
+            f.instances.push((t.to_string(), link.number, snapshot.routes.len()));
+        }
+    }
+    f.integrations
+        .sort_by(|a, b| (&a.tenant, &a.integration).cmp(&(&b.tenant, &b.integration)));
+    if let Ok(tree) = s.control.tree().await {
+        f.restarts = restarts_by_kind(&tree);
+    }
+    f
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !is_admin(auth, s.admin_token.as_deref()) {
+        let why = bearer(auth).err().unwrap_or_else(|| "invalid token".into());
+        super::audit::record_failed_auth(&s, &axum::http::Method::GET, "/metrics", &why);
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why).into_response();
+    }
+    let body = render(&gather(&s).await);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use vrsky_actors::integration::histogram::Histogram;
+
+    #[test]
+    fn exposition_names_types_and_labels() {
+        let h = Histogram::default();
+        h.record(std::time::Duration::from_millis(3));
+        let f = Figures {
+            integrations: vec![IntegrationFigures {
+                tenant: "acme".into(),
+                integration: "or\"ders".into(),
+                stats: IntegrationStats {
+                    accepted: 5,
+                    delivered: 4,
+                    failed: 2,
+                    dead_lettered: 1,
+                    ..Default::default()
+                },
+                delivery: h.snapshot(),
+                end_to_end: h.snapshot(),
+            }],
+            instances: vec![("acme".into(), 1, 1)],
+            restarts: vec![("integration", 2)],
+        };
+        let text = render(&f);
+        assert!(text.contains("vrsky_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("vrsky_messages_received_total{tenant=\"acme\",integration=\"or\\\"ders\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "vrsky_delivery_attempts_total{tenant=\"acme\",integration=\"or\\\"ders\",outcome=\"failure\"} 2"
+        ));
+        assert!(text.contains("# TYPE vrsky_delivery_duration_seconds histogram"));
+        assert!(text.contains(
+            "vrsky_delivery_duration_seconds_bucket{tenant=\"acme\",integration=\"or\\\"ders\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains("le=\"+Inf\"} 1"));
+        assert!(text.contains("vrsky_nats_instance_integrations{tenant=\"acme\",instance=\"1\"} 1"));
+        assert!(text.contains("vrsky_actor_restarts_total{kind=\"integration\"} 2"));
+        // Every sample line's metric has a TYPE line before it.
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| typed.contains(*b)))
+                    .unwrap_or(name);
+                assert!(typed.contains(base), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_tree_names() {
+        assert_eq!(actor_kind("integration:orders"), "integration");
+        assert_eq!(actor_kind("nats:acme-1"), "nats_instance");
+        assert_eq!(actor_kind("tenant-actor:acme"), "tenant");
+        assert_eq!(actor_kind("retry-scheduler"), "retry_scheduler");
+    }
+}
