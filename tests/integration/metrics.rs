@@ -172,6 +172,19 @@ async fn counters_agree_with_what_the_sinks_saw() {
         "{m:?}"
     );
     assert!(m.keys().any(|k| k.starts_with("vrsky_build_info{version=")));
+    assert_eq!(
+        m.get("vrsky_dead_letters{tenant=\"acme\"}").copied(),
+        Some(dead_letters as f64)
+    );
+    assert_eq!(
+        m["vrsky_platform_stream_messages{stream=\"dead_letter_queue\"}"] as u64, dead_letters,
+        "one entry per dead letter"
+    );
+    assert_eq!(m["vrsky_retry_backlog"], 0.0, "every retry was taken");
+    assert!(
+        m["vrsky_platform_stream_bytes{stream=\"KV_message_state\"}"] > 0.0,
+        "{m:?}"
+    );
     // No message id is ever a label.
     for id in &ids {
         assert!(!m.keys().any(|k| k.contains(id.as_str())), "{id} became a label");

@@ -42,6 +42,11 @@ pub struct Figures {
     pub instances: Vec<(String, u32, usize)>,
     /// Restarts by actor kind, summed over the tree.
     pub restarts: Vec<(&'static str, u64)>,
+    /// Platform buckets and streams: (stream, messages, bytes); empty when the platform
+    /// did not answer in time.
+    pub platform: Vec<(String, u64, u64)>,
+    /// Dead letters held, by tenant; `None` when the platform did not answer in time.
+    pub dead_letters: Option<Vec<(String, u64)>>,
 }
 
 /// A counter series: name, help, and how to read it from an integration's stats.
@@ -196,6 +201,47 @@ pub fn render(f: &Figures) -> String {
     }
     head(
         &mut out,
+        "vrsky_platform_stream_messages",
+        "gauge",
+        "Messages held by each platform stream (KV_message_state, retry_queue, dead_letter_queue).",
+    );
+    for (stream, messages, _) in &f.platform {
+        let _ = writeln!(
+            out,
+            "vrsky_platform_stream_messages{{stream=\"{}\"}} {messages}",
+            label(stream)
+        );
+    }
+    head(
+        &mut out,
+        "vrsky_platform_stream_bytes",
+        "gauge",
+        "Bytes held by each platform stream.",
+    );
+    for (stream, _, bytes) in &f.platform {
+        let _ = writeln!(
+            out,
+            "vrsky_platform_stream_bytes{{stream=\"{}\"}} {bytes}",
+            label(stream)
+        );
+    }
+    if let Some((_, messages, _)) = f.platform.iter().find(|p| p.0 == crate::platform::RETRY_STREAM) {
+        head(
+            &mut out,
+            "vrsky_retry_backlog",
+            "gauge",
+            "Retries scheduled and not yet taken.",
+        );
+        let _ = writeln!(out, "vrsky_retry_backlog {messages}");
+    }
+    if let Some(dead) = &f.dead_letters {
+        head(&mut out, "vrsky_dead_letters", "gauge", "Dead letters held, by tenant.");
+        for (t, n) in dead {
+            let _ = writeln!(out, "vrsky_dead_letters{{tenant=\"{}\"}} {n}", label(t));
+        }
+    }
+    head(
+        &mut out,
         "vrsky_actor_restarts_total",
         "counter",
         "Actor restarts by kind, over the live tree.",
@@ -231,8 +277,24 @@ pub async fn gather(s: &AppState) -> Figures {
     if let Ok(tree) = s.control.tree().await {
         f.restarts = restarts_by_kind(&tree);
     }
+    // The platform's figures are bounded in time: a slow platform costs a scrape these
+    // series, never the scrape.
+    let platform = s.control.platform();
+    match tokio::time::timeout(PLATFORM_TIMEOUT, platform.usage()).await {
+        Ok(Ok(u)) => f.platform = u.into_iter().map(|(name, m, b, _)| (name, m, b)).collect(),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: platform usage unavailable"),
+        Err(_) => tracing::warn!("metrics: platform usage timed out"),
+    }
+    match tokio::time::timeout(PLATFORM_TIMEOUT, platform.dead_letters_by_tenant()).await {
+        Ok(Ok(d)) => f.dead_letters = Some(d.into_iter().collect()),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: dead-letter counts unavailable"),
+        Err(_) => tracing::warn!("metrics: dead-letter counts timed out"),
+    }
     f
 }
+
+/// How long a scrape waits for each platform reading.
+const PLATFORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -276,6 +338,8 @@ mod tests {
             }],
             instances: vec![("acme".into(), 1, 1)],
             restarts: vec![("integration", 2)],
+            platform: vec![("retry_queue".into(), 3, 300)],
+            dead_letters: Some(vec![("acme".into(), 1)]),
         };
         let text = render(&f);
         assert!(text.contains("vrsky_build_info{version=\""), "{text}");
@@ -293,6 +357,8 @@ mod tests {
         assert!(text.contains("le=\"+Inf\"} 1"));
         assert!(text.contains("vrsky_nats_instance_integrations{tenant=\"acme\",instance=\"1\"} 1"));
         assert!(text.contains("vrsky_actor_restarts_total{kind=\"integration\"} 2"));
+        assert!(text.contains("vrsky_retry_backlog 3") && text.contains("vrsky_dead_letters{tenant=\"acme\"} 1"));
+        assert!(text.contains("vrsky_platform_stream_bytes{stream=\"retry_queue\"} 300"));
         // Every sample line's metric has a TYPE line before it.
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {

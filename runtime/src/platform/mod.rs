@@ -199,6 +199,25 @@ impl Platform {
         Ok(())
     }
 
+    /// Dead letters held, by tenant: one subject per dead letter, counted from the
+    /// stream's subject list (every dead letter's subject is read, not its body).
+    pub async fn dead_letters_by_tenant(&self) -> Result<std::collections::BTreeMap<String, u64>, PlatformError> {
+        use futures::StreamExt;
+        let stream = self.js.get_stream(DEAD_LETTER_STREAM).await.map_err(req)?;
+        let mut subjects = stream
+            .info_with_subjects(subjects::DEAD_LETTER_SUBJECTS)
+            .await
+            .map_err(req)?;
+        let mut by = std::collections::BTreeMap::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, n) = entry.map_err(req)?;
+            if let Some(t) = subject.split('.').nth(2) {
+                *by.entry(t.to_owned()).or_default() += n as u64;
+            }
+        }
+        Ok(by)
+    }
+
     /// Per bucket and stream: name, messages held, bytes held, last sequence (messages ever
     /// stored), for health and metrics.
     pub async fn usage(&self) -> Result<Vec<(String, u64, u64, u64)>, PlatformError> {
