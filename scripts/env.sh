@@ -100,3 +100,23 @@ ensure_postgres() {
     echo "PostgreSQL is not accepting connections on 127.0.0.1:5432" >&2
     return 1
 }
+
+# promtool (Debian's `prometheus` package) for the monitoring rules' checks and unit
+# tests. Debian builds Prometheus without Kubernetes service discovery, so its promtool
+# cannot check deploy/monitoring/prometheus.yml (kubernetes_sd_configs); the rules can be.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "installing promtool (apt-get install prometheus)..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2; }
+    command -v promtool >/dev/null 2>&1 || { echo "promtool is not installed" >&2; return 1; }
+}
+
+# Checks and unit-tests the alert rules under deploy/monitoring/.
+check_monitoring() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/monitoring"
+    promtool check rules "$dir/alerts.yml" >&2 && (cd "$dir" && promtool test rules alerts_test.yml >&2)
+}
