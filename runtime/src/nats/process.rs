@@ -97,8 +97,24 @@ pub async fn find_binary(configured: Option<&Path>) -> Result<(PathBuf, Version)
     }))
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port on loopback (bound, then released), chosen below the kernel's
+/// ephemeral range: a port from that range can be taken by any outgoing connection
+/// between this check and the server's bind (seen under parallel tests making a
+/// thousand connections), one below it only by another listener choosing it too.
 pub fn free_port() -> std::io::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 20_000 {
+        let span = u128::from(low - 20_000);
+        for _ in 0..64 {
+            let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(l.local_addr()?.port());
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -389,6 +405,21 @@ pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        for _ in 0..20 {
+            let p = free_port().unwrap();
+            assert!((20_000..low).contains(&p), "{p} not below {low}");
+        }
+    }
 
     #[test]
     fn versions() {
