@@ -69,13 +69,8 @@ fn servers_under(dir: &Path) -> Vec<u32> {
 }
 
 async fn discovered(t: &TestRuntime, tenant: &str) -> Vec<u64> {
-    let (s, v) = t
-        .api(Method::GET, &format!("/api/tenants/{tenant}/nats-instances"), None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["nats_instances"]
-        .as_array()
-        .unwrap()
+    t.nats_instances(tenant)
+        .await
         .iter()
         .map(|i| i["instance_number"].as_u64().unwrap())
         .collect()

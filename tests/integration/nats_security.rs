@@ -20,16 +20,26 @@ use vrsky_runtime::nats::trust::Role;
 
 /// The instance URLs of a tenant.
 async fn instance_urls(t: &TestRuntime, tenant: &str) -> Vec<String> {
-    let (s, v) = t
-        .api(Method::GET, &format!("/api/tenants/{tenant}/nats-instances"), None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["nats_instances"]
-        .as_array()
-        .unwrap()
+    t.nats_instances(tenant)
+        .await
         .iter()
         .map(|i| i["url"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Options that record when the connection first drops.
+fn watch_disconnect(o: async_nats::ConnectOptions) -> (async_nats::ConnectOptions, Arc<Mutex<Option<Instant>>>) {
+    let at = Arc::new(Mutex::new(None::<Instant>));
+    let seen = at.clone();
+    let o = o.event_callback(move |e| {
+        let seen = seen.clone();
+        async move {
+            if matches!(e, async_nats::Event::Disconnected) {
+                seen.lock().unwrap().get_or_insert(Instant::now());
+            }
+        }
+    });
+    (o, at)
 }
 
 fn tls(t: &TestRuntime, o: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
@@ -346,22 +356,8 @@ async fn rotation_under_load_loses_nothing_and_revocation_closes_connections() {
 
     // Someone holding the current worker credentials, connected.
     let old = acc.creds(Role::Worker);
-    let closed_at = Arc::new(Mutex::new(None::<Instant>));
-    let outsider = tls(&t, old.connect_options())
-        .event_callback({
-            let closed_at = closed_at.clone();
-            move |e| {
-                let closed_at = closed_at.clone();
-                async move {
-                    if matches!(e, async_nats::Event::Disconnected) {
-                        closed_at.lock().unwrap().get_or_insert(Instant::now());
-                    }
-                }
-            }
-        })
-        .connect(url.as_str())
-        .await
-        .unwrap();
+    let (options, closed_at) = watch_disconnect(tls(&t, old.connect_options()));
+    let outsider = options.connect(url.as_str()).await.unwrap();
     let _outsider_sub = outsider.subscribe("vrsky.t.acme.i.hook.in").await.unwrap();
     outsider.flush().await.unwrap();
 
@@ -448,22 +444,8 @@ async fn rotation_under_load_loses_nothing_and_revocation_closes_connections() {
     assert_eq!(audited(&t, "acme", "credentials.rotate").await.len(), 2);
 
     // Deleting the tenant revokes its users: a live connection closes within 5 s.
-    let closed = Arc::new(Mutex::new(None::<Instant>));
-    let live = tls(&t, acc.creds(Role::Ingress).connect_options())
-        .event_callback({
-            let closed = closed.clone();
-            move |e| {
-                let closed = closed.clone();
-                async move {
-                    if matches!(e, async_nats::Event::Disconnected) {
-                        closed.lock().unwrap().get_or_insert(Instant::now());
-                    }
-                }
-            }
-        })
-        .connect(url.as_str())
-        .await
-        .unwrap();
+    let (options, closed) = watch_disconnect(tls(&t, acc.creds(Role::Ingress).connect_options()));
+    let live = options.connect(url.as_str()).await.unwrap();
     let deleting = Instant::now();
     let (s, v) = t.api(Method::DELETE, "/api/tenants/acme", None).await;
     assert_eq!(s, 204, "{v}");

@@ -250,6 +250,19 @@ impl TestRuntime {
         last
     }
 
+    /// The tenant's discovered NATS instances (`GET .../nats-instances`).
+    pub async fn nats_instances(&self, tenant: &str) -> Vec<Value> {
+        let (s, v) = self
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/tenants/{tenant}/nats-instances"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["nats_instances"].as_array().unwrap().clone()
+    }
+
     /// The live tree as JSON.
     pub async fn tree(&self) -> Value {
         let (s, b) = self.api(reqwest::Method::GET, "/api/tree", None).await;

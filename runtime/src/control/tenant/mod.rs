@@ -208,16 +208,26 @@ impl TenantActorState {
         let deps = self.args.deps.clone();
         let links = self.instances.links();
         let urls: Vec<String> = links.iter().map(|l| l.url.clone()).collect();
+        let connects = |c: &async_nats::Client| c.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+        let before: Vec<(u64, u64)> = links
+            .iter()
+            .map(|l| (connects(&l.publisher), connects(&l.subscriber)))
+            .collect();
         let rotation = deps
             .trust
             .rotate(&t, &urls)
             .await
             .map_err(|e| ControlError::unavailable(format!("rotating the NATS credentials of {t}: {e}")))?;
-        // The servers closed the old users' connections; the clients come back with the
-        // new ones (their auth callback reads them) before anything is re-driven.
+        // The servers close the old users' connections; each client comes back with the
+        // new user (its auth callback reads it), and only then is anything re-driven.
+        let back = || {
+            links
+                .iter()
+                .zip(&before)
+                .all(|(l, (p, s))| l.connected() && connects(&l.publisher) > *p && connects(&l.subscriber) > *s)
+        };
         let deadline = tokio::time::Instant::now() + deps.settings.connect_timeout;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        while links.iter().any(|l| !l.connected()) && tokio::time::Instant::now() < deadline {
+        while !back() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         (deps.redrive_now)(&t);
