@@ -12,6 +12,7 @@ pub mod integration;
 pub mod message;
 pub mod nats_instance;
 pub mod subjects;
+pub mod telemetry;
 pub mod tenant;
 pub mod wire;
 

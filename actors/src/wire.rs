@@ -19,6 +19,9 @@ use crate::message::{MessageState, decode_envelope, decode_stored};
 
 const H_REVISION: &str = "Vrsky-Revision";
 const H_MAC: &str = "Vrsky-Mac";
+/// W3C trace context of the publish span, so the worker's span is its child. Not covered
+/// by the MAC: it only places spans, and a forged one cannot make a message claimable.
+pub const H_TRACEPARENT: &str = "traceparent";
 
 /// The key that authenticates published messages: one per platform, shared by every
 /// node (kept in the platform's JetStream).
@@ -98,10 +101,13 @@ pub struct Claimable {
 }
 
 /// The headers and payload that publish a stored message written at `revision`.
-pub fn encode(key: &WireKey, stored: Bytes, revision: u64) -> (HeaderMap, Bytes) {
+pub fn encode(key: &WireKey, stored: Bytes, revision: u64, traceparent: Option<&str>) -> (HeaderMap, Bytes) {
     let mut h = HeaderMap::new();
     h.insert(HeaderName::from_static(H_REVISION), HeaderValue::from(revision));
     h.insert(HeaderName::from_static(H_MAC), key.tag(revision, &stored).as_str());
+    if let Some(tp) = traceparent {
+        h.insert(HeaderName::from_static(H_TRACEPARENT), tp);
+    }
     (h, stored)
 }
 
@@ -171,7 +177,7 @@ mod tests {
         let env = sample(vec![], b"real".to_vec(), None);
         let st = state_of(&env);
         let stored = encode_stored(&st, Some(&encode_envelope(&env).unwrap())).unwrap();
-        let (h, p) = encode(&key(), stored.clone(), 7);
+        let (h, p) = encode(&key(), stored.clone(), 7, None);
         assert!(decode(&key(), Some(&h), &p).is_ok());
         let forged = encode_stored(
             &st,
@@ -212,14 +218,14 @@ mod tests {
             Err(WireError::Missing(H_REVISION))
         ));
         // A state without its envelope (a finished message) cannot be delivered.
-        let (h, p) = encode(&key(), encode_stored(&st, None).unwrap(), 3);
+        let (h, p) = encode(&key(), encode_stored(&st, None).unwrap(), 3, None);
         assert!(matches!(decode(&key(), Some(&h), &p), Err(WireError::Payload(_))));
         // Ids of the state and of the envelope must agree.
         let other = MessageState {
             message_id: MessageId::generate(),
             ..st
         };
-        let (h, p) = encode(&key(), encode_stored(&other, Some(&record)).unwrap(), 3);
+        let (h, p) = encode(&key(), encode_stored(&other, Some(&record)).unwrap(), 3, None);
         assert!(matches!(decode(&key(), Some(&h), &p), Err(WireError::Payload(_))));
     }
 
@@ -236,7 +242,7 @@ mod tests {
             let env = sample(headers, payload, ct);
             let st = state_of(&env);
             let record = encode_envelope(&env).unwrap();
-            let (h, p) = encode(&key(), encode_stored(&st, Some(&record)).unwrap(), revision);
+            let (h, p) = encode(&key(), encode_stored(&st, Some(&record)).unwrap(), revision, None);
             let back = decode(&key(), Some(&h), &p).unwrap();
             prop_assert_eq!(back, Claimable { state: st, revision, record, envelope: env });
         }
@@ -253,7 +259,7 @@ mod tests {
             let _ = decode(&key(), Some(&h), &Bytes::from(payload.clone()));
             let _ = decode(&key(), None, &Bytes::from(payload.clone()));
             // With a valid MAC, the payload itself is decoded or refused.
-            let (h, p) = encode(&key(), Bytes::from(payload), 42);
+            let (h, p) = encode(&key(), Bytes::from(payload), 42, None);
             let _ = decode(&key(), Some(&h), &p);
         }
     }

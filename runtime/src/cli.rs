@@ -107,6 +107,7 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
                 },
             )?;
             telemetry::init(&cfg.log);
+            let tracing = telemetry::Tracing::from_env()?;
             // Without one configured, the dev token is generated once and kept in the
             // data dir, so an exported token stays valid across restarts.
             if cfg.admin_token.is_none() {
@@ -115,7 +116,9 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             if cfg.security.secrets_key.is_none() {
                 cfg.security.secrets_key = Some(dev::kept_secrets_key(&cfg.data_dir)?);
             }
-            dev::run(cfg).await
+            let ran = dev::run(cfg).await;
+            tracing.shutdown().await;
+            ran
         }
         Command::Serve { flags, database_url } => {
             let cfg = Config::load(
@@ -129,11 +132,13 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             if cfg.admin_token.is_none() {
                 anyhow::bail!("admin_token is required for serve: set VRSKY_ADMIN_TOKEN (16+ characters)");
             }
+            let tracing = telemetry::Tracing::from_env()?;
             let rt = Runtime::start(cfg, RuntimeOptions::default())
                 .await
                 .context("starting vrsky")?;
             dev::wait_for_signal().await;
             rt.shutdown().await;
+            tracing.shutdown().await;
             Ok(())
         }
         Command::Bench { args } => {

@@ -10,6 +10,7 @@
 mod spec;
 mod state;
 mod supervisor;
+pub mod telemetry;
 mod tree;
 
 pub use spec::{Backoff, ChildKind, ChildSpec, ExitKind, Intensity, Restart, StartFn};

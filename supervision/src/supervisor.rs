@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use opentelemetry::trace::{Span as _, SpanContext};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
+
+use crate::telemetry;
 
 use crate::spec::{ChildKind, ChildSpec, ExitKind};
 use crate::state::{ChildRecord, Decision};
@@ -75,6 +78,9 @@ pub struct SupervisorArgs {
     pub name: String,
     /// The children started with the supervisor.
     pub children: ChildSource,
+    /// The span of this supervisor's own start, parent of its children's spans (see
+    /// [`crate::telemetry`]); `None` makes the supervisor start a root span for itself.
+    pub span: Option<SpanContext>,
 }
 
 impl SupervisorArgs {
@@ -83,6 +89,7 @@ impl SupervisorArgs {
         SupervisorArgs {
             name: name.into(),
             children: Arc::new(|| Box::pin(async { Ok(Vec::new()) })),
+            span: None,
         }
     }
 }
@@ -96,6 +103,8 @@ struct Child {
     cell: Option<ActorCell>,
     record: ChildRecord,
     generation: u64,
+    /// The span of its last start, linked from the next restart's.
+    span: Option<SpanContext>,
 }
 
 /// State of a running supervisor.
@@ -105,6 +114,8 @@ pub struct SupervisorState {
     /// bytes and removed when the child is stopped for good.
     children: Vec<Child>,
     by_id: HashMap<ActorId, usize>,
+    /// The span of this supervisor's start.
+    span: SpanContext,
 }
 
 impl SupervisorState {
@@ -123,13 +134,30 @@ impl SupervisorState {
 }
 
 impl Supervisor {
-    async fn start_child(myself: &ActorRef<SupervisorMsg>, spec: &ChildSpec) -> Result<ActorCell, SupervisorError> {
-        (spec.start)(myself.get_cell())
+    /// Starts a child in a span under this supervisor's (see [`crate::telemetry`]);
+    /// `previous` is the span of the start a restart replaces.
+    async fn start_child(
+        myself: &ActorRef<SupervisorMsg>,
+        parent: &SpanContext,
+        spec: &ChildSpec,
+        restarts: u32,
+        previous: Option<&SpanContext>,
+    ) -> (Result<ActorCell, SupervisorError>, SpanContext) {
+        let span = telemetry::begin(Some(parent), &spec.name, restarts, previous);
+        let span_cx = span.span_context().clone();
+        let start = spec.start.clone();
+        let cell = myself.get_cell();
+        let result = telemetry::starting(myself.get_id(), span_cx.clone(), move || start(cell))
             .await
             .map_err(|e| SupervisorError::StartFailed {
                 name: spec.name.clone(),
                 reason: e.to_string(),
-            })
+            });
+        match &result {
+            Ok(cell) => telemetry::end(span, Ok(&cell.get_id())),
+            Err(e) => telemetry::end(span, Err(&e.to_string())),
+        }
+        (result, span_cx)
     }
 
     /// Applies the child's policy after it exited (or failed to restart).
@@ -226,15 +254,27 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let specs = (args.children)().await?;
+        let span = match args.span {
+            Some(s) => s,
+            // A root: its own start is the tree's root span.
+            None => {
+                let root = telemetry::begin(None, &args.name, 0, None);
+                let cx = root.span_context().clone();
+                telemetry::end(root, Ok(&myself.get_id()));
+                cx
+            }
+        };
         let mut state = SupervisorState {
             name: args.name,
             children: Vec::with_capacity(specs.len()),
             by_id: HashMap::new(),
+            span,
         };
         for spec in specs {
             // A child that cannot start is retried under its own policy rather than
             // failing the whole supervisor.
-            let (cell, exit) = match Self::start_child(&myself, &spec).await {
+            let (started, span) = Self::start_child(&myself, &state.span, &spec, 0, None).await;
+            let (cell, exit) = match started {
                 Ok(cell) => (Some(cell), None),
                 Err(e) => (None, Some(e.to_string())),
             };
@@ -243,6 +283,7 @@ impl Actor for Supervisor {
                 cell,
                 record: ChildRecord::new(),
                 generation: 0,
+                span: Some(span),
             });
             if let Some(reason) = exit {
                 let idx = state.children.len() - 1;
@@ -272,7 +313,7 @@ impl Actor for Supervisor {
                     let _ = reply.send(Err(SupervisorError::DuplicateChild(spec.name)));
                     return Ok(());
                 }
-                let result = Self::start_child(&myself, &spec).await;
+                let (result, span) = Self::start_child(&myself, &state.span, &spec, 0, None).await;
                 if let Ok(cell) = &result {
                     state.by_id.insert(cell.get_id(), state.children.len());
                     state.children.push(Child {
@@ -280,6 +321,7 @@ impl Actor for Supervisor {
                         cell: Some(cell.clone()),
                         record: ChildRecord::new(),
                         generation: 0,
+                        span: Some(span),
                     });
                 }
                 let _ = reply.send(result);
@@ -314,7 +356,16 @@ impl Actor for Supervisor {
                 if child.generation != generation || child.cell.is_some() {
                     return Ok(());
                 }
-                match Self::start_child(&myself, &child.spec).await {
+                let (started, span) = Self::start_child(
+                    &myself,
+                    &state.span,
+                    &child.spec,
+                    child.record.restarts_total,
+                    child.span.as_ref(),
+                )
+                .await;
+                state.children[idx].span = Some(span);
+                match started {
                     Ok(cell) => {
                         state.children[idx].cell = Some(cell);
                         state.reindex();
@@ -364,7 +415,8 @@ pub async fn spawn_root(
 pub fn supervisor_child(args: SupervisorArgs) -> ChildSpec {
     let name = args.name.clone();
     ChildSpec::worker(name, move |parent| {
-        let args = args.clone();
+        let mut args = args.clone();
+        args.span = telemetry::current_start(&parent.get_id());
         async move {
             let (sup, _) = Actor::spawn_linked(None, Supervisor, args, parent).await?;
             Ok(sup.get_cell())

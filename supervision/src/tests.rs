@@ -97,6 +97,69 @@ async fn permanent_child_is_restarted_after_backoff() {
     sup.stop_and_wait(None, None).await.unwrap();
 }
 
+/// Each start is a span under the supervisor's; a restart is `actor.restart`, linked to
+/// the start it replaces.
+#[tokio::test(start_paused = true)]
+async fn starts_and_restarts_are_spans_under_the_supervisor_linked_to_what_they_replace() {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider);
+    let starts = Arc::new(AtomicU32::new(0));
+    let (sup, _) = spawn_root(SupervisorArgs::empty("traced-root")).await.unwrap();
+    sup.start_child(worker_spec("traced-w", starts.clone())).await.unwrap();
+    running_child(&sup, "traced-w")
+        .await
+        .send_message(WorkerMsg::Fail)
+        .unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    running_child(&sup, "traced-w").await;
+    let spans = exporter.get_finished_spans().unwrap();
+    let named = |n: &str| -> Vec<_> {
+        spans
+            .iter()
+            .filter(|s| {
+                s.attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == telemetry::ACTOR_NAME && kv.value.as_str() == n)
+            })
+            .cloned()
+            .collect()
+    };
+    let root = named("traced-root");
+    let w = named("traced-w");
+    assert_eq!(root.len(), 1);
+    assert_eq!(w.len(), 2, "a start and a restart");
+    assert_eq!(
+        (w[0].name.as_ref(), w[1].name.as_ref()),
+        ("actor.start", "actor.restart")
+    );
+    for s in &w {
+        assert_eq!(
+            s.parent_span_id,
+            root[0].span_context.span_id(),
+            "under the supervisor's span"
+        );
+        assert_eq!(s.span_context.trace_id(), root[0].span_context.trace_id());
+    }
+    assert_eq!(w[1].links.links.len(), 1);
+    assert_eq!(
+        w[1].links.links[0].span_context.span_id(),
+        w[0].span_context.span_id(),
+        "the restart links to the start it replaces"
+    );
+    let count = |s: &opentelemetry_sdk::trace::SpanData| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == telemetry::ACTOR_RESTART_COUNT)
+            .map(|kv| kv.value.clone())
+    };
+    assert_eq!(count(&w[1]), Some(opentelemetry::Value::I64(1)));
+    sup.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn transient_child_stopping_normally_is_not_restarted() {
     let starts = Arc::new(AtomicU32::new(0));
@@ -191,6 +254,7 @@ async fn child_source_rebuilds_children_on_supervisor_restart() {
             let s = s2.clone();
             Box::pin(async move { Ok(vec![worker_spec("from-source", s)]) })
         }),
+        span: None,
     };
     let (root, _) = spawn_root(SupervisorArgs::empty("root")).await.unwrap();
     root.start_child(supervisor_child(args)).await.unwrap();

@@ -17,3 +17,4 @@ mod signatures;
 mod ssrf;
 mod tenant_keys;
 mod tenants;
+mod traces;

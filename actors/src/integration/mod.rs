@@ -1,6 +1,7 @@
 //! IntegrationActor: one per integration. Subscribes on the tenant's NATS instance, runs
 //! filters and converters, calls the producer.
 
+mod journey;
 mod messages;
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use opentelemetry::context::FutureExt as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -95,12 +97,15 @@ pub struct IntegrationState {
     _pump: AbortOnDrop,
 }
 
-/// A warning about one message, naming it: per-message spans are debug-level.
+/// A warning about one message, naming it (and its trace): per-message `tracing` spans
+/// are debug-level.
 macro_rules! warn_message {
-    ($state:expr, $($rest:tt)+) => {
+    ($state:expr, $ids:expr, $($rest:tt)+) => {{
+        let (trace_id, span_id) = $ids;
         warn!(tenant_id = %$state.tenant_id, integration_id = %$state.integration_id,
-            message_id = %$state.message_id, attempt = $state.next_attempt(), $($rest)+)
-    };
+            message_id = %$state.message_id, attempt = $state.next_attempt(),
+            trace_id = %trace_id, span_id = %span_id, $($rest)+)
+    }};
 }
 
 /// Runs `f`, recording how long it took in `h`.
@@ -140,7 +145,12 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
         integration_id = %claim.state.integration_id, message_id = %claim.state.message_id,
         attempt = claim.state.next_attempt());
     let args = args.clone();
+    let group = subjects::integration_queue_group(&args.integration_id);
+    let cx = journey::consumer(&msg, &claim, &group);
+    let traced = cx.clone();
     async move {
+        // Read only when a warning is written: the happy path parses nothing.
+        let ids = || crate::telemetry::log_ids(&cx, crate::message::trace_context_of(&claim.record).as_deref());
         let c = &args.counters;
         let committer = Committer {
             store: &*args.store,
@@ -158,6 +168,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 c.skipped.fetch_add(1, Ordering::Relaxed);
                 warn_message!(
                     claim.state,
+                    ids(),
                     worker_incarnation = args.incarnation,
                     message_incarnation = claim.state.incarnation,
                     "message of a later integration with this id; this worker is out of date; left for re-drive"
@@ -173,6 +184,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 c.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 warn_message!(
                     claim.state,
+                    ids(),
                     error = s.last_error.as_deref().unwrap_or(""),
                     "dead-lettered"
                 );
@@ -187,12 +199,38 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             Err(error) => {
                 // Still `received`: the re-driver publishes it again after the deadline.
                 c.skipped.fetch_add(1, Ordering::Relaxed);
-                warn_message!(claim.state, %error, "claim failed; left for re-drive");
+                warn_message!(claim.state, ids(), %error, "claim failed; left for re-drive");
                 return;
             }
         };
-        let event = match args.pipeline.run(claim.envelope) {
-            Outcome::Deliver(out) => match timed(&c.delivery_duration, args.producer.deliver(&out)).await {
+        let ran = journey::pipeline(&cx, &claim.state, || args.pipeline.run(claim.envelope), |o| match o {
+            Outcome::Deliver(_) => "deliver",
+            Outcome::Filtered { .. } => "filtered",
+            Outcome::ConvertFailed { .. } => "convert_failed",
+        });
+        let mut attempt = None;
+        let mut answered = (None, None);
+        let event = match ran {
+            Outcome::Deliver(mut out) => {
+                attempt = journey::Attempt::begin(&cx);
+                if let Some(a) = &attempt {
+                    out.trace_context = Some(a.traceparent.clone());
+                }
+                let result = timed(&c.delivery_duration, args.producer.deliver(&out)).await;
+                if let Some(a) = &mut attempt {
+                    a.ended();
+                }
+                answered = match &result {
+                    Ok(d) => (Some(d.status), None),
+                    Err(e) => (
+                        e.status,
+                        Some(match e.kind {
+                            ProduceErrorKind::Retryable => "retryable",
+                            ProduceErrorKind::Permanent => "permanent",
+                        }),
+                    ),
+                };
+                match result {
                 Ok(d) => {
                     c.delivered.fetch_add(1, Ordering::Relaxed);
                     c.end_to_end.record(std::time::Duration::from_millis(
@@ -203,7 +241,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 }
                 Err(error) => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
-                    warn_message!(claim.state, status = error.status, kind = ?error.kind, %error, "delivery failed");
+                    warn_message!(claim.state, ids(), status = error.status, kind = ?error.kind, %error, "delivery failed");
                     Event::Failed {
                         error: error.message,
                         status: error.status,
@@ -212,7 +250,8 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                         jitter_sample: jitter_sample(),
                     }
                 }
-            },
+            }
+            }
             Outcome::Filtered { filter, reason } => {
                 c.filtered.fetch_add(1, Ordering::Relaxed);
                 debug!(filter, %reason, "filtered out");
@@ -220,7 +259,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             }
             Outcome::ConvertFailed { converter, error } => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
-                warn_message!(claim.state, converter, %error, "conversion failed");
+                warn_message!(claim.state, ids(), converter, %error, "conversion failed");
                 Event::Failed {
                     error: format!("converter {converter}: {error}"),
                     status: None,
@@ -230,10 +269,17 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 }
             }
         };
-        match committer
+        let committed = committer
             .commit(&state, revision, &event, Some(&claim.record), now_ms())
-            .await
-        {
+            .await;
+        if let Some(a) = attempt {
+            let outcome = match &committed {
+                Ok(Committed::Written(s, _)) => s.status.as_str(),
+                _ => "not_recorded",
+            };
+            a.finish(&cx, &claim.state, answered.0, answered.1, outcome);
+        }
+        match committed {
             Ok(Committed::Written(s, _)) => match s.status {
                 Status::Retry => {
                     c.retried.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +288,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                     c.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     warn_message!(
                         claim.state,
+                        ids(),
                         error = s.last_error.as_deref().unwrap_or(""),
                         "dead-lettered"
                     );
@@ -250,14 +297,17 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
             },
             Ok(Committed::Conflict) => warn_message!(
                 claim.state,
+                ids(),
                 "re-driven while delivering; the message may be delivered again"
             ),
-            Ok(Committed::Illegal(e)) => warn_message!(claim.state, error = %e, "outcome not recorded"),
+            Ok(Committed::Illegal(e)) => warn_message!(claim.state, ids(), error = %e, "outcome not recorded"),
             // Still `processing`: re-driven after the deadline (counted as a failed attempt).
-            Err(error) => warn_message!(claim.state, %error, "outcome not recorded; left for re-drive"),
+            Err(error) => warn_message!(claim.state, ids(), %error, "outcome not recorded; left for re-drive"),
         }
+        crate::telemetry::end(&cx, []);
     }
     .instrument(span)
+    .with_context(traced)
     .await;
 }
 

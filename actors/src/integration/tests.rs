@@ -124,6 +124,7 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
             &wire::WireKey::new(b"test-wire-key-0123456789abcdef01"),
             stored,
             revision,
+            None,
         );
         client.publish_with_headers(subject.clone(), h, p)
     };

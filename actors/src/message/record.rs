@@ -54,6 +54,18 @@ pub fn encode_envelope(env: &Envelope) -> Result<Bytes, RecordError> {
     Ok(buf.freeze())
 }
 
+/// The W3C `traceparent` an envelope record carries, read from its metadata line alone
+/// (for a span that continues the message's trace where only the record is at hand).
+pub fn trace_context_of(bytes: &Bytes) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TraceOnly {
+        #[serde(default)]
+        trace_context: Option<String>,
+    }
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    serde_json::from_slice::<TraceOnly>(&bytes[..nl]).ok()?.trace_context
+}
+
 /// Decodes what [`encode_envelope`] wrote, with the given attempt number.
 pub fn decode_envelope(bytes: &Bytes, attempt: u32) -> Result<Envelope, RecordError> {
     let nl = bytes

@@ -207,7 +207,7 @@ pub struct IllegalTransition {
     pub event: &'static str,
 }
 
-fn event_name(e: &Event) -> &'static str {
+pub(crate) fn event_name(e: &Event) -> &'static str {
     match e {
         Event::Claim => "claim",
         Event::Delivered => "delivered",

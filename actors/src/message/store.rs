@@ -7,7 +7,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{Event, MessageState, RetryPolicy, Status, empty_envelope, encode_envelope, encode_stored};
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
+
 use crate::ids::{MessageId, TenantId};
+use crate::telemetry;
 
 /// What kind of failure a [`StoreError`] is; callers match on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +172,47 @@ impl Committer<'_> {
         record: Option<&Bytes>,
         now_ms: u64,
     ) -> Result<Committed, StoreError> {
+        let Some(name) = telemetry::enabled()
+            .then(|| span_name(event, current, self.policy, now_ms))
+            .flatten()
+        else {
+            return self.commit_untraced(current, revision, event, record, now_ms).await;
+        };
+        // A span per transition, under the step's span or the message's stored trace, so
+        // a retry an hour later and a replay join the webhook's trace; the publish of a
+        // message made `received` again is its child (NATS header `traceparent`).
+        let cx = telemetry::start(
+            name,
+            SpanKind::Internal,
+            &telemetry::parent_for(record),
+            (&current.tenant_id, &current.integration_id, &current.message_id),
+            [
+                KeyValue::new(telemetry::ATTEMPT, i64::from(current.next_attempt())),
+                KeyValue::new("vrsky.event", super::state::event_name(event)),
+            ],
+        );
+        let out = self
+            .commit_untraced(current, revision, event, record, now_ms)
+            .with_context(cx.clone())
+            .await;
+        let outcome = match &out {
+            Ok(Committed::Written(s, _)) => s.status.as_str(),
+            Ok(Committed::Conflict) => "conflict",
+            Ok(Committed::Illegal(_)) => "illegal",
+            Err(_) => "error",
+        };
+        telemetry::end(&cx, [KeyValue::new(telemetry::OUTCOME, outcome)]);
+        out
+    }
+
+    async fn commit_untraced(
+        &self,
+        current: &MessageState,
+        revision: u64,
+        event: &Event,
+        record: Option<&Bytes>,
+        now_ms: u64,
+    ) -> Result<Committed, StoreError> {
         let (store, publisher, policy) = (self.store, self.publisher, self.policy);
         let mut next = match current.apply(event, policy, now_ms) {
             Ok(n) => n,
@@ -224,6 +270,21 @@ impl Committer<'_> {
         }
         Ok(Committed::Written(next, new_rev))
     }
+}
+
+/// The span a transition gets, named by where it leaves the message (`None`: illegal, no
+/// span; the caller learns it from the commit).
+fn span_name(event: &Event, current: &MessageState, policy: &RetryPolicy, now_ms: u64) -> Option<&'static str> {
+    use crate::telemetry::span;
+    let next = current.apply(event, policy, now_ms).ok()?;
+    Some(match (event, next.status) {
+        (Event::Replay { .. }, _) => span::REPLAY,
+        (Event::Claim, Status::Processing) => span::CLAIM,
+        (_, Status::Received) => span::REDRIVE,
+        (_, Status::Retry) => span::RETRY_SCHEDULE,
+        (_, Status::DeadLetter) => span::DEAD_LETTER,
+        _ => span::COMPLETE,
+    })
 }
 
 /// Shared handle to a store.

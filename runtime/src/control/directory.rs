@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use vrsky_actors::components::WebhookConsumer;
 use vrsky_actors::integration::IntegrationCounters;
 use vrsky_actors::message::{MessageState, RetryPolicy, StoreError, StoreErrorKind, TenantPublisher};
+use vrsky_actors::telemetry::Hop;
 use vrsky_actors::{IntegrationId, TenantId, wire};
 
 use super::error::ControlError;
@@ -51,11 +52,14 @@ impl Route {
     /// Publishes a stored message (written at `revision`) on the tenant's next usable
     /// instance, waiting at most [`PUBLISH_TIMEOUT`] for the client's buffer. With no
     /// usable instance nothing is published: the re-driver publishes it once one is back.
-    pub async fn publish(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
-        match self.try_publish(stored.clone(), revision) {
+    /// `hop` is the publish's span (its `traceparent` travels in the headers).
+    pub async fn publish(&self, stored: Bytes, revision: u64, hop: Hop) -> Result<(), StoreError> {
+        let done = match self.try_publish(stored.clone(), revision, hop.traceparent()) {
             Some(done) => done,
-            None => self.publish_bounded(stored, revision).await,
-        }
+            None => self.publish_bounded(stored, revision, hop.traceparent()).await,
+        };
+        hop.end(done.as_ref().err().map(|e| e.to_string()).as_deref());
+        done
     }
 
     /// Publishes without waiting, for a caller that will not wait (the webhook after its
@@ -65,15 +69,23 @@ impl Route {
         self: Arc<Self>,
         stored: Bytes,
         revision: u64,
+        hop: Hop,
         on_failure: impl FnOnce(StoreError) + Send + 'static,
     ) {
-        match self.try_publish(stored.clone(), revision) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => on_failure(e),
+        match self.try_publish(stored.clone(), revision, hop.traceparent()) {
+            Some(Ok(())) => hop.end(None),
+            Some(Err(e)) => {
+                hop.end(Some(&e.to_string()));
+                on_failure(e);
+            }
             None => {
                 tokio::spawn(async move {
-                    if let Err(e) = self.publish_bounded(stored, revision).await {
-                        on_failure(e);
+                    match self.publish_bounded(stored, revision, hop.traceparent()).await {
+                        Ok(()) => hop.end(None),
+                        Err(e) => {
+                            hop.end(Some(&e.to_string()));
+                            on_failure(e);
+                        }
                     }
                 });
             }
@@ -82,21 +94,21 @@ impl Route {
 
     /// The publish if it completes without waiting (no timer, no task): `None` when the
     /// client's buffer is full.
-    fn try_publish(&self, stored: Bytes, revision: u64) -> Option<Result<(), StoreError>> {
+    fn try_publish(&self, stored: Bytes, revision: u64, traceparent: Option<&str>) -> Option<Result<(), StoreError>> {
         let link = match self.instances.pick_usable() {
             Some(l) => l,
             None => return Some(Err(no_route())),
         };
-        let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
+        let (headers, payload) = wire::encode(&self.wire_key, stored, revision, traceparent);
         link.publisher
             .publish_with_headers(self.subject.clone(), headers, payload)
             .now_or_never()
             .map(|r| r.map_err(|e| StoreError::caused(StoreErrorKind::Unavailable, e)))
     }
 
-    async fn publish_bounded(&self, stored: Bytes, revision: u64) -> Result<(), StoreError> {
+    async fn publish_bounded(&self, stored: Bytes, revision: u64, traceparent: Option<&str>) -> Result<(), StoreError> {
         let link = self.instances.pick_usable().ok_or_else(no_route)?;
-        let (headers, payload) = wire::encode(&self.wire_key, stored, revision);
+        let (headers, payload) = wire::encode(&self.wire_key, stored, revision, traceparent);
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
             link.publisher
@@ -263,7 +275,8 @@ impl TenantPublisher for Directory {
                 .map_err(|e| match e {
                     RouteError::NotFound(m) | RouteError::Starting(m) => StoreError::new(StoreErrorKind::NoRoute, m),
                 })?;
-            route.publish(stored, revision).await
+            let hop = Hop::publish((&state.tenant_id, &state.integration_id, &state.message_id));
+            route.publish(stored, revision, hop).await
         })
     }
 }
@@ -311,7 +324,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_tenant_without_a_usable_instance_is_not_published_to() {
-        let err = route().publish(Bytes::from_static(b"x"), 1).await.unwrap_err();
+        let err = route()
+            .publish(Bytes::from_static(b"x"), 1, Hop::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::NoRoute, "{err}");
     }
 }

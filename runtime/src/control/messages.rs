@@ -3,7 +3,12 @@
 
 use tracing::{info, warn};
 
-use vrsky_actors::message::{Committed, Committer, Event, MessageState, MessageStore, Status, Stored};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use vrsky_actors::message::{
+    Committed, Committer, Event, MessageState, MessageStore, Status, Stored, trace_context_of,
+};
+use vrsky_actors::telemetry::{self, Hop};
 use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
 
 use super::{Control, ControlError};
@@ -155,7 +160,22 @@ impl Control {
                 fresh.updated_at_ms = now_ms();
                 fresh.incarnation = route.incarnation;
                 let (stored, rev) = self.platform().recreate(&fresh, &d.record).await?.ok_or_else(changed)?;
-                if let Err(e) = route.publish(stored, rev).await {
+                // The replay of an expired state: its own span, in the original trace.
+                let ids = (t, &fresh.integration_id, id);
+                let replay = telemetry::start(
+                    telemetry::span::REPLAY,
+                    SpanKind::Internal,
+                    &telemetry::context_from(trace_context_of(&d.record).as_deref()),
+                    ids,
+                    [],
+                );
+                let hop = {
+                    let _in_replay = replay.clone().attach();
+                    Hop::publish(ids)
+                };
+                let published = route.publish(stored, rev, hop).await;
+                telemetry::end(&replay, [KeyValue::new(telemetry::OUTCOME, "received")]);
+                if let Err(e) = published {
                     warn!(message_id = %id, error = %e, "replay publish failed; re-drive will retry");
                 }
             }

@@ -108,6 +108,7 @@ impl Control {
                 let spec = owner();
                 Box::pin(async move { Ok(vec![spec]) })
             }),
+            span: None,
         })
     }
 

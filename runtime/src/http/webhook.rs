@@ -8,8 +8,11 @@ use axum::response::IntoResponse;
 use futures::StreamExt;
 use tracing::{Instrument, debug_span, warn};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use vrsky_actors::components::{Consumer, InboundRequest};
 use vrsky_actors::message::idempotent_message_id;
+use vrsky_actors::telemetry::{self, Hop};
 use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
 
 use crate::platform::Accepted;
@@ -168,12 +171,28 @@ pub(crate) async fn receive(
     };
     let span =
         debug_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
-    async move {
-        let trace_context = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| valid_traceparent(v))
-            .map(str::to_owned)
+    // The journey's root: the server span, continuing an incoming `traceparent`. Its
+    // context is stored with the message, so every later step joins this trace.
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_traceparent(v))
+        .map(str::to_owned);
+    let server = telemetry::start(
+        "POST /webhooks/{tenant}/{integration}",
+        SpanKind::Server,
+        &telemetry::context_from(incoming.as_deref()),
+        (&tenant, &integration, &message_id),
+        [
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", "/webhooks/{tenant}/{integration}"),
+        ],
+    );
+    let in_server = server.clone();
+    let answered: Result<_, ApiError> = async move {
+        let server = in_server;
+        let trace_context = telemetry::traceparent_of(&server)
+            .or(incoming)
             .unwrap_or_else(new_traceparent);
         let received_at_ms = now_ms();
         let request = InboundRequest {
@@ -194,20 +213,37 @@ pub(crate) async fn receive(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
         // The durability point: the `received` state with its envelope is acknowledged by
         // the platform JetStream before the 202.
+        let ids = (&envelope.tenant_id, &envelope.integration_id, &envelope.message_id);
+        let store = telemetry::start(telemetry::span::STORE_RECEIVED, SpanKind::Internal, &server, ids, []);
         let accepted = s
             .control
             .platform()
             .accept(&envelope, route.incarnation, received_at_ms)
-            .await
-            .map_err(|e| {
-                warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
+            .await;
+        telemetry::end(
+            &store,
+            [KeyValue::new(
+                telemetry::OUTCOME,
+                match &accepted {
+                    Ok(Accepted::New { .. }) => "received",
+                    Ok(Accepted::Duplicate) => "duplicate",
+                    Err(_) => "error",
+                },
+            )],
+        );
+        let hop = {
+            let _in_server = server.clone().attach();
+            Hop::publish(ids)
+        };
+        let accepted = accepted.map_err(|e| {
+            warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
                     message_id = %envelope.message_id, error = %e, "message state not stored");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!("cannot store the message: {e}"),
-                )
-            })?;
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("cannot store the message: {e}"),
+            )
+        })?;
         match accepted {
             Accepted::Duplicate => Ok((
                 StatusCode::OK,
@@ -225,7 +261,7 @@ pub(crate) async fn receive(
                     .counters
                     .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                route.publish_detached(stored, revision, move |e| {
+                route.publish_detached(stored, revision, hop, move |e| {
                     warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
                         message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
                 });
@@ -237,7 +273,16 @@ pub(crate) async fn receive(
         }
     }
     .instrument(span)
-    .await
+    .await;
+    let status = match &answered {
+        Ok((code, _)) => *code,
+        Err(e) => e.status,
+    };
+    telemetry::end(
+        &server,
+        [KeyValue::new("http.response.status_code", i64::from(status.as_u16()))],
+    );
+    answered
 }
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ pub(crate) struct BenchArgs {
     /// Also print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Export traces from the node under test over OTLP/HTTP to an in-process receiver,
+    /// at the sampling `OTEL_TRACES_SAMPLER(_ARG)` set (default `parentbased_always_on`),
+    /// so the cost of export is in the figures. Compare with a run without it.
+    #[arg(long)]
+    pub otlp: bool,
 }
 
 /// Throughput and latency of one phase.
@@ -106,6 +111,8 @@ pub(crate) struct Report {
     pub floor_ratio_to_raw_http: f64,
     /// Every round: (raw HTTP rate, floor rate, ratio).
     pub floor_rounds: Vec<(f64, f64, f64)>,
+    /// With `--otlp`: export requests and protobuf bytes the receiver took.
+    pub otlp_export: Option<(u64, u64)>,
 }
 
 /// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
@@ -588,6 +595,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     cfg.producer.allow_private_targets = true;
     cfg.nats.server_bin = Some(bin.clone());
     cfg.state.platform_sync_interval = args.platform_sync.clone();
+    let otlp = if args.otlp { Some(otlp_receiver().await?) } else { None };
+    let tracing = match &otlp {
+        Some((addr, _, _)) => vrsky_runtime::telemetry::Tracing::install(
+            vrsky_runtime::telemetry::Protocol::HttpProtobuf,
+            Some(format!("http://{addr}/v1/traces")),
+        )?,
+        None => vrsky_runtime::telemetry::Tracing::default(),
+    };
     let rt = Runtime::start(cfg, RuntimeOptions::default())
         .await
         .context("starting vrsky")?;
@@ -653,7 +668,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await;
     let _ = sink_stop.send(());
     rt.shutdown().await;
+    tracing.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    let otlp_export = otlp.map(|(_, c, stop)| {
+        let _ = stop.send(());
+        (c.0.load(Ordering::Relaxed), c.1.load(Ordering::Relaxed))
+    });
 
     let report = Report {
         ratio_to_raw_http: peak.rate_per_s / raw_http.rate_per_s,
@@ -667,6 +687,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         floor_ratio_to_raw_http: floor_peak.rate_per_s / floor_raw_http.rate_per_s,
         floor_peak,
         floor_rounds,
+        otlp_export,
     };
     println!(
         "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",
@@ -707,10 +728,33 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
          the design floor does the same writes, hop and exchanges with none of VRSky's own logic;\n \
          cpu µs/msg counts this process, load generator and sink included, and its nats-servers)"
     );
+    if let Some((requests, bytes)) = report.otlp_export {
+        println!("OTLP export on: {requests} requests, {bytes} bytes of spans received");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// Export requests and bytes an OTLP receiver took.
+type OtlpCounts = Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>;
+
+/// An OTLP/HTTP receiver that takes every export (`POST /v1/traces`) and answers it with
+/// an empty `ExportTraceServiceResponse`, counting what it got.
+async fn otlp_receiver() -> anyhow::Result<(std::net::SocketAddr, OtlpCounts, tokio::sync::oneshot::Sender<()>)> {
+    let counts: OtlpCounts = Arc::default();
+    let c = counts.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            c.0.fetch_add(1, Ordering::Relaxed);
+            c.1.fetch_add(body.len() as u64, Ordering::Relaxed);
+            async { ([("content-type", "application/x-protobuf")], Bytes::new()) }
+        }),
+    );
+    let (addr, stop) = serve(app).await?;
+    Ok((addr, counts, stop))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
