@@ -248,6 +248,7 @@ impl Provisioner for FakeProvisioner {
             Ok(RunningInstance {
                 url,
                 server_version: "2.15.1".into(),
+                monitor_url: None,
                 exited,
                 stop: StopHandle::new(stop_tx, done_rx),
             })

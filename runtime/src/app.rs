@@ -195,6 +195,7 @@ impl Runtime {
                     client,
                     KubeSettings {
                         image: k.image.clone(),
+                        exporter_image: k.exporter_image.clone(),
                         ready_timeout: Duration::from_millis(k.ready_timeout_ms),
                         poll_interval: Duration::from_millis(k.poll_interval_ms),
                         tls_secret: k.tls_secret.clone(),

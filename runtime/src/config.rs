@@ -182,6 +182,9 @@ pub enum ProvisionerKind {
 pub struct KubernetesConfig {
     /// nats-server image, 2.10 or newer.
     pub image: String,
+    /// The prometheus-nats-exporter sidecar of every tenant server (its port `metrics`,
+    /// 7777, is what `deploy/monitoring/prometheus.yml` scrapes).
+    pub exporter_image: String,
     /// How long an instance may take to become ready.
     pub ready_timeout_ms: u64,
     /// How often readiness is polled.
@@ -199,6 +202,7 @@ impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
             image: "nats:2.10-alpine".into(),
+            exporter_image: "natsio/prometheus-nats-exporter:0.15.0".into(),
             ready_timeout_ms: 120_000,
             poll_interval_ms: 2_000,
             tls_secret: "vrsky-tenant-nats-tls".into(),

@@ -39,6 +39,8 @@ const MONITOR_PORT: i32 = 8222;
 pub struct KubeSettings {
     /// nats-server image (2.10 or newer), e.g. `nats:2.10-alpine`.
     pub image: String,
+    /// The prometheus-nats-exporter sidecar's image.
+    pub exporter_image: String,
     /// How long an instance may take to become ready.
     pub ready_timeout: Duration,
     /// How often readiness is polled, during start and afterwards.
@@ -111,7 +113,12 @@ pub fn server_config(name: &str, auth: &str) -> String {
 
 /// The Deployment: one replica, 2 CPU and 4 GiB, ready when `/healthz` answers; its
 /// config from the instance's Secret, its certificate from `tls_secret`.
-pub fn deployment(spec: &InstanceSpec, image: &str, tls_secret: &str) -> Result<Deployment, ProvisionError> {
+pub fn deployment(
+    spec: &InstanceSpec,
+    image: &str,
+    exporter_image: &str,
+    tls_secret: &str,
+) -> Result<Deployment, ProvisionError> {
     let name = instance_name(spec)?;
     let resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity("2".into())),
@@ -141,45 +148,48 @@ pub fn deployment(spec: &InstanceSpec, image: &str, tls_secret: &str) -> Result<
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "nats".into(),
-                        image: Some(image.into()),
-                        args: Some(vec!["-c".into(), "/etc/nats/nats.conf".into()]),
-                        ports: Some(vec![
-                            ContainerPort {
-                                name: Some("client".into()),
-                                container_port: CLIENT_PORT,
+                    containers: vec![
+                        Container {
+                            name: "nats".into(),
+                            image: Some(image.into()),
+                            args: Some(vec!["-c".into(), "/etc/nats/nats.conf".into()]),
+                            ports: Some(vec![
+                                ContainerPort {
+                                    name: Some("client".into()),
+                                    container_port: CLIENT_PORT,
+                                    ..Default::default()
+                                },
+                                ContainerPort {
+                                    name: Some("monitor".into()),
+                                    container_port: MONITOR_PORT,
+                                    ..Default::default()
+                                },
+                            ]),
+                            resources: Some(ResourceRequirements {
+                                requests: Some(resources.clone()),
+                                limits: Some(resources),
                                 ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("monitor".into()),
-                                container_port: MONITOR_PORT,
-                                ..Default::default()
-                            },
-                        ]),
-                        resources: Some(ResourceRequirements {
-                            requests: Some(resources.clone()),
-                            limits: Some(resources),
+                            }),
+                            readiness_probe: Some(health(2, 5)),
+                            liveness_probe: Some(health(10, 10)),
+                            volume_mounts: Some(vec![
+                                VolumeMount {
+                                    name: "config".into(),
+                                    mount_path: "/etc/nats".into(),
+                                    read_only: Some(true),
+                                    ..Default::default()
+                                },
+                                VolumeMount {
+                                    name: "tls".into(),
+                                    mount_path: TLS_DIR.into(),
+                                    read_only: Some(true),
+                                    ..Default::default()
+                                },
+                            ]),
                             ..Default::default()
-                        }),
-                        readiness_probe: Some(health(2, 5)),
-                        liveness_probe: Some(health(10, 10)),
-                        volume_mounts: Some(vec![
-                            VolumeMount {
-                                name: "config".into(),
-                                mount_path: "/etc/nats".into(),
-                                read_only: Some(true),
-                                ..Default::default()
-                            },
-                            VolumeMount {
-                                name: "tls".into(),
-                                mount_path: TLS_DIR.into(),
-                                read_only: Some(true),
-                                ..Default::default()
-                            },
-                        ]),
-                        ..Default::default()
-                    }],
+                        },
+                        exporter(exporter_image),
+                    ],
                     volumes: Some(vec![
                         Volume {
                             name: "config".into(),
@@ -205,6 +215,47 @@ pub fn deployment(spec: &InstanceSpec, image: &str, tls_secret: &str) -> Result<
         }),
         status: None,
     })
+}
+
+/// Port of the prometheus-nats-exporter sidecar (named `metrics`).
+pub const EXPORTER_PORT: i32 = 7777;
+
+/// The prometheus-nats-exporter sidecar: the server's `/varz`, `/connz` and `/subsz` in
+/// the Prometheus format on port `metrics`, for the `vrsky-tenant-nats` scrape job.
+fn exporter(image: &str) -> Container {
+    let resources = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(mem.into())),
+        ])
+    };
+    Container {
+        name: "metrics-exporter".into(),
+        image: Some(image.into()),
+        args: Some(
+            [
+                "-varz",
+                "-connz",
+                "-subz",
+                "-port",
+                "7777",
+                &format!("http://localhost:{MONITOR_PORT}"),
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: EXPORTER_PORT,
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources("10m", "32Mi")),
+            limits: Some(resources("100m", "64Mi")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The Service: the instance's DNS name, client and monitoring ports.
@@ -254,6 +305,14 @@ pub fn instance_url(spec: &InstanceSpec) -> Result<String, ProvisionError> {
     ))
 }
 
+/// The instance's monitoring endpoint through its Service (port `monitor`, 8222).
+pub fn monitor_url(spec: &InstanceSpec) -> Result<String, ProvisionError> {
+    Ok(format!(
+        "http://{}.{NAMESPACE}.svc.cluster.local:{MONITOR_PORT}",
+        instance_name(spec)?
+    ))
+}
+
 fn api_err(e: kube::Error) -> ProvisionError {
     ProvisionError::NotReady(format!("kubernetes api: {e}"))
 }
@@ -284,7 +343,12 @@ impl KubeProvisioner {
             .patch(
                 &name,
                 &pp,
-                &Patch::Apply(&deployment(spec, &self.settings.image, &self.settings.tls_secret)?),
+                &Patch::Apply(&deployment(
+                    spec,
+                    &self.settings.image,
+                    &self.settings.exporter_image,
+                    &self.settings.tls_secret,
+                )?),
             )
             .await
             .map_err(api_err)?;
@@ -403,6 +467,7 @@ impl Provisioner for KubeProvisioner {
             Ok(RunningInstance {
                 url: instance_url(&spec)?,
                 server_version: this.settings.image.clone(),
+                monitor_url: Some(monitor_url(&spec)?),
                 exited,
                 stop: StopHandle::new(stop_tx, done_rx),
             })

@@ -167,6 +167,14 @@ async fn counters_agree_with_what_the_sinks_saw() {
         m["vrsky_nats_instance_integrations{tenant=\"acme\",instance=\"1\"}"],
         3.0
     );
+    // The tenant server's own figures, from its /varz: this node's two connections
+    // (ingress and worker) at least, and the webhooks it carried.
+    let inst = "{tenant=\"acme\",instance=\"1\"}";
+    assert_eq!(m[&format!("vrsky_tenant_nats_up{inst}")], 1.0, "{m:?}");
+    assert!(m[&format!("vrsky_tenant_nats_connections{inst}")] >= 2.0);
+    assert!(m[&format!("vrsky_tenant_nats_memory_bytes{inst}")] > 0.0);
+    assert!(m[&format!("vrsky_tenant_nats_in_msgs_total{inst}")] >= plain.count("/hook") as f64);
+    assert!(m[&format!("vrsky_tenant_nats_out_msgs_total{inst}")] >= plain.count("/hook") as f64);
     assert!(
         m.contains_key("vrsky_actor_restarts_total{kind=\"integration\"}"),
         "{m:?}"

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 pub struct InstanceHealth {
     healthy: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// The running server's monitoring endpoint (sampled by `/metrics`).
+    monitor_url: Mutex<Option<String>>,
 }
 
 impl InstanceHealth {
@@ -30,6 +32,16 @@ impl InstanceHealth {
     /// Healthy now.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records where the running server's monitoring endpoint is.
+    pub fn set_monitor_url(&self, url: Option<String>) {
+        *self.monitor_url.lock().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    /// The running server's monitoring endpoint, if known.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.monitor_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Why it is unhealthy.

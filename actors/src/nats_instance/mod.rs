@@ -70,9 +70,11 @@ impl Actor for NatsInstanceActor {
         let RunningInstance {
             url,
             server_version,
+            monitor_url,
             exited,
             stop,
         } = running;
+        args.health.set_monitor_url(monitor_url);
         info!(tenant_id = %args.spec.tenant_id, instance = args.spec.instance_number, %url,
             version = %server_version, "nats instance running");
         let me = myself.clone();

@@ -39,6 +39,8 @@ pub struct RunningInstance {
     pub url: String,
     /// The server's version string.
     pub server_version: String,
+    /// The server's monitoring endpoint (`/varz`), when it has one the runtime can reach.
+    pub monitor_url: Option<String>,
     /// Resolves, with a description, when the instance exits on its own.
     pub exited: oneshot::Receiver<String>,
     /// Stops it; dropping the handle stops it too.

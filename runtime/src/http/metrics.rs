@@ -47,6 +47,8 @@ pub struct Figures {
     pub platform: Vec<(String, u64, u64)>,
     /// Dead letters held, by tenant; `None` when the platform did not answer in time.
     pub dead_letters: Option<Vec<(String, u64)>>,
+    /// Each tenant NATS server's own figures (its `/varz`).
+    pub servers: Vec<super::metrics_tenant_nats::ServerSample>,
 }
 
 /// A counter series: name, help, and how to read it from an integration's stats.
@@ -83,7 +85,7 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
@@ -249,12 +251,14 @@ pub fn render(f: &Figures) -> String {
     for (kind, n) in &f.restarts {
         let _ = writeln!(out, "vrsky_actor_restarts_total{{kind=\"{kind}\"}} {n}");
     }
+    super::metrics_tenant_nats::render(&mut out, &f.servers, label);
     out
 }
 
 /// Gathers this node's figures.
 pub async fn gather(s: &AppState) -> Figures {
     let mut f = Figures::default();
+    let mut servers = Vec::new();
     for (t, snapshot) in s.control.directory().all() {
         let mut ids: Vec<_> = snapshot.counters.iter().collect();
         ids.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
@@ -270,10 +274,13 @@ pub async fn gather(s: &AppState) -> Figures {
         // Every integration subscribes on every instance of its tenant.
         for link in snapshot.instances.links() {
             f.instances.push((t.to_string(), link.number, snapshot.routes.len()));
+            servers.push((t.to_string(), link.number, link.health.monitor_url()));
         }
     }
     f.integrations
         .sort_by(|a, b| (&a.tenant, &a.integration).cmp(&(&b.tenant, &b.integration)));
+    // Sampled while the platform is read below; each server bounded to 1 s.
+    let servers = tokio::spawn(super::metrics_tenant_nats::sample(servers));
     if let Ok(tree) = s.control.tree().await {
         f.restarts = restarts_by_kind(&tree);
     }
@@ -290,6 +297,7 @@ pub async fn gather(s: &AppState) -> Figures {
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: dead-letter counts unavailable"),
         Err(_) => tracing::warn!("metrics: dead-letter counts timed out"),
     }
+    f.servers = servers.await.unwrap_or_default();
     f
 }
 
@@ -340,6 +348,7 @@ mod tests {
             restarts: vec![("integration", 2)],
             platform: vec![("retry_queue".into(), 3, 300)],
             dead_letters: Some(vec![("acme".into(), 1)]),
+            servers: Vec::new(),
         };
         let text = render(&f);
         assert!(text.contains("vrsky_build_info{version=\""), "{text}");

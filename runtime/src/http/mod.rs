@@ -7,6 +7,7 @@ pub mod auth;
 mod echo;
 pub mod error;
 pub mod metrics;
+pub mod metrics_tenant_nats;
 pub mod serve;
 pub mod views;
 mod webhook;

@@ -37,6 +37,7 @@ async fn trust_on(db: crate::db::Db, dir: &std::path::Path) -> std::sync::Arc<cr
 fn settings(ready_timeout: Duration, poll_interval: Duration) -> KubeSettings {
     KubeSettings {
         image: "nats:2.10-alpine".into(),
+        exporter_image: "natsio/prometheus-nats-exporter:0.15.0".into(),
         ready_timeout,
         poll_interval,
         tls_secret: "vrsky-tenant-nats-tls".into(),
@@ -53,7 +54,13 @@ fn spec() -> InstanceSpec {
 
 #[test]
 fn objects_are_named_labelled_sized_and_probed() {
-    let d = deployment(&spec(), "nats:2.10-alpine", "vrsky-tenant-nats-tls").unwrap();
+    let d = deployment(
+        &spec(),
+        "nats:2.10-alpine",
+        "natsio/prometheus-nats-exporter:0.15.0",
+        "vrsky-tenant-nats-tls",
+    )
+    .unwrap();
     assert_eq!(d.metadata.name.as_deref(), Some("nats-acme-1"));
     assert_eq!(d.metadata.namespace.as_deref(), Some(NAMESPACE));
     let l = d.metadata.labels.as_ref().unwrap();
@@ -77,6 +84,18 @@ fn objects_are_named_labelled_sized_and_probed() {
         Some("/healthz")
     );
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
+    // The exporter sidecar: Prometheus format on the port the scrape configuration keeps.
+    let exporter = pod.containers.iter().find(|c| c.name == "metrics-exporter").unwrap();
+    let port = &exporter.ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.container_port), (Some("metrics"), 7777));
+    assert!(
+        exporter
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a == "http://localhost:8222")
+    );
     let conf = server_config("nats-acme-1", "operator: \"OJWT\"\n");
     assert!(conf.contains("listen: \"0.0.0.0:4222\""));
     assert!(!conf.contains("jetstream"));
@@ -140,7 +159,8 @@ def sources(rule):
 t = docs["tenant-nats-from-runtime-only"]["spec"]
 assert t["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "tenant-nats"}, t
 assert set(t["policyTypes"]) == {"Ingress", "Egress"}, t
-assert [s for r in t["ingress"] for s in sources(r)] == [("vrsky", "runtime")], t
+assert [s for r in t["ingress"] for s in sources(r)] == [("vrsky", "runtime"), ("vrsky-monitoring", None)], t
+assert [p["port"] for p in t["ingress"][1]["ports"]] == [7777], "monitoring reaches the exporter only"
 p = docs["platform-nats-from-runtime-only"]["spec"]
 assert {s for r in p["ingress"] for s in sources(r)} == {(None, "runtime"), (None, "platform-nats")}, p
 e = docs["runtime-egress"]["spec"]
@@ -182,7 +202,16 @@ fn objects_pass_strict_schema_validation() {
     let objects = [
         (
             "deployment.json",
-            serde_json::to_vec(&deployment(&spec(), "nats:2.10-alpine", "vrsky-tenant-nats-tls").unwrap()).unwrap(),
+            serde_json::to_vec(
+                &deployment(
+                    &spec(),
+                    "nats:2.10-alpine",
+                    "natsio/prometheus-nats-exporter:0.15.0",
+                    "vrsky-tenant-nats-tls",
+                )
+                .unwrap(),
+            )
+            .unwrap(),
         ),
         (
             "service.json",

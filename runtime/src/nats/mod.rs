@@ -106,6 +106,7 @@ impl Provisioner for LocalProvisioner {
             Ok(RunningInstance {
                 url: p.url,
                 server_version: p.version,
+                monitor_url: Some(p.monitor_url),
                 exited: p.exited,
                 stop: p.stop,
             })
