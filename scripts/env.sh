@@ -105,7 +105,7 @@ ensure_postgres() {
 # tests. Debian builds Prometheus without Kubernetes service discovery, so its promtool
 # cannot check deploy/monitoring/prometheus.yml (kubernetes_sd_configs); the rules can be.
 ensure_promtool() {
-    if command -v promtool >/dev/null 2>&1; then
+    if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
         return 0
     fi
     echo "installing promtool (apt-get install prometheus)..." >&2

@@ -13,6 +13,7 @@ mod limits;
 mod metrics;
 mod nats_security;
 mod newcomer;
+mod prometheus;
 mod signatures;
 mod ssrf;
 mod tenant_keys;

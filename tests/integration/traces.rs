@@ -200,6 +200,7 @@ async fn exports_traces_over(protocol: &str) {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_SERVICE_NAME", "vrsky-test"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("VRSKY_LOG__FORMAT", "json"),
         ],
     )
     .await;
@@ -314,6 +315,28 @@ async fn exports_traces_over(protocol: &str) {
         .find(|s| s.name == "vrsky.deliver" && s.attrs["vrsky.attempt"] == "2")
         .unwrap();
     assert_eq!(last, format!("00-{trace}-{}-01", second.span));
+    // The JSON log's warning about the failed attempt names the message and its trace.
+    let failed: Value = node
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "delivery failed" && l["message_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no JSON warning for {id}:\n{}", node.log()));
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(
+        (failed["tenant_id"].as_str(), failed["integration_id"].as_str()),
+        (Some("acme"), Some("hook"))
+    );
+    assert_eq!(failed["trace_id"], trace);
+    let first = journey
+        .iter()
+        .find(|s| s.name.starts_with("process ") && s.attrs["vrsky.attempt"] == "1")
+        .unwrap();
+    assert_eq!(
+        failed["span_id"],
+        first.span.as_str(),
+        "the span of the attempt's processing"
+    );
 
     // Dead-lettered (400, permanent), then replayed into a sink that accepts: the replay
     // and its delivery join the original trace.
