@@ -385,3 +385,93 @@ async fn otlp_grpc_traces_show_the_actor_tree_a_retried_journey_and_a_replay() {
 async fn otlp_http_protobuf_traces_show_the_actor_tree_a_retried_journey_and_a_replay() {
     exports_traces_over("http/protobuf").await;
 }
+
+/// With a ratio of 0 nothing of the happy path is recorded, yet the actor tree, the
+/// attempts after the first and everything of a dead-lettered message's end are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_ratio_zero_the_tree_retries_and_dead_letters_are_still_recorded() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = crate::common::external_platform(dir.path(), "platform").await;
+    let collector = Collector::default();
+    let endpoint = receiver("http/protobuf", collector.clone()).await;
+    let sink = Sink::start().await;
+    sink.fail_first(FailFirst {
+        n: 1,
+        status: 503,
+        ..FailFirst::default()
+    });
+    let refusing = Sink::start().await;
+    refusing.set_status(400);
+    let mut node = NodeProcess::start(
+        dir.path().join("node"),
+        &platform,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (s, v) = api(
+        &http,
+        &node,
+        reqwest::Method::POST,
+        "/api/tenants",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let retry = json!({"retry": {"max_retries": 3, "backoff_base_s": 0.1, "jitter": 0.0}});
+    for (id, url) in [("hook", sink.url("/hook")), ("strict", refusing.url("/strict"))] {
+        let (s, v) = api(
+            &http,
+            &node,
+            reqwest::Method::POST,
+            "/api/tenants/acme/integrations",
+            Some(spec(id, &url, retry.clone())),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let plain = "00-11111111111111111111111111111111-2222222222222222-00";
+    let retried = webhook(&http, &node, "hook", plain).await;
+    let dead = webhook(&http, &node, "strict", plain.replace("1111", "3333").as_str()).await;
+    wait_for("the retried attempt and the dead letter", &collector, |c| {
+        c.of_message(&retried).iter().any(|s| s.name == "vrsky.complete")
+            && c.of_message(&dead).iter().any(|s| s.name == "vrsky.dead_letter")
+            && c.of_message(&dead).iter().any(|s| s.name == "vrsky.deliver")
+    })
+    .await;
+    assert!(
+        collector.actor("integration:hook").is_some(),
+        "the actor tree is always recorded"
+    );
+    let r = collector.of_message(&retried);
+    assert!(
+        r.iter()
+            .all(|s| s.attrs.get("vrsky.attempt").map(String::as_str) != Some("1")),
+        "nothing of the sampled-out first attempt: {r:#?}"
+    );
+    assert!(
+        r.iter()
+            .any(|s| s.name == "vrsky.deliver" && s.attrs["http.response.status_code"] == "200")
+    );
+    assert!(
+        !r.iter().any(|s| s.name.starts_with("POST /webhooks")),
+        "the webhook itself was sampled out"
+    );
+    let d = collector.of_message(&dead);
+    let attempt = d.iter().find(|s| s.name == "vrsky.deliver").unwrap();
+    assert_eq!(
+        (
+            attempt.attrs["vrsky.outcome"].as_str(),
+            attempt.attrs["http.response.status_code"].as_str()
+        ),
+        ("dead_letter", "400"),
+        "the attempt that dead-lettered the message is kept by the tail decision"
+    );
+    node.stop().await;
+}

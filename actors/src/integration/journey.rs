@@ -16,7 +16,7 @@ use crate::wire::Claimable;
 
 /// The consumer span of one claim attempt, under the publish that carried it (or the
 /// stored trace when the header is missing). The empty context when telemetry is off.
-pub(super) fn consumer(msg: &async_nats::Message, claim: &Claimable, group: &str) -> Context {
+pub(super) fn consumer(msg: &async_nats::Message, claim: &Claimable) -> Context {
     if !telemetry::enabled() {
         return Context::new();
     }
@@ -37,7 +37,10 @@ pub(super) fn consumer(msg: &async_nats::Message, claim: &Claimable, group: &str
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.destination.template", INBOX_TEMPLATE),
-            KeyValue::new("messaging.consumer.group.name", group.to_owned()),
+            KeyValue::new(
+                "messaging.consumer.group.name",
+                crate::subjects::integration_queue_group(&s.integration_id),
+            ),
             KeyValue::new("messaging.message.body.size", claim.envelope.payload.len() as i64),
             KeyValue::new(ATTEMPT, i64::from(s.next_attempt())),
         ],

@@ -145,8 +145,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
         integration_id = %claim.state.integration_id, message_id = %claim.state.message_id,
         attempt = claim.state.next_attempt());
     let args = args.clone();
-    let group = subjects::integration_queue_group(&args.integration_id);
-    let cx = journey::consumer(&msg, &claim, &group);
+    let cx = journey::consumer(&msg, &claim);
     let traced = cx.clone();
     async move {
         // Read only when a warning is written: the happy path parses nothing.

@@ -178,10 +178,15 @@ pub(crate) async fn receive(
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_traceparent(v))
         .map(str::to_owned);
+    let parent = if telemetry::enabled() {
+        telemetry::context_from(incoming.as_deref())
+    } else {
+        opentelemetry::Context::new()
+    };
     let server = telemetry::start(
         "POST /webhooks/{tenant}/{integration}",
         SpanKind::Server,
-        &telemetry::context_from(incoming.as_deref()),
+        &parent,
         (&tenant, &integration, &message_id),
         [
             KeyValue::new("http.request.method", "POST"),
@@ -191,9 +196,12 @@ pub(crate) async fn receive(
     let in_server = server.clone();
     let answered: Result<_, ApiError> = async move {
         let server = in_server;
-        let trace_context = telemetry::traceparent_of(&server)
-            .or(incoming)
-            .unwrap_or_else(new_traceparent);
+        let traced = if telemetry::enabled() {
+            telemetry::traceparent_of(&server)
+        } else {
+            None
+        };
+        let trace_context = traced.or(incoming).unwrap_or_else(new_traceparent);
         let received_at_ms = now_ms();
         let request = InboundRequest {
             message_id: message_id.clone(),
