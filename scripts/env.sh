@@ -101,9 +101,9 @@ ensure_postgres() {
     return 1
 }
 
-# promtool (Debian's `prometheus` package) for the monitoring rules' checks and unit
-# tests. Debian builds Prometheus without Kubernetes service discovery, so its promtool
-# cannot check deploy/monitoring/prometheus.yml (kubernetes_sd_configs); the rules can be.
+# promtool and prometheus (Debian's `prometheus` package) for the monitoring checks and
+# the real-Prometheus test. Debian builds Prometheus without Kubernetes service
+# discovery; check_monitoring works around that for prometheus.yml.
 ensure_promtool() {
     if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
         return 0
@@ -114,9 +114,33 @@ ensure_promtool() {
     command -v promtool >/dev/null 2>&1 || { echo "promtool is not installed" >&2; return 1; }
 }
 
-# Checks and unit-tests the alert rules under deploy/monitoring/.
+# Checks and unit-tests the alert rules under deploy/monitoring/, and checks the scrape
+# configuration with its Kubernetes discovery swapped for a static target (Debian's
+# promtool has no kubernetes_sd_configs) and the token file's path for a temporary one;
+# everything else in it is checked as written.
 check_monitoring() {
-    local dir
+    local dir tmp py
     dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/monitoring"
-    promtool check rules "$dir/alerts.yml" >&2 && (cd "$dir" && promtool test rules alerts_test.yml >&2)
+    promtool check rules "$dir/alerts.yml" >&2 && (cd "$dir" && promtool test rules alerts_test.yml >&2) || return 1
+    tmp=$(mktemp -d)
+    py="$(tools_venv)/bin/python"
+    [ -x "$py" ] || py=python3
+    "$py" -c 'import yaml' 2>/dev/null || pip_install pyyaml
+    echo "check-only-token" > "$tmp/token"
+    "$py" - "$dir/prometheus.yml" "$tmp/prometheus.yml" "$tmp/token" <<'PY' || { rm -rf "$tmp"; return 1; }
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+for job in config["scrape_configs"]:
+    if job.pop("kubernetes_sd_configs", None) is not None:
+        job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+    # The mounted Secret's path does not exist here; promtool checks that it does.
+    if "credentials_file" in job.get("authorization", {}):
+        job["authorization"]["credentials_file"] = sys.argv[3]
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    cp "$dir/alerts.yml" "$tmp/"
+    promtool check config "$tmp/prometheus.yml" >&2
+    local rc=$?
+    rm -rf "$tmp"
+    return $rc
 }
