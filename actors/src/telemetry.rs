@@ -68,14 +68,20 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Called by the runtime once its tracer provider is installed.
+static TRACER: std::sync::OnceLock<global::BoxedTracer> = std::sync::OnceLock::new();
+
+/// Called by the runtime once its tracer provider is installed (the tracer is taken from
+/// it then, once per process: looking it up per span cost a lock and an allocation).
 pub fn set_enabled(on: bool) {
+    if on {
+        TRACER.get_or_init(|| global::tracer_provider().tracer(SCOPE));
+    }
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// The tracer of VRSky's spans (the global provider's).
-pub fn tracer() -> global::BoxedTracer {
-    global::tracer_provider().tracer(SCOPE)
+/// The tracer of VRSky's spans: the provider's at [`set_enabled`], else the global one.
+pub fn tracer() -> &'static global::BoxedTracer {
+    TRACER.get_or_init(|| global::tracer_provider().tracer(SCOPE))
 }
 
 thread_local! {
@@ -157,11 +163,12 @@ pub fn start(
     }
     let mut attrs: Vec<KeyValue> = journey_attributes(ids.0, ids.1, ids.2).into();
     attrs.extend(extra);
-    let span = tracer()
+    let tracer = tracer();
+    let span = tracer
         .span_builder(name)
         .with_kind(kind)
         .with_attributes(attrs)
-        .start_with_context(&tracer(), parent);
+        .start_with_context(tracer, parent);
     parent.with_span(span)
 }
 

@@ -214,14 +214,20 @@ async fn exports_traces_over(protocol: &str) {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    // `hook` has a filter (that passes), so its journey has a pipeline span.
     let retry = json!({"retry": {"max_retries": 3, "backoff_base_s": 0.1, "jitter": 0.0}});
-    for (id, url) in [("hook", sink.url("/hook")), ("strict", refusing.url("/strict"))] {
+    let mut filtered = retry.clone();
+    filtered["filters"] = json!([{"type": "json_field", "path": "/n", "op": "eq", "value": 1}]);
+    for (id, url, extra) in [
+        ("hook", sink.url("/hook"), filtered),
+        ("strict", refusing.url("/strict"), retry.clone()),
+    ] {
         let (s, v) = api(
             &http,
             &node,
             reqwest::Method::POST,
             "/api/tenants/acme/integrations",
-            Some(spec(id, &url, retry.clone())),
+            Some(spec(id, &url, extra)),
         )
         .await;
         assert_eq!(s, 201, "{v}");

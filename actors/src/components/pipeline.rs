@@ -68,6 +68,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether it has no filter and no converter (every message is delivered as it came).
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty() && self.converters.is_empty()
+    }
+
     /// Runs every filter, then every converter. The body is parsed as JSON at most once
     /// per stage, and only when there is a component to use it.
     pub fn run(&self, envelope: Envelope) -> Outcome {

@@ -47,14 +47,15 @@ pub(super) fn consumer(msg: &async_nats::Message, claim: &Claimable) -> Context 
     )
 }
 
-/// Runs the filters and converters in their own span.
+/// Runs the filters and converters in their own span (none when there are none).
 pub(super) fn pipeline<T>(
+    empty: bool,
     cx: &Context,
     s: &MessageState,
     run: impl FnOnce() -> T,
     outcome: impl Fn(&T) -> &'static str,
 ) -> T {
-    if !telemetry::enabled() {
+    if empty || !telemetry::enabled() {
         return run();
     }
     let span_cx = telemetry::start(
@@ -133,7 +134,7 @@ impl Attempt {
                 .with_kind(SpanKind::Client)
                 .with_start_time(self.start)
                 .with_attributes(attrs)
-                .start_with_context(&tracer, cx)
+                .start_with_context(tracer, cx)
         });
         opentelemetry::trace::Span::end_with_timestamp(&mut span, self.end);
     }

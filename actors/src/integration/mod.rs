@@ -202,7 +202,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 return;
             }
         };
-        let ran = journey::pipeline(&cx, &claim.state, || args.pipeline.run(claim.envelope), |o| match o {
+        let ran = journey::pipeline(args.pipeline.is_empty(), &cx, &claim.state, || args.pipeline.run(claim.envelope), |o| match o {
             Outcome::Deliver(_) => "deliver",
             Outcome::Filtered { .. } => "filtered",
             Outcome::ConvertFailed { .. } => "convert_failed",

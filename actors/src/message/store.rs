@@ -276,6 +276,13 @@ impl Committer<'_> {
 /// span; the caller learns it from the commit).
 fn span_name(event: &Event, current: &MessageState, policy: &RetryPolicy, now_ms: u64) -> Option<&'static str> {
     use crate::telemetry::span;
+    // The common transitions are named without applying the event a second time.
+    match (event, current.status) {
+        (Event::Claim, Status::Received) => return Some(span::CLAIM),
+        (Event::Delivered | Event::Filtered { .. }, Status::Processing) => return Some(span::COMPLETE),
+        (Event::RetryDue, Status::Retry) => return Some(span::REDRIVE),
+        _ => {}
+    }
     let next = current.apply(event, policy, now_ms).ok()?;
     Some(match (event, next.status) {
         (Event::Replay { .. }, _) => span::REPLAY,
