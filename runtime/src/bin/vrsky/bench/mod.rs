@@ -29,6 +29,7 @@ use vrsky_runtime::nats::process::{
 };
 
 mod floor;
+mod otlp;
 
 /// Benchmark arguments.
 #[derive(Debug, Clone, clap::Parser)]
@@ -595,7 +596,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     cfg.producer.allow_private_targets = true;
     cfg.nats.server_bin = Some(bin.clone());
     cfg.state.platform_sync_interval = args.platform_sync.clone();
-    let otlp = if args.otlp { Some(otlp_receiver().await?) } else { None };
+    let otlp = if args.otlp { Some(otlp::receiver().await?) } else { None };
     let tracing = match &otlp {
         Some((addr, _, _)) => vrsky_runtime::telemetry::Tracing::install(
             vrsky_runtime::telemetry::Protocol::HttpProtobuf,
@@ -735,37 +736,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
-}
-
-/// Export requests and bytes an OTLP receiver took.
-type OtlpCounts = Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>;
-
-/// An OTLP/HTTP receiver that takes every export (`POST /v1/traces`) and answers it with
-/// an empty `ExportTraceServiceResponse`, counting what it got. It reads the body frame by
-/// frame without keeping it, so the figures show the exporter's cost plus the least a
-/// receiver in this process costs (its HTTP exchange), not a collector's decoding.
-async fn otlp_receiver() -> anyhow::Result<(std::net::SocketAddr, OtlpCounts, tokio::sync::oneshot::Sender<()>)> {
-    let counts: OtlpCounts = Arc::default();
-    let c = counts.clone();
-    let app = Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Body| {
-            let c = c.clone();
-            async move {
-                use http_body_util::BodyExt as _;
-                let mut body = body;
-                let mut len = 0u64;
-                while let Some(Ok(frame)) = body.frame().await {
-                    len += frame.data_ref().map_or(0, |d| d.len() as u64);
-                }
-                c.0.fetch_add(1, Ordering::Relaxed);
-                c.1.fetch_add(len, Ordering::Relaxed);
-                ([("content-type", "application/x-protobuf")], Bytes::new())
-            }
-        }),
-    );
-    let (addr, stop) = serve(app).await?;
-    Ok((addr, counts, stop))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
