@@ -68,20 +68,30 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-static TRACER: std::sync::OnceLock<global::BoxedTracer> = std::sync::OnceLock::new();
+static TRACER: std::sync::RwLock<Option<std::sync::Arc<global::BoxedTracer>>> = std::sync::RwLock::new(None);
 
-/// Called by the runtime once its tracer provider is installed (the tracer is taken from
-/// it then, once per process: looking it up per span cost a lock and an allocation).
+/// Called by the runtime once its tracer provider is installed: the tracer is taken from
+/// it then (looking it up per span cost the global provider's lock and an allocation),
+/// and again at each later install.
 pub fn set_enabled(on: bool) {
     if on {
-        TRACER.get_or_init(|| global::tracer_provider().tracer(SCOPE));
+        let t = std::sync::Arc::new(global::tracer_provider().tracer(SCOPE));
+        *TRACER.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);
     }
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// The tracer of VRSky's spans: the provider's at [`set_enabled`], else the global one.
-pub fn tracer() -> &'static global::BoxedTracer {
-    TRACER.get_or_init(|| global::tracer_provider().tracer(SCOPE))
+/// The tracer of VRSky's spans: the provider's at the last [`set_enabled`], else the
+/// global one.
+pub fn tracer() -> std::sync::Arc<global::BoxedTracer> {
+    if let Some(t) = TRACER
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        return t.clone();
+    }
+    std::sync::Arc::new(global::tracer_provider().tracer(SCOPE))
 }
 
 thread_local! {
@@ -168,7 +178,7 @@ pub fn start(
         .span_builder(name)
         .with_kind(kind)
         .with_attributes(attrs)
-        .start_with_context(tracer, parent);
+        .start_with_context(&*tracer, parent);
     parent.with_span(span)
 }
 

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -107,7 +106,6 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
                 },
             )?;
             telemetry::init(&cfg.log);
-            let tracing = telemetry::Tracing::from_env()?;
             // Without one configured, the dev token is generated once and kept in the
             // data dir, so an exported token stays valid across restarts.
             if cfg.admin_token.is_none() {
@@ -116,6 +114,8 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             if cfg.security.secrets_key.is_none() {
                 cfg.security.secrets_key = Some(dev::kept_secrets_key(&cfg.data_dir)?);
             }
+            // Installed last, so no early error skips the flush below.
+            let tracing = telemetry::Tracing::from_env()?;
             let ran = dev::run(cfg).await;
             tracing.shutdown().await;
             ran
@@ -133,9 +133,13 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
                 anyhow::bail!("admin_token is required for serve: set VRSKY_ADMIN_TOKEN (16+ characters)");
             }
             let tracing = telemetry::Tracing::from_env()?;
-            let rt = Runtime::start(cfg, RuntimeOptions::default())
-                .await
-                .context("starting vrsky")?;
+            let rt = match Runtime::start(cfg, RuntimeOptions::default()).await {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing.shutdown().await;
+                    return Err(e.context("starting vrsky"));
+                }
+            };
             dev::wait_for_signal().await;
             rt.shutdown().await;
             tracing.shutdown().await;

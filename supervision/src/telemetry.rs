@@ -77,10 +77,16 @@ pub(crate) async fn starting<T, F: Future<Output = T>>(
     span: SpanContext,
     start: impl FnOnce() -> F,
 ) -> T {
+    /// Removes the entry however the start ends (a panic or a dropped future included).
+    struct Registered(ActorId);
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            with_map(|m| m.remove(&self.0));
+        }
+    }
     with_map(|m| m.insert(supervisor, span));
-    let out = start().await;
-    with_map(|m| m.remove(&supervisor));
-    out
+    let _registered = Registered(supervisor);
+    start().await
 }
 
 /// The span of the child `supervisor` is starting now (for a nested supervisor's args).

@@ -134,7 +134,7 @@ impl Attempt {
                 .with_kind(SpanKind::Client)
                 .with_start_time(self.start)
                 .with_attributes(attrs)
-                .start_with_context(tracer, cx)
+                .start_with_context(&*tracer, cx)
         });
         opentelemetry::trace::Span::end_with_timestamp(&mut span, self.end);
     }

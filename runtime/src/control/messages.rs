@@ -174,7 +174,12 @@ impl Control {
                     Hop::publish(ids)
                 };
                 let published = route.publish(stored, rev, hop).await;
-                telemetry::end(&replay, [KeyValue::new(telemetry::OUTCOME, "received")]);
+                let outcome = if published.is_ok() {
+                    "received"
+                } else {
+                    "publish_failed"
+                };
+                telemetry::end(&replay, [KeyValue::new(telemetry::OUTCOME, outcome)]);
                 if let Err(e) = published {
                     warn!(message_id = %id, error = %e, "replay publish failed; re-drive will retry");
                 }

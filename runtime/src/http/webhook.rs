@@ -239,10 +239,6 @@ pub(crate) async fn receive(
                 },
             )],
         );
-        let hop = {
-            let _in_server = server.clone().attach();
-            Hop::publish(ids)
-        };
         let accepted = accepted.map_err(|e| {
             warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
                     message_id = %envelope.message_id, error = %e, "message state not stored");
@@ -269,6 +265,10 @@ pub(crate) async fn receive(
                     .counters
                     .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let hop = {
+                    let _in_server = server.clone().attach();
+                    Hop::publish((&state.tenant_id, &state.integration_id, &state.message_id))
+                };
                 route.publish_detached(stored, revision, hop, move |e| {
                     warn!(tenant_id = %state.tenant_id, integration_id = %state.integration_id,
                         message_id = %state.message_id, error = %e, "publish failed; the message will be re-driven");
