@@ -9,27 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::node::NodeProcess;
-use crate::common::{FailFirst, Sink, TOKEN, spec, wait_until};
+use crate::common::node::{NodeProcess, api};
+use crate::common::{FailFirst, Sink, spec, wait_until};
 
 async fn platform(dir: &std::path::Path) -> vrsky_runtime::nats::platform_server::PlatformServer {
     crate::common::external_platform(dir, "platform").await
-}
-
-async fn api(
-    http: &reqwest::Client,
-    node: &NodeProcess,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = http.request(method, node.url(path)).bearer_auth(TOKEN);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn dead_lettered(http: &reqwest::Client, node: &NodeProcess) -> HashSet<String> {

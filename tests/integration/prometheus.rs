@@ -137,8 +137,24 @@ async fn a_real_prometheus_parses_every_dashboard_and_rule_and_the_core_ones_hav
     assert!(up.is_ok(), "Prometheus never scraped the node; its log:\n{}", log());
     let sent = load.await.unwrap();
     assert!(sent > 50, "{sent}");
-    // A few more scrapes after the load, so rates over 1m have their samples.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until a scrape after the load has counted every webhook (the scrapes during it give
+    // rates over 1m their samples).
+    let counted = wait_until(Duration::from_secs(30), || {
+        let (http, p) = (http.clone(), &prom);
+        async move {
+            let v = query(&http, p, "sum(vrsky_messages_received_total)").await;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|n| n.parse::<f64>().ok())
+                .is_some_and(|n| n >= f64::from(sent))
+        }
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "Prometheus never counted the {sent} webhooks; its log:\n{}",
+        log()
+    );
 
     let mut exprs = Vec::new();
     let mut dashboards = 0;

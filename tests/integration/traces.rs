@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{Value, json};
 
-use crate::common::node::NodeProcess;
-use crate::common::{FailFirst, Sink, TOKEN, spec, wait_until};
+use crate::common::node::{NodeProcess, api};
+use crate::common::{FailFirst, Sink, spec, wait_until};
 
 /// One received span, ids in hex.
 #[derive(Debug, Clone)]
@@ -137,22 +137,6 @@ async fn receiver(protocol: &str, c: Collector) -> String {
     format!("http://{addr}")
 }
 
-async fn api(
-    http: &reqwest::Client,
-    node: &NodeProcess,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = http.request(method, node.url(path)).bearer_auth(TOKEN);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn wait_for(what: &str, c: &Collector, cond: impl Fn(&Collector) -> bool) {
     let ok = wait_until(Duration::from_secs(30), || {
         let seen = cond(c);
@@ -178,7 +162,20 @@ async fn webhook(http: &reqwest::Client, node: &NodeProcess, integration: &str, 
         .to_owned()
 }
 
-async fn exports_traces_over(protocol: &str) {
+/// What every trace test runs: a platform, a node process exporting to an in-process
+/// receiver, tenant `acme` with `hook` (a passing filter, so its journey has a pipeline
+/// span; delivering to a sink that answers 503 once) and `strict` (to a sink answering 400).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    _platform: vrsky_runtime::nats::platform_server::PlatformServer,
+    collector: Collector,
+    sink: Sink,
+    refusing: Sink,
+    node: NodeProcess,
+    http: reqwest::Client,
+}
+
+async fn fixture(protocol: &str, env: &[(&str, &str)]) -> Fixture {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let platform = crate::common::external_platform(dir.path(), "platform").await;
@@ -192,18 +189,13 @@ async fn exports_traces_over(protocol: &str) {
     });
     let refusing = Sink::start().await;
     refusing.set_status(400);
-    let mut node = NodeProcess::start(
-        dir.path().join("node"),
-        &platform,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-            ("OTEL_SERVICE_NAME", "vrsky-test"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("VRSKY_LOG__FORMAT", "json"),
-        ],
-    )
-    .await;
+    let mut node_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    node_env.extend_from_slice(env);
+    let node = NodeProcess::start(dir.path().join("node"), &platform, &node_env).await;
     let http = reqwest::Client::new();
     let (s, v) = api(
         &http,
@@ -214,13 +206,12 @@ async fn exports_traces_over(protocol: &str) {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    // `hook` has a filter (that passes), so its journey has a pipeline span.
     let retry = json!({"retry": {"max_retries": 3, "backoff_base_s": 0.1, "jitter": 0.0}});
     let mut filtered = retry.clone();
     filtered["filters"] = json!([{"type": "json_field", "path": "/n", "op": "eq", "value": 1}]);
     for (id, url, extra) in [
         ("hook", sink.url("/hook"), filtered),
-        ("strict", refusing.url("/strict"), retry.clone()),
+        ("strict", refusing.url("/strict"), retry),
     ] {
         let (s, v) = api(
             &http,
@@ -232,6 +223,31 @@ async fn exports_traces_over(protocol: &str) {
         .await;
         assert_eq!(s, 201, "{v}");
     }
+    Fixture {
+        _dir: dir,
+        _platform: platform,
+        collector,
+        sink,
+        refusing,
+        node,
+        http,
+    }
+}
+
+async fn exports_traces_over(protocol: &str) {
+    let Fixture {
+        _dir,
+        _platform,
+        collector,
+        sink,
+        refusing,
+        mut node,
+        http,
+    } = fixture(
+        protocol,
+        &[("OTEL_SERVICE_NAME", "vrsky-test"), ("VRSKY_LOG__FORMAT", "json")],
+    )
+    .await;
 
     // The actor tree: integration:hook under tenant:acme under runtime, one trace.
     wait_for("the actor tree", &collector, |c| c.actor("integration:hook").is_some()).await;
@@ -396,52 +412,22 @@ async fn otlp_http_protobuf_traces_show_the_actor_tree_a_retried_journey_and_a_r
 /// attempts after the first and everything of a dead-lettered message's end are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_ratio_zero_the_tree_retries_and_dead_letters_are_still_recorded() {
-    crate::common::init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let platform = crate::common::external_platform(dir.path(), "platform").await;
-    let collector = Collector::default();
-    let endpoint = receiver("http/protobuf", collector.clone()).await;
-    let sink = Sink::start().await;
-    sink.fail_first(FailFirst {
-        n: 1,
-        status: 503,
-        ..FailFirst::default()
-    });
-    let refusing = Sink::start().await;
-    refusing.set_status(400);
-    let mut node = NodeProcess::start(
-        dir.path().join("node"),
-        &platform,
+    let Fixture {
+        _dir,
+        _platform,
+        collector,
+        sink: _sink,
+        refusing: _refusing,
+        mut node,
+        http,
+    } = fixture(
+        "http/protobuf",
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     )
     .await;
-    let http = reqwest::Client::new();
-    let (s, v) = api(
-        &http,
-        &node,
-        reqwest::Method::POST,
-        "/api/tenants",
-        Some(json!({"id": "acme", "name": "Acme"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let retry = json!({"retry": {"max_retries": 3, "backoff_base_s": 0.1, "jitter": 0.0}});
-    for (id, url) in [("hook", sink.url("/hook")), ("strict", refusing.url("/strict"))] {
-        let (s, v) = api(
-            &http,
-            &node,
-            reqwest::Method::POST,
-            "/api/tenants/acme/integrations",
-            Some(spec(id, &url, retry.clone())),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
-    }
     let plain = "00-11111111111111111111111111111111-2222222222222222-00";
     let retried = webhook(&http, &node, "hook", plain).await;
     let dead = webhook(&http, &node, "strict", plain.replace("1111", "3333").as_str()).await;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::{TOKEN, wait_until};
 
 /// A node process.
@@ -153,4 +155,21 @@ impl Drop for NodeProcess {
         }
         kill_servers_under(&self.dir);
     }
+}
+
+/// A call to a node's REST API with the admin token: status and JSON body (`Null` if none).
+pub async fn api(
+    http: &reqwest::Client,
+    node: &NodeProcess,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, node.url(path)).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
 }
