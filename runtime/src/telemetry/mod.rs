@@ -7,6 +7,7 @@
 //! `OTEL_TRACES_SAMPLER(_ARG)` (see [`sampler`]) and `OTEL_BSP_*` for the batch exporter
 //! (spans leave within `OTEL_BSP_SCHEDULE_DELAY`, 5 s by default).
 
+mod export;
 pub mod sampler;
 
 use anyhow::Context as _;
@@ -142,11 +143,9 @@ impl Tracing {
                 env!("CARGO_PKG_VERSION"),
             ))
             .build();
-        let batch = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .build();
+        // The SDK's batch thread queues spans without a wake per span; each export runs
+        // on this runtime (see `export`).
+        let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(export::OnRuntime::new(exporter)).build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(batch)
             .with_sampler(sampler)
@@ -168,8 +167,8 @@ impl Tracing {
     pub async fn shutdown(self) {
         let Some(provider) = self.0 else { return };
         vrsky_actors::telemetry::set_enabled(false);
-        // The provider's shutdown blocks until the batch task has exported; the task runs
-        // on this runtime, so the wait happens off its worker threads.
+        // The provider's shutdown blocks until the batch thread has exported, and the
+        // export runs on this runtime, so the wait happens off its worker threads.
         let done = tokio::task::spawn_blocking(move || provider.shutdown());
         match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
             Ok(Ok(Ok(()))) => {}

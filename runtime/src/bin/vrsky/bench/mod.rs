@@ -113,7 +113,7 @@ pub(crate) struct Report {
     /// Every round: (raw HTTP rate, floor rate, ratio).
     pub floor_rounds: Vec<(f64, f64, f64)>,
     /// With `--otlp`: export requests and protobuf bytes the receiver took.
-    pub otlp_export: Option<(u64, u64)>,
+    pub otlp_export: Option<otlp::OtlpExport>,
 }
 
 /// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
@@ -673,7 +673,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let otlp_export = otlp.map(|(_, c, stop)| {
         let _ = stop.send(());
-        (c.0.load(Ordering::Relaxed), c.1.load(Ordering::Relaxed))
+        c.figures()
     });
 
     let report = Report {
@@ -729,8 +729,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
          the design floor does the same writes, hop and exchanges with none of VRSky's own logic;\n \
          cpu µs/msg counts this process, load generator and sink included, and its nats-servers)"
     );
-    if let Some((requests, bytes)) = report.otlp_export {
-        println!("OTLP export on: {requests} requests, {bytes} bytes of spans received");
+    if let Some(o) = report.otlp_export {
+        let webhooks = (args.messages * (args.rounds + 1)) as f64;
+        println!(
+            "OTLP export on: {} requests, {} bytes, {} spans received ({:.2} spans per webhook)",
+            o.requests,
+            o.bytes,
+            o.spans,
+            o.spans as f64 / webhooks
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
