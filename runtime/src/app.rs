@@ -177,7 +177,9 @@ impl Runtime {
                 .await
                 .context("loading the NATS operator and system account")?,
         );
-        let (root, _) = spawn_root(SupervisorArgs::empty("runtime")).await?;
+        // Watchers of the tree (`WatchActorTree`) may fall this many changes behind.
+        let tree_events = vrsky_supervision::TreeEvents::new(4096);
+        let (root, _) = spawn_root(SupervisorArgs::empty("runtime").with_events(tree_events.clone())).await?;
         let provisioner: crate::nats::SharedProvisioner = match cfg.nats.provisioner {
             ProvisionerKind::Local => Arc::new(LocalProvisioner::new(
                 bin,
@@ -207,30 +209,34 @@ impl Runtime {
         let platform_settings = platform_state.settings().clone();
         let expediter = platform_state.clone();
         let directory = Arc::new(Directory::default());
-        let control = Arc::new(Control::new(
-            platform_state.clone(),
-            root.clone(),
-            TenantDeps {
-                db,
-                provisioner,
-                http: http_client(cfg.producer.allow_private_targets)?,
-                store: Arc::new(platform_state.clone()),
-                directory: directory.clone(),
-                settings: TenantSettings {
-                    allow_private_targets: cfg.producer.allow_private_targets,
-                    connect_timeout: startup_timeout,
-                    health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
-                    instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
-                    retention: platform_settings.retention(),
-                    subscription_capacity: SUBSCRIPTION_CAPACITY.max(4 * cfg.webhook.unfinished_per_integration_max),
-                    credential_rotation: Duration::from_secs_f64(cfg.security.credential_rotation_days * 86_400.0),
+        let control = Arc::new(
+            Control::new(
+                platform_state.clone(),
+                root.clone(),
+                TenantDeps {
+                    db,
+                    provisioner,
+                    http: http_client(cfg.producer.allow_private_targets)?,
+                    store: Arc::new(platform_state.clone()),
+                    directory: directory.clone(),
+                    settings: TenantSettings {
+                        allow_private_targets: cfg.producer.allow_private_targets,
+                        connect_timeout: startup_timeout,
+                        health_interval: Duration::from_millis(cfg.nats.health_interval_ms),
+                        instances_per_tenant_max: cfg.nats.instances_per_tenant_max,
+                        retention: platform_settings.retention(),
+                        subscription_capacity: SUBSCRIPTION_CAPACITY
+                            .max(4 * cfg.webhook.unfinished_per_integration_max),
+                        credential_rotation: Duration::from_secs_f64(cfg.security.credential_rotation_days * 86_400.0),
+                    },
+                    redrive_now: Arc::new(move |t| expediter.expedite(t)),
+                    sealer,
+                    wire_key: platform_state.wire_key().clone(),
+                    trust: trust.clone(),
                 },
-                redrive_now: Arc::new(move |t| expediter.expedite(t)),
-                sealer,
-                wire_key: platform_state.wire_key().clone(),
-                trust: trust.clone(),
-            },
-        ));
+            )
+            .with_tree_events(tree_events),
+        );
         control.load_all(startup_timeout * 2).await?;
         let scheduler_args = SchedulerArgs {
             platform: platform_state,

@@ -7,12 +7,14 @@
 //! intensity makes its supervisor stop every child and fail, escalating to the parent.
 //! [`SupervisorMsg::GetTree`] lists the live tree with restart counts.
 
+mod events;
 mod spec;
 mod state;
 mod supervisor;
 pub mod telemetry;
 mod tree;
 
+pub use events::{TreeEvent, TreeEventKind, TreeEvents};
 pub use spec::{Backoff, ChildKind, ChildSpec, ExitKind, Intensity, Restart, StartFn};
 pub use state::{ChildRecord, Decision};
 pub use supervisor::{

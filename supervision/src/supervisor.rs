@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::telemetry;
 
+use crate::events::{TreeEventKind, TreeEvents};
 use crate::spec::{ChildKind, ChildSpec, ExitKind};
 use crate::state::{ChildRecord, Decision};
 use crate::tree::TreeNode;
@@ -81,6 +82,12 @@ pub struct SupervisorArgs {
     /// The span of this supervisor's own start, parent of its children's spans (see
     /// [`crate::telemetry`]); `None` makes the supervisor start a root span for itself.
     pub span: Option<SpanContext>,
+    /// Where the tree's changes go ([`TreeEvents`]); a nested supervisor inherits its
+    /// parent's, whatever this says.
+    pub events: Option<TreeEvents>,
+    /// The names from the root to this supervisor's parent (empty for a root); a nested
+    /// supervisor inherits it.
+    pub path: Vec<String>,
 }
 
 impl SupervisorArgs {
@@ -90,7 +97,15 @@ impl SupervisorArgs {
             name: name.into(),
             children: Arc::new(|| Box::pin(async { Ok(Vec::new()) })),
             span: None,
+            events: None,
+            path: Vec::new(),
         }
+    }
+
+    /// The same arguments, sending the tree's changes to `events`.
+    pub fn with_events(mut self, events: TreeEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 }
 
@@ -116,11 +131,30 @@ pub struct SupervisorState {
     by_id: HashMap<ActorId, usize>,
     /// The span of this supervisor's start.
     span: SpanContext,
+    /// The tree's change stream.
+    events: Option<TreeEvents>,
+    /// The names from the root to this supervisor, its own included.
+    path: Vec<String>,
 }
 
 impl SupervisorState {
     fn index(&self, name: &str) -> Option<usize> {
         self.children.iter().position(|c| c.spec.name == name)
+    }
+
+    /// Sends a change of child `idx` to the tree's stream.
+    fn emit(&self, kind: TreeEventKind, idx: usize, reason: Option<String>) {
+        let Some(events) = &self.events else { return };
+        let c = &self.children[idx];
+        let actor_id = c.cell.as_ref().map(|cell| cell.get_id().to_string());
+        events.emit(
+            kind,
+            &self.path,
+            &c.spec.name,
+            actor_id,
+            c.record.restarts_total,
+            reason,
+        );
     }
 
     fn reindex(&mut self) {
@@ -138,16 +172,21 @@ impl Supervisor {
     /// `previous` is the span of the start a restart replaces.
     async fn start_child(
         myself: &ActorRef<SupervisorMsg>,
-        parent: &SpanContext,
+        state: &SupervisorState,
         spec: &ChildSpec,
         restarts: u32,
         previous: Option<&SpanContext>,
     ) -> (Result<ActorCell, SupervisorError>, SpanContext) {
-        let span = telemetry::begin(Some(parent), &spec.name, restarts, previous);
+        let span = telemetry::begin(Some(&state.span), &spec.name, restarts, previous);
         let span_cx = span.span_context().clone();
         let start = spec.start.clone();
         let cell = myself.get_cell();
-        let result = telemetry::starting(myself.get_id(), span_cx.clone(), move || start(cell))
+        let inherited = telemetry::Inherited {
+            span: span_cx.clone(),
+            events: state.events.clone(),
+            path: state.path.clone(),
+        };
+        let result = telemetry::starting(myself.get_id(), inherited, move || start(cell))
             .await
             .map_err(|e| SupervisorError::StartFailed {
                 name: spec.name.clone(),
@@ -170,9 +209,21 @@ impl Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let sup = state.name.clone();
         let child = &mut state.children[idx];
-        child.cell = None;
         child.record.last_exit = Some(reason.clone());
         let decision = child.record.on_exit(&child.spec, kind, Instant::now());
+        // Sent while the cell is still the one that exited, so the event names it.
+        let gone = matches!(decision, Decision::Remove);
+        state.emit(
+            if gone {
+                TreeEventKind::Stopped
+            } else {
+                TreeEventKind::Exited
+            },
+            idx,
+            Some(reason.clone()),
+        );
+        let child = &mut state.children[idx];
+        child.cell = None;
         let name = child.spec.name.clone();
         match decision {
             Decision::Remove => {
@@ -264,16 +315,20 @@ impl Actor for Supervisor {
                 cx
             }
         };
+        let mut path = args.path;
+        path.push(args.name.clone());
         let mut state = SupervisorState {
             name: args.name,
             children: Vec::with_capacity(specs.len()),
             by_id: HashMap::new(),
             span,
+            events: args.events,
+            path,
         };
         for spec in specs {
             // A child that cannot start is retried under its own policy rather than
             // failing the whole supervisor.
-            let (started, span) = Self::start_child(&myself, &state.span, &spec, 0, None).await;
+            let (started, span) = Self::start_child(&myself, &state, &spec, 0, None).await;
             let (cell, exit) = match started {
                 Ok(cell) => (Some(cell), None),
                 Err(e) => (None, Some(e.to_string())),
@@ -285,9 +340,10 @@ impl Actor for Supervisor {
                 generation: 0,
                 span: Some(span),
             });
-            if let Some(reason) = exit {
-                let idx = state.children.len() - 1;
-                Self::after_exit(&myself, &mut state, idx, ExitKind::Abnormal, reason).await?;
+            let idx = state.children.len() - 1;
+            match exit {
+                None => state.emit(TreeEventKind::Spawned, idx, None),
+                Some(reason) => Self::after_exit(&myself, &mut state, idx, ExitKind::Abnormal, reason).await?,
             }
         }
         state.reindex();
@@ -313,7 +369,7 @@ impl Actor for Supervisor {
                     let _ = reply.send(Err(SupervisorError::DuplicateChild(spec.name)));
                     return Ok(());
                 }
-                let (result, span) = Self::start_child(&myself, &state.span, &spec, 0, None).await;
+                let (result, span) = Self::start_child(&myself, &state, &spec, 0, None).await;
                 if let Ok(cell) = &result {
                     state.by_id.insert(cell.get_id(), state.children.len());
                     state.children.push(Child {
@@ -323,6 +379,7 @@ impl Actor for Supervisor {
                         generation: 0,
                         span: Some(span),
                     });
+                    state.emit(TreeEventKind::Spawned, state.children.len() - 1, None);
                 }
                 let _ = reply.send(result);
             }
@@ -331,6 +388,7 @@ impl Actor for Supervisor {
                     let _ = reply.send(false);
                     return Ok(());
                 };
+                state.emit(TreeEventKind::Stopped, idx, Some("stopped by supervisor".into()));
                 let child = state.children.remove(idx);
                 state.reindex();
                 if let Some(cell) = child.cell {
@@ -358,7 +416,7 @@ impl Actor for Supervisor {
                 }
                 let (started, span) = Self::start_child(
                     &myself,
-                    &state.span,
+                    state,
                     &child.spec,
                     child.record.restarts_total,
                     child.span.as_ref(),
@@ -369,6 +427,7 @@ impl Actor for Supervisor {
                     Ok(cell) => {
                         state.children[idx].cell = Some(cell);
                         state.reindex();
+                        state.emit(TreeEventKind::Restarted, idx, None);
                     }
                     Err(e) => {
                         Self::after_exit(&myself, state, idx, ExitKind::Abnormal, e.to_string()).await?;
@@ -416,7 +475,11 @@ pub fn supervisor_child(args: SupervisorArgs) -> ChildSpec {
     let name = args.name.clone();
     ChildSpec::worker(name, move |parent| {
         let mut args = args.clone();
-        args.span = telemetry::current_start(&parent.get_id());
+        if let Some(inherited) = telemetry::current_start(&parent.get_id()) {
+            args.span = Some(inherited.span);
+            args.events = inherited.events;
+            args.path = inherited.path;
+        }
         async move {
             let (sup, _) = Actor::spawn_linked(None, Supervisor, args, parent).await?;
             Ok(sup.get_cell())

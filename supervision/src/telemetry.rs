@@ -21,10 +21,22 @@ pub const ACTOR_ID: &str = "actor.id";
 /// Span attribute: how often this child has been restarted before this start.
 pub const ACTOR_RESTART_COUNT: &str = "actor.restart_count";
 
-/// Spans of children being started, by the id of the supervisor starting them, so a
-/// nested supervisor picks up its own start span as the parent of its children (a
-/// supervisor starts one child at a time, so one entry per supervisor suffices).
-static STARTING: Mutex<Option<HashMap<ActorId, SpanContext>>> = Mutex::new(None);
+/// What a nested supervisor inherits from the supervisor starting it.
+#[derive(Debug, Clone)]
+pub struct Inherited {
+    /// The span of its start, parent of its children's spans.
+    pub span: SpanContext,
+    /// The tree's change stream.
+    pub events: Option<crate::TreeEvents>,
+    /// The names from the root to the supervisor starting it.
+    pub path: Vec<String>,
+}
+
+/// What children being started inherit, by the id of the supervisor starting them, so a
+/// nested supervisor picks up its own start span as the parent of its children, and the
+/// tree's change stream (a supervisor starts one child at a time, so one entry per
+/// supervisor suffices).
+static STARTING: Mutex<Option<HashMap<ActorId, Inherited>>> = Mutex::new(None);
 
 /// What an actor is, from its tree name.
 pub fn kind_of(name: &str) -> &str {
@@ -70,11 +82,11 @@ pub(crate) fn end(mut span: global::BoxedSpan, started: Result<&ActorId, &str>) 
     span.end();
 }
 
-/// Runs `start` with `span` registered as the span of what `supervisor` is starting.
+/// Runs `start` with `inherited` registered for what `supervisor` is starting.
 /// (`start` is called after the registration: a start function reads it when called.)
 pub(crate) async fn starting<T, F: Future<Output = T>>(
     supervisor: ActorId,
-    span: SpanContext,
+    inherited: Inherited,
     start: impl FnOnce() -> F,
 ) -> T {
     /// Removes the entry however the start ends (a panic or a dropped future included).
@@ -84,17 +96,17 @@ pub(crate) async fn starting<T, F: Future<Output = T>>(
             with_map(|m| m.remove(&self.0));
         }
     }
-    with_map(|m| m.insert(supervisor, span));
+    with_map(|m| m.insert(supervisor, inherited));
     let _registered = Registered(supervisor);
     start().await
 }
 
-/// The span of the child `supervisor` is starting now (for a nested supervisor's args).
-pub fn current_start(supervisor: &ActorId) -> Option<SpanContext> {
+/// What the child `supervisor` is starting now inherits (for a nested supervisor's args).
+pub fn current_start(supervisor: &ActorId) -> Option<Inherited> {
     with_map(|m| m.get(supervisor).cloned())
 }
 
-fn with_map<T>(f: impl FnOnce(&mut HashMap<ActorId, SpanContext>) -> T) -> T {
+fn with_map<T>(f: impl FnOnce(&mut HashMap<ActorId, Inherited>) -> T) -> T {
     let mut guard = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
     f(guard.get_or_insert_with(HashMap::new))
 }

@@ -255,6 +255,8 @@ async fn child_source_rebuilds_children_on_supervisor_restart() {
             Box::pin(async move { Ok(vec![worker_spec("from-source", s)]) })
         }),
         span: None,
+        events: None,
+        path: Vec::new(),
     };
     let (root, _) = spawn_root(SupervisorArgs::empty("root")).await.unwrap();
     root.start_child(supervisor_child(args)).await.unwrap();
@@ -265,5 +267,84 @@ async fn child_source_rebuilds_children_on_supervisor_restart() {
     assert!(tree.find("from-source").unwrap().running);
     assert_eq!(starts.load(Ordering::SeqCst), 2);
     assert_eq!(tree.len(), 3);
+    root.stop_and_wait(None, None).await.unwrap();
+}
+
+/// Every supervisor of a tree sends its children's changes to the tree's stream, in
+/// order, each naming its supervisor's path: a nested supervisor inherits the stream.
+#[tokio::test(start_paused = true)]
+async fn the_tree_changes_arrive_in_order_with_their_paths() {
+    let events = TreeEvents::new(64);
+    let mut rx = events.subscribe();
+    let (root, _) = spawn_root(SupervisorArgs::empty("runtime").with_events(events.clone()))
+        .await
+        .unwrap();
+    let starts = Arc::new(AtomicU32::new(0));
+    let s2 = starts.clone();
+    let tenant = SupervisorArgs {
+        children: Arc::new(move || {
+            let s = s2.clone();
+            Box::pin(async move { Ok(vec![worker_spec("integration:orders", s)]) })
+        }),
+        ..SupervisorArgs::empty("tenant:acme")
+    };
+    root.start_child(supervisor_child(tenant)).await.unwrap();
+    let tenant: ActorRef<SupervisorMsg> = root.child("tenant:acme").await.unwrap().unwrap().into();
+    let first = running_child(&tenant, "integration:orders").await;
+    let first_id = first.get_id().to_string();
+    first.send_message(WorkerMsg::Fail).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = running_child(&tenant, "integration:orders").await.get_id().to_string();
+    assert!(tenant.stop_child("integration:orders").await.unwrap());
+
+    let mut got = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        got.push(e);
+    }
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| (e.seq, e.kind, e.supervisor_path.join("/"), e.name.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                1,
+                TreeEventKind::Spawned,
+                "runtime/tenant:acme".into(),
+                "integration:orders"
+            ),
+            (2, TreeEventKind::Spawned, "runtime".into(), "tenant:acme"),
+            (
+                3,
+                TreeEventKind::Exited,
+                "runtime/tenant:acme".into(),
+                "integration:orders"
+            ),
+            (
+                4,
+                TreeEventKind::Restarted,
+                "runtime/tenant:acme".into(),
+                "integration:orders"
+            ),
+            (
+                5,
+                TreeEventKind::Stopped,
+                "runtime/tenant:acme".into(),
+                "integration:orders"
+            ),
+        ]
+    );
+    assert_eq!(
+        got[2].actor_id.as_deref(),
+        Some(first_id.as_str()),
+        "the exit names the actor that exited"
+    );
+    assert!(got[2].reason.as_deref().unwrap().contains("boom"));
+    assert_eq!(
+        (got[3].actor_id.as_deref(), got[3].restarts),
+        (Some(second.as_str()), 1)
+    );
+    assert_eq!(events.last_seq(), 5);
     root.stop_and_wait(None, None).await.unwrap();
 }

@@ -48,6 +48,8 @@ pub struct Control {
     platform: Platform,
     root: ActorRef<SupervisorMsg>,
     deps: Arc<TenantDeps>,
+    /// The root tree's change stream, when the root was spawned with one.
+    tree_events: Option<vrsky_supervision::TreeEvents>,
 }
 
 fn call_failed<E: std::fmt::Display>(t: &TenantId, e: E) -> ControlError {
@@ -61,7 +63,15 @@ impl Control {
             platform,
             root,
             deps: Arc::new(deps),
+            tree_events: None,
         }
+    }
+
+    /// The same control layer, whose root supervisor sends its tree's changes to `events`
+    /// (for [`Control::watch_tree`]).
+    pub fn with_tree_events(mut self, events: vrsky_supervision::TreeEvents) -> Self {
+        self.tree_events = Some(events);
+        self
     }
 
     /// The metadata store.
@@ -109,6 +119,8 @@ impl Control {
                 Box::pin(async move { Ok(vec![spec]) })
             }),
             span: None,
+            events: None,
+            path: Vec::new(),
         })
     }
 
@@ -390,6 +402,29 @@ impl Control {
     /// The live supervision tree.
     pub async fn tree(&self) -> Result<TreeNode, ControlError> {
         Ok(self.root.tree().await?)
+    }
+
+    /// The live tree, then its changes: the receiver gets every change numbered above the
+    /// returned number (the changes made while the snapshot was taken may be in it too,
+    /// so a watcher applies them idempotently).
+    pub async fn watch_tree(
+        &self,
+    ) -> Result<
+        (
+            TreeNode,
+            u64,
+            tokio::sync::broadcast::Receiver<vrsky_supervision::TreeEvent>,
+        ),
+        ControlError,
+    > {
+        let events = self
+            .tree_events
+            .as_ref()
+            .ok_or_else(|| ControlError::unavailable("this node does not stream its tree's changes"))?;
+        // Subscribed before the snapshot, so nothing between the two is missed.
+        let rx = events.subscribe();
+        let after = events.last_seq();
+        Ok((self.tree().await?, after, rx))
     }
 
     /// Stops every subtree (and so every tenant nats-server).
