@@ -60,9 +60,13 @@ pub struct Runtime {
     pub platform_sync: String,
     /// NATS credentials of tenant servers (tests mint users with it).
     pub trust: Arc<Trust>,
+    /// Where the gRPC gateway listens, when it does.
+    pub grpc_addr: Option<SocketAddr>,
     platform_server: Option<StopHandle>,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: tokio::task::JoinHandle<()>,
+    grpc_stop: Option<oneshot::Sender<()>>,
+    grpc_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -276,6 +280,26 @@ impl Runtime {
         let addr = listener.local_addr()?;
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = router(state, opts.dev_sink);
+        let (grpc_addr, grpc_stop, grpc_task) = match cfg.grpc_addr {
+            None => (None, None, None),
+            Some(want) => {
+                let l = tokio::net::TcpListener::bind(want)
+                    .await
+                    .with_context(|| format!("binding the gRPC gateway to {want} (grpc_addr)"))?;
+                let grpc_addr = l.local_addr()?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let serve = crate::grpc::serve(l, app.clone(), control.clone(), async {
+                    let _ = rx.await;
+                });
+                let task = tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %format!("{e:#}"), "gRPC gateway stopped");
+                    }
+                });
+                info!(addr = %grpc_addr, "vrsky gRPC gateway listening");
+                (Some(grpc_addr), Some(tx), Some(task))
+            }
+        };
         let limits = crate::http::serve::ServeLimits {
             header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
@@ -293,9 +317,12 @@ impl Runtime {
             platform_creds,
             platform_sync,
             trust,
+            grpc_addr,
             platform_server,
             http_stop: Some(http_stop),
             http_task,
+            grpc_stop,
+            grpc_task,
         })
     }
 
@@ -310,7 +337,14 @@ impl Runtime {
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }
+        if let Some(tx) = self.grpc_stop.take() {
+            let _ = tx.send(());
+        }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.http_task).await;
+        if let Some(task) = self.grpc_task.as_mut() {
+            // Open watches end when the tree stops; this waits for the unary calls.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         self.control.shutdown().await;
         // Closed before its server stops, so stopping reads as a shutdown, not an error.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.platform.drain()).await;

@@ -25,6 +25,10 @@ struct CommonFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     http_addr: Option<SocketAddr>,
+    /// Address of the gRPC gateway (`vrsky dev`: 127.0.0.1:50051 unless set).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_addr: Option<SocketAddr>,
     /// Directory for local state (SQLite, nats-server directories).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +117,9 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             }
             if cfg.security.secrets_key.is_none() {
                 cfg.security.secrets_key = Some(dev::kept_secrets_key(&cfg.data_dir)?);
+            }
+            if cfg.grpc_addr.is_none() {
+                cfg.grpc_addr = Some(dev::DEFAULT_GRPC_ADDR);
             }
             // Installed last, so no early error skips the flush below.
             let tracing = telemetry::Tracing::from_env()?;

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address of the HTTP server (REST API, webhooks, health).
     pub http_addr: SocketAddr,
+    /// Address of the gRPC gateway (`vrsky.v1`, plaintext HTTP/2); none: no gateway.
+    /// `vrsky dev` sets 127.0.0.1:50051.
+    pub grpc_addr: Option<SocketAddr>,
     /// Directory for local state: the SQLite file and nats-server directories.
     pub data_dir: PathBuf,
     /// Metadata database: `postgres://...` or `sqlite://...`. Defaults to
@@ -265,6 +268,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: None,
             data_dir: PathBuf::from(".vrsky"),
             database_url: None,
             admin_token: None,

@@ -68,6 +68,10 @@ fn kept(data_dir: &std::path::Path, file: &str, make: impl FnOnce() -> String) -
     Ok(token)
 }
 
+/// Where `vrsky dev`'s gRPC gateway listens unless `grpc_addr` says otherwise.
+pub const DEFAULT_GRPC_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+
 fn demo_spec(base_url: &str) -> anyhow::Result<IntegrationSpec> {
     let spec = serde_json::json!({
         "id": DEMO_INTEGRATION,
@@ -125,9 +129,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         return Err(e.context("creating the demo tenant"));
     }
     let base = rt.base_url();
+    let grpc = rt.grpc_addr.map_or_else(
+        || "off".to_owned(),
+        |a| format!("grpc://{a}   (vrsky.v1, health, reflection: grpcurl -plaintext {a} list)"),
+    );
     println!(
         "\nVRSky dev is running.\n\
          \n  API:            {base}/api   (Authorization: Bearer {token})\
+         \n  gRPC:           {grpc}\
          \n  Echo sink:      {base}/dev/echo   (GET: its last 100 requests)\
          \n  Health:         {base}/healthz   {base}/readyz\
          \n  Platform NATS:  {platform}   (TLS, creds {creds})\

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod db;
 pub mod dev;
+pub mod grpc;
 pub mod http;
 pub mod instances;
 pub mod k8s;

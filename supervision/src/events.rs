@@ -83,8 +83,9 @@ impl TreeEvents {
         *self.0.seq.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Numbers and sends one event.
-    pub(crate) fn emit(
+    /// Numbers and sends one event. Supervisors call it; it is public so that what
+    /// consumes a stream can be tested with one of its own.
+    pub fn emit(
         &self,
         kind: TreeEventKind,
         supervisor_path: &[String],

@@ -369,7 +369,7 @@ impl Actor for Supervisor {
                     let _ = reply.send(Err(SupervisorError::DuplicateChild(spec.name)));
                     return Ok(());
                 }
-                let (result, span) = Self::start_child(&myself, &state, &spec, 0, None).await;
+                let (result, span) = Self::start_child(&myself, state, &spec, 0, None).await;
                 if let Ok(cell) = &result {
                     state.by_id.insert(cell.get_id(), state.children.len());
                     state.children.push(Child {

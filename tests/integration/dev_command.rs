@@ -63,6 +63,31 @@ async fn dev_prints_a_working_curl_and_stops_children_on_ctrl_c() {
     let kept = std::fs::read_to_string(dir.path().join("data/dev-admin-token")).unwrap();
     assert_eq!(kept.trim(), token);
 
+    // The printed gRPC address answers, with the same token.
+    let grpc = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("gRPC:"))
+        .and_then(|l| l.trim().strip_prefix("grpc://"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gRPC line: {banner}"))
+        .to_owned();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(vrsky_runtime::grpc::pb::GetTenantRequest {
+        tenant_id: "demo".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let demo = vrsky_runtime::grpc::pb::tenant_service_client::TenantServiceClient::new(channel)
+        .get_tenant(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(demo.id, "demo");
+
     // The printed curl works: 202, and the echo sink logs the message.
     let curl = banner
         .lines()
@@ -166,7 +191,14 @@ async fn start_dev(dir: &Path, port: u16) -> (tokio::process::Child, String) {
         .open(dir.join("dev.log"))
         .unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
-        .args(["dev", "--http-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "dev",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         .env_remove("VRSKY_ADMIN_TOKEN")
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@ mod crash;
 mod dev_command;
 mod durability;
 mod foundation;
+mod grpc;
 mod instances;
 mod limits;
 mod metrics;

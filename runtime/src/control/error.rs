@@ -18,14 +18,29 @@ use crate::platform::PlatformError;
 pub enum ControlErrorKind {
     /// The named thing does not exist (404).
     NotFound,
-    /// It exists already, or the request conflicts with current state or a limit (409).
+    /// The request conflicts with the current state: it changed meanwhile, or is in the
+    /// wrong state for it (409; gRPC `FAILED_PRECONDITION`).
     Conflict,
+    /// What it would create exists already (409; gRPC `ALREADY_EXISTS`).
+    AlreadyExists,
+    /// A limit is reached (409; gRPC `RESOURCE_EXHAUSTED`).
+    Exhausted,
     /// The request is malformed or invalid (400).
     Invalid,
     /// A dependency is down or a subtree is (re)starting; retrying may help (503).
     Unavailable,
     /// A bug or corrupt state (500).
     Internal,
+}
+
+impl ControlErrorKind {
+    /// Whether it is answered 409 (conflict, exists already, or at a limit).
+    pub fn is_conflict(self) -> bool {
+        matches!(
+            self,
+            ControlErrorKind::Conflict | ControlErrorKind::AlreadyExists | ControlErrorKind::Exhausted
+        )
+    }
 }
 
 /// A control operation that failed.
@@ -53,9 +68,14 @@ impl ControlError {
         Self::new(ControlErrorKind::NotFound, message)
     }
 
-    /// 409.
+    /// 409: in conflict with the current state.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ControlErrorKind::Conflict, message)
+    }
+
+    /// 409: exists already.
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(ControlErrorKind::AlreadyExists, message)
     }
 
     /// 503.
@@ -121,7 +141,7 @@ impl StdError for ControlError {
 impl From<DbError> for ControlError {
     fn from(e: DbError) -> Self {
         let kind = match &e {
-            DbError::Conflict => ControlErrorKind::Conflict,
+            DbError::Conflict => ControlErrorKind::AlreadyExists,
             DbError::Corrupt(_) => ControlErrorKind::Internal,
             _ => ControlErrorKind::Unavailable,
         };
@@ -157,7 +177,9 @@ impl From<Refusal> for ControlError {
     fn from(r: Refusal) -> Self {
         let kind = match &r {
             Refusal::Missing(_) => ControlErrorKind::NotFound,
-            Refusal::Exists(_) | Refusal::AtLimit(_) | Refusal::Conflict(_) => ControlErrorKind::Conflict,
+            Refusal::Exists(_) => ControlErrorKind::AlreadyExists,
+            Refusal::AtLimit(_) => ControlErrorKind::Exhausted,
+            Refusal::Conflict(_) => ControlErrorKind::Conflict,
         };
         Self::new(kind, r.to_string())
     }
@@ -170,10 +192,15 @@ mod tests {
     #[test]
     fn kinds_survive_conversion_and_sources_are_kept() {
         let e = ControlError::from(DbError::Conflict);
-        assert_eq!(e.kind(), ControlErrorKind::Conflict);
+        assert_eq!(e.kind(), ControlErrorKind::AlreadyExists);
         assert!(e.source().is_some());
         let e = ControlError::from(Refusal::AtLimit("full".into()));
-        assert_eq!((e.kind(), e.to_string().as_str()), (ControlErrorKind::Conflict, "full"));
+        assert_eq!(
+            (e.kind(), e.to_string().as_str()),
+            (ControlErrorKind::Exhausted, "full")
+        );
+        assert!(ControlErrorKind::Exhausted.is_conflict() && ControlErrorKind::AlreadyExists.is_conflict());
+        assert!(!ControlErrorKind::Invalid.is_conflict());
         let e = ControlError::invalid("filters[0].path", "must start with /");
         assert_eq!(e.to_string(), "filters[0].path: must start with /");
         assert_eq!(e.field(), Some("filters[0].path"));

@@ -188,7 +188,7 @@ impl Control {
         }
         let db = &self.deps.db;
         if db.tenant(t).await?.is_some() || self.deps.directory.get(t).is_some() {
-            return Err(ControlError::conflict(format!("tenant {t} already exists")));
+            return Err(ControlError::already_exists(format!("tenant {t} already exists")));
         }
         let endpoint = self
             .deps
@@ -198,7 +198,7 @@ impl Control {
         db.create_tenant(t, name, &endpoint.dns_name())
             .await
             .map_err(|e| match e {
-                DbError::Conflict => ControlError::conflict(format!("tenant {t} already exists")),
+                DbError::Conflict => ControlError::already_exists(format!("tenant {t} already exists")),
                 other => other.into(),
             })?;
         self.deps.directory.publish(t, TenantSnapshot::starting(None));

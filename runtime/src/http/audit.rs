@@ -113,6 +113,7 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         .map_or_else(|| "anonymous".to_owned(), Principal::actor);
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    let via = req.extensions().get::<crate::grpc::ViaRpc>().map(|v| v.0);
     let resp = next.run(req).await;
     let status = resp.status();
     let named = resp.extensions().get::<AuditTenant>().map(|a| a.0.clone());
@@ -128,7 +129,10 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         } else {
             format!("refused: {}", status.as_u16())
         },
-        detail: Some(format!("{method} {path}")),
+        detail: Some(match via {
+            Some(rpc) => format!("gRPC {rpc} ({method} {path})"),
+            None => format!("{method} {path}"),
+        }),
     };
     append(&state, entry).await;
     resp

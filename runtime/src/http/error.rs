@@ -62,6 +62,8 @@ impl From<ControlError> for ApiError {
         let (status, code) = match e.kind() {
             ControlErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ControlErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ControlErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            ControlErrorKind::Exhausted => (StatusCode::CONFLICT, "limit_reached"),
             ControlErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
             ControlErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ControlErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

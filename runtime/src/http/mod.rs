@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 
 use crate::control::Control;
 
@@ -43,43 +44,99 @@ pub struct AppState {
     pub failed_auth_budget: Arc<crate::audit_budget::FailureBudget>,
 }
 
+/// Every operation of the REST API under `/api`: its method, its route, and its handler.
+/// The router is built from this list, and the gRPC gateway's completeness test reads it,
+/// so an operation cannot be added to one and forgotten in the other.
+pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    use axum::routing::put;
+    vec![
+        (Method::POST, "/tenants", post(api::create_tenant)),
+        (Method::GET, "/tenants", get(api::list_tenants)),
+        (Method::GET, "/tenants/{t}", get(api::get_tenant)),
+        (Method::DELETE, "/tenants/{t}", delete(api::delete_tenant)),
+        (Method::POST, "/tenants/{t}/integrations", post(api::create_integration)),
+        (Method::GET, "/tenants/{t}/integrations", get(api::list_integrations)),
+        (Method::GET, "/tenants/{t}/integrations/{i}", get(api::get_integration)),
+        (
+            Method::PUT,
+            "/tenants/{t}/integrations/{i}",
+            put(api::update_integration),
+        ),
+        (
+            Method::DELETE,
+            "/tenants/{t}/integrations/{i}",
+            delete(api::delete_integration),
+        ),
+        (
+            Method::GET,
+            "/tenants/{t}/integrations/{i}/messages",
+            get(api::list_messages),
+        ),
+        (Method::GET, "/tenants/{t}/nats-instances", get(api::nats_instances)),
+        (
+            Method::POST,
+            "/tenants/{t}/nats-instances",
+            post(api::add_nats_instance),
+        ),
+        (
+            Method::DELETE,
+            "/tenants/{t}/nats-instances/{n}",
+            delete(api::remove_nats_instance),
+        ),
+        (
+            Method::POST,
+            "/tenants/{t}/nats-instances/{n}/drain",
+            post(api::drain_nats_instance),
+        ),
+        (Method::GET, "/tenants/{t}/stats", get(api::tenant_stats)),
+        (Method::GET, "/tenants/{t}/messages/{id}", get(api::get_message)),
+        (Method::GET, "/tenants/{t}/dead-letters", get(api::list_dead_letters)),
+        (
+            Method::POST,
+            "/tenants/{t}/dead-letters/retry",
+            post(api::retry_dead_letters),
+        ),
+        (Method::GET, "/tenants/{t}/dead-letters/{id}", get(api::get_dead_letter)),
+        (
+            Method::DELETE,
+            "/tenants/{t}/dead-letters/{id}",
+            delete(api::delete_dead_letter),
+        ),
+        (
+            Method::POST,
+            "/tenants/{t}/dead-letters/{id}/retry",
+            post(api::retry_dead_letter),
+        ),
+        (Method::POST, "/tenants/{t}/api-keys", post(api_keys::create)),
+        (Method::GET, "/tenants/{t}/api-keys", get(api_keys::list)),
+        (Method::DELETE, "/tenants/{t}/api-keys/{id}", delete(api_keys::revoke)),
+        (
+            Method::POST,
+            "/tenants/{t}/credentials/rotate",
+            post(api::rotate_credentials),
+        ),
+        (Method::GET, "/tree", get(api::tree)),
+        (Method::GET, "/audit", get(audit::list)),
+    ]
+}
+
 /// Builds the router. `dev_sink` mounts `/dev/echo`, the built-in echo sink of `vrsky dev`
 /// (`POST` records, `GET` lists the last 100 requests).
 pub fn router(state: AppState, dev_sink: bool) -> Router {
-    let api = Router::new()
-        .route("/tenants", post(api::create_tenant).get(api::list_tenants))
-        .route("/tenants/{t}", get(api::get_tenant).delete(api::delete_tenant))
-        .route(
-            "/tenants/{t}/integrations",
-            post(api::create_integration).get(api::list_integrations),
-        )
-        .route(
-            "/tenants/{t}/integrations/{i}",
-            get(api::get_integration)
-                .put(api::update_integration)
-                .delete(api::delete_integration),
-        )
-        .route("/tenants/{t}/integrations/{i}/messages", get(api::list_messages))
-        .route(
-            "/tenants/{t}/nats-instances",
-            get(api::nats_instances).post(api::add_nats_instance),
-        )
-        .route("/tenants/{t}/nats-instances/{n}", delete(api::remove_nats_instance))
-        .route("/tenants/{t}/nats-instances/{n}/drain", post(api::drain_nats_instance))
-        .route("/tenants/{t}/stats", get(api::tenant_stats))
-        .route("/tenants/{t}/messages/{id}", get(api::get_message))
-        .route("/tenants/{t}/dead-letters", get(api::list_dead_letters))
-        .route("/tenants/{t}/dead-letters/retry", post(api::retry_dead_letters))
-        .route(
-            "/tenants/{t}/dead-letters/{id}",
-            get(api::get_dead_letter).delete(api::delete_dead_letter),
-        )
-        .route("/tenants/{t}/dead-letters/{id}/retry", post(api::retry_dead_letter))
-        .route("/tenants/{t}/api-keys", post(api_keys::create).get(api_keys::list))
-        .route("/tenants/{t}/api-keys/{id}", delete(api_keys::revoke))
-        .route("/tenants/{t}/credentials/rotate", post(api::rotate_credentials))
-        .route("/tree", get(api::tree))
-        .route("/audit", get(audit::list))
+    // One method router per route, merged from the operations on it.
+    let mut routes: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for (_, path, handler) in api_routes() {
+        match routes.iter().position(|(p, _)| *p == path) {
+            Some(i) => {
+                let (p, merged) = routes.swap_remove(i);
+                routes.push((p, merged.merge(handler)));
+            }
+            None => routes.push((path, handler)),
+        }
+    }
+    let api = routes
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         // Outermost first: authenticate, then record the change with its outcome.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));

@@ -115,7 +115,7 @@ impl TenantActorState {
                     .await
                     .map_err(|e| match e {
                         crate::db::DbError::Conflict => {
-                            ControlError::conflict(format!("integration {id} already exists in tenant {t}"))
+                            ControlError::already_exists(format!("integration {id} already exists in tenant {t}"))
                         }
                         other => other.into(),
                     })?;

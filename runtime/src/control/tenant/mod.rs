@@ -75,7 +75,7 @@ impl TenantActorState {
         if let Err(e) = self.execute(&steps).await {
             warn!(tenant_id = %self.args.tenant_id, integration_id = %id, error = %e,
                 "integration start failed; rolling back");
-            let stored = e.kind() != ControlErrorKind::Conflict;
+            let stored = !e.kind().is_conflict();
             self.model.integrations.remove(&id);
             self.execute(&[Command::StopIntegration(id.clone()), Command::PublishRoutes])
                 .await?;
@@ -275,7 +275,7 @@ impl TenantActorState {
         );
         if let Err(e) = self.execute(&steps).await {
             warn!(tenant_id = %self.args.tenant_id, instance = n, error = %e, "instance start failed; rolling back");
-            if e.kind() == ControlErrorKind::Conflict {
+            if e.kind().is_conflict() {
                 self.model.instances.remove(&n);
             } else {
                 self.forget_instance(n).await?;

@@ -28,6 +28,7 @@ use vrsky_runtime::nats::process::{
     ServerOptions, ServerProcess, ServerSecurity, find_binary, free_port, start_server,
 };
 
+mod control;
 mod floor;
 mod otlp;
 
@@ -67,6 +68,13 @@ pub(crate) struct BenchArgs {
     /// so the cost of export is in the figures. Compare with a run without it.
     #[arg(long)]
     pub otlp: bool,
+    /// Calls of `GetTenant` over REST, then over gRPC, paced at `--control-rate` against
+    /// the node under test (0: skip).
+    #[arg(long, default_value_t = 5_000)]
+    pub control_calls: usize,
+    /// Calls per second of the control phases.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub control_rate: f64,
 }
 
 /// Throughput and latency of one phase.
@@ -114,6 +122,8 @@ pub(crate) struct Report {
     pub floor_rounds: Vec<(f64, f64, f64)>,
     /// With `--otlp`: export requests and protobuf bytes the receiver took.
     pub otlp_export: Option<otlp::OtlpExport>,
+    /// `GetTenant` over gRPC and REST, paced (absent with `--control-calls 0`).
+    pub control: Option<control::ControlCalls>,
 }
 
 /// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
@@ -578,9 +588,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
 
-    eprintln!("phase 1/6: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
+    eprintln!("phase 1/7: raw nats publish -> subscribe ({} msgs)", args.nats_messages);
     let raw_nats = raw_nats(&bin, &dir, args.nats_messages, args.payload_bytes).await?;
-    eprintln!("phase 2/6: raw pipelined kv put ({} puts)", args.messages * 2);
+    eprintln!("phase 2/7: raw pipelined kv put ({} puts)", args.messages * 2);
     anyhow::ensure!(
         vrsky_runtime::config::valid_sync_interval(&args.platform_sync),
         "--platform-sync must be `always` or a duration such as 1s"
@@ -591,6 +601,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         http_addr: "127.0.0.1:0".parse()?,
         data_dir: dir.join("vrsky"),
         admin_token: Some("bench-token-0123456789".into()),
+        grpc_addr: Some("127.0.0.1:0".parse()?),
         ..Config::default()
     };
     cfg.producer.allow_private_targets = true;
@@ -642,11 +653,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.concurrency,
             format!("round {}/{}", r + 1, args.rounds),
         );
-        eprintln!("phase 3/6, {round}: raw loopback http ({n} requests)");
+        eprintln!("phase 3/7, {round}: raw loopback http ({n} requests)");
         let raw = raw_http(&client, n, c, args.payload_bytes).await?;
-        eprintln!("phase 4/6, {round}: vrsky end to end at saturation ({n} webhooks)");
+        eprintln!("phase 4/7, {round}: vrsky end to end at saturation ({n} webhooks)");
         let vrsky = vrsky_phase(&e2e, &arrivals, r * n, n, c, None).await;
-        eprintln!("phase 5/6, {round}: the design's floor at saturation ({n} webhooks)");
+        eprintln!("phase 5/7, {round}: the design's floor at saturation ({n} webhooks)");
         let floor = vrsky_phase(&floor_e2e, &floor_arrivals, r * n, n, c, None).await;
         rounds.push(Round { raw, vrsky, floor });
     }
@@ -655,7 +666,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (floor_raw_http, floor_peak, floor_rounds) = median_round(&rounds, |r| &r.floor);
     let half_rate = (peak.rate_per_s / 2.0).max(1.0);
     eprintln!(
-        "phase 6/6: vrsky end to end paced at {half_rate:.0}/s, half the median round's peak ({} webhooks)",
+        "phase 6/7: vrsky end to end paced at {half_rate:.0}/s, half the median round's peak ({} webhooks)",
         args.messages
     );
     let half = vrsky_phase(
@@ -667,6 +678,26 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(half_rate),
     )
     .await;
+    let control = match (args.control_calls, rt.grpc_addr) {
+        (0, _) | (_, None) => None,
+        (n, Some(grpc)) => {
+            eprintln!(
+                "phase 7/7: GetTenant over REST, then over gRPC, paced at {}/s ({n} calls each)",
+                args.control_rate
+            );
+            Some(
+                control::measure(
+                    grpc,
+                    &rt.base_url(),
+                    "bench-token-0123456789",
+                    "bench",
+                    n,
+                    args.control_rate,
+                )
+                .await?,
+            )
+        }
+    };
     let _ = sink_stop.send(());
     rt.shutdown().await;
     tracing.shutdown().await;
@@ -689,6 +720,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         floor_peak,
         floor_rounds,
         otlp_export,
+        control,
     };
     println!(
         "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",
@@ -729,6 +761,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
          the design floor does the same writes, hop and exchanges with none of VRSky's own logic;\n \
          cpu µs/msg counts this process, load generator and sink included, and its nats-servers)"
     );
+    if let Some(c) = &report.control {
+        line(&format!("gRPC GetTenant at {:.0}/s", c.rate_per_s), &c.grpc_get_tenant);
+        line(&format!("REST GET tenant at {:.0}/s", c.rate_per_s), &c.rest_get_tenant);
+    }
     if let Some(o) = report.otlp_export {
         let webhooks = (args.messages * (args.rounds + 1)) as f64;
         println!(

@@ -1,0 +1,97 @@
+//! The gRPC gateway (package `vrsky.v1`, `proto/vrsky/v1/*.proto`): every REST operation
+//! as an RPC, run through the REST router itself (`rest.rs`), the live actor tree as a
+//! stream (`watch.rs`), and the standard health and reflection (v1 and v1alpha) services.
+//! It listens on `grpc_addr` (`--grpc-addr`), plaintext HTTP/2.
+
+mod operations;
+pub mod pb;
+mod rest;
+mod services;
+mod status;
+mod watch;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::control::Control;
+
+pub(crate) use rest::ViaRpc;
+
+/// Serves the gateway on `listener` until `shutdown` resolves. `api` is the node's REST
+/// router, which every unary RPC runs through.
+pub async fn serve(
+    listener: TcpListener,
+    api: axum::Router,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let gateway = services::Gateway {
+        rest: rest::Rest::new(api).context("loading the gRPC descriptors")?,
+        control,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health
+            .set_service_status(*service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection (v1)")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building gRPC reflection (v1alpha)")?;
+    let incoming = tokio_stream_of(listener);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::tenant_service_server::TenantServiceServer::new(gateway.clone()))
+        .add_service(pb::integration_service_server::IntegrationServiceServer::new(
+            gateway.clone(),
+        ))
+        .add_service(pb::nats_instance_service_server::NatsInstanceServiceServer::new(
+            gateway.clone(),
+        ))
+        .add_service(pb::message_service_server::MessageServiceServer::new(gateway.clone()))
+        .add_service(pb::dead_letter_service_server::DeadLetterServiceServer::new(
+            gateway.clone(),
+        ))
+        .add_service(pb::api_key_service_server::ApiKeyServiceServer::new(gateway.clone()))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(gateway.clone()))
+        .add_service(pb::actor_tree_service_server::ActorTreeServiceServer::new(gateway))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving gRPC")
+}
+
+/// The gateway's services, as health checks name them.
+pub const SERVICES: &[&str] = &[
+    "vrsky.v1.TenantService",
+    "vrsky.v1.IntegrationService",
+    "vrsky.v1.NatsInstanceService",
+    "vrsky.v1.MessageService",
+    "vrsky.v1.DeadLetterService",
+    "vrsky.v1.ApiKeyService",
+    "vrsky.v1.AuditService",
+    "vrsky.v1.ActorTreeService",
+];
+
+/// The accepted connections of `listener`, as tonic takes them.
+fn tokio_stream_of(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((next, l))
+    })
+}
