@@ -580,3 +580,21 @@ async fn incompatible_platform_stream_refuses_startup() {
     assert!(err.contains("retry_queue"), "{err}");
     platform.process.stop.stop().await;
 }
+
+/// The OpenAPI document is served without a token, and lists the routes the node serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_is_served_without_a_token() {
+    let t = TestRuntime::start(Backend::Sqlite).await;
+    let r = t.http.get(t.url("/api/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(
+        doc["paths"]["/api/tenants/{t}/integrations/{i}"]["put"].is_object(),
+        "{doc}"
+    );
+    // The API itself still needs one.
+    let r = t.http.get(t.url("/api/tenants")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    t.shutdown().await;
+}

@@ -8,6 +8,7 @@ mod echo;
 pub mod error;
 pub mod metrics;
 pub mod metrics_tenant_nats;
+pub mod openapi;
 pub mod serve;
 pub mod views;
 mod webhook;
@@ -139,7 +140,9 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         // Outermost first: authenticate, then record the change with its outcome.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        // Added after the layers, so it needs no token.
+        .route("/openapi.json", get(openapi::serve));
     let mut app = Router::new()
         .nest("/api", api)
         .route("/webhooks/{t}/{i}", post(webhook::receive))

@@ -30,11 +30,13 @@ pub fn webhook_path(t: &TenantId, i: &IntegrationId) -> String {
 }
 
 /// A message's state (the specification's fields).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     /// Id.
+    #[schema(value_type = String)]
     pub message_id: MessageId,
     /// Integration.
+    #[schema(value_type = String)]
     pub integration_id: IntegrationId,
     /// `received`, `processing`, `retry`, `completed`, `filtered` or `dead_letter`.
     pub status: &'static str,
@@ -74,7 +76,7 @@ impl From<&MessageState> for MessageView {
 }
 
 /// One failed delivery attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// 1-based attempt number.
     pub attempt: u32,
@@ -99,9 +101,10 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// A dead letter in a listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterSummaryView {
     /// Message id.
+    #[schema(value_type = String)]
     pub message_id: MessageId,
     /// Integration.
     pub integration_id: String,
@@ -123,7 +126,7 @@ impl From<&DeadLetterSummary> for DeadLetterSummaryView {
 }
 
 /// A dead letter with its payload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterView {
     /// The state when it was dead-lettered.
     #[serde(flatten)]
@@ -131,6 +134,7 @@ pub struct DeadLetterView {
     /// Every failed attempt, oldest first.
     pub attempt_history: Vec<AttemptView>,
     /// The original forwarded headers.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
     /// The body's media type.
     pub content_type: Option<String>,
@@ -163,18 +167,21 @@ impl From<&DeadLetter> for DeadLetterView {
 }
 
 /// An integration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IntegrationView {
     /// Owner.
+    #[schema(value_type = String)]
     pub tenant_id: TenantId,
     /// The stored spec.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub spec: IntegrationSpec,
     /// Where to send webhooks.
     pub webhook_path: String,
     /// Creation time.
     pub created_at: String,
     /// Outcome counters on this node since it started.
+    #[schema(value_type = Object)]
     pub stats: IntegrationStats,
 }
 
@@ -192,7 +199,7 @@ impl From<IntegrationInfo> for IntegrationView {
 }
 
 /// One NATS instance (the specification's shape).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// Client URL.
     pub url: String,
@@ -216,20 +223,22 @@ impl From<&InstanceInfo> for InstanceView {
 }
 
 /// A tenant's figures on this node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TenantStatsView {
     /// Tenant.
+    #[schema(value_type = String)]
     pub tenant_id: TenantId,
     /// Its integrations.
     pub integrations: usize,
     /// Its live instances.
     pub nats_instances: InstanceCounts,
     /// The integrations' counters added up (the fields of an integration's `stats`).
+    #[schema(value_type = Object)]
     pub totals: IntegrationStats,
 }
 
 /// Live instances by state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceCounts {
     /// Taking new messages.
     pub active: usize,
