@@ -58,6 +58,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 /// What runs `vrsky bench` with its arguments: the `vrsky` binary's bench; binaries
@@ -151,6 +153,10 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
             rt.shutdown().await;
             tracing.shutdown().await;
             Ok(())
+        }
+        Command::Client(c) => {
+            use clap::CommandFactory as _;
+            crate::client::run(c, Cli::command()).await
         }
         Command::Bench { args } => {
             let Some(bench) = bench else {

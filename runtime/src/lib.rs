@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod app;
 pub mod audit_budget;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod db;
