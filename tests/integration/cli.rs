@@ -335,3 +335,95 @@ async fn messages_dead_letters_instances_tree_and_contexts() {
     );
     t.shutdown().await;
 }
+
+/// The same commands over the gRPC gateway (`grpc://`): the answers have REST's shape, so
+/// `get -o yaml | apply -f -` round-trips there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_commands_over_grpc() {
+    let sink = Sink::start().await;
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| c.grpc_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut cli = Cli::new(&t);
+    cli.url = format!("grpc://{}", t.rt().grpc_addr.unwrap());
+    cli.ok(&["tenant", "create", "acme"]).await;
+    assert_eq!(cli.ok(&["tenant", "get", "acme"]).await.json()["id"], "acme");
+    cli.fails(&["tenant", "get", "nope"], "tenant nope not found").await;
+    let doc = format!(
+        "tenant_id: acme\nid: orders\nproducer:\n  type: http\n  url: {}\n  timeout_ms: 5000\n",
+        sink.url("/o")
+    );
+    let created = cli
+        .run_with(&["integration", "apply", "-f", "-"], Some(&doc), &[])
+        .await;
+    assert!(
+        created.stdout.contains("created"),
+        "{}{}",
+        created.stdout,
+        created.stderr
+    );
+    let shown = cli
+        .ok(&["integration", "get", "acme", "orders", "-o", "yaml"])
+        .await
+        .stdout;
+    let again = cli
+        .run_with(&["integration", "apply", "-f", "-"], Some(&shown), &[])
+        .await;
+    assert!(
+        again.stdout.contains("unchanged"),
+        "{shown}\n{}{}",
+        again.stdout,
+        again.stderr
+    );
+    let ls = cli.ok(&["integration", "ls", "acme"]).await.json();
+    assert_eq!(ls["integrations"][0]["id"], "orders");
+    cli.fails(&["send", "acme", "orders"], "webhooks are HTTP").await;
+    // A dead letter, shown with its payload as text, over gRPC.
+    sink.set_status(400);
+    let id = t.webhook_json("acme", "orders", b"over grpc".to_vec(), &[]).await.1["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.wait_status("acme", &id, "dead_letter").await;
+    let shown = cli.ok(&["dlq", "show", "acme", &id]).await.json();
+    assert_eq!(
+        (shown["payload"].as_str(), shown["status"].as_str()),
+        (Some("over grpc"), Some("dead_letter"))
+    );
+    let tree = cli.ok(&["tree", "-o", "table"]).await.stdout;
+    assert!(tree.contains("integration:orders"), "{tree}");
+
+    // `tree --watch` follows WatchActorTree: the tree, then each change as it happens.
+    use tokio::io::AsyncBufReadExt as _;
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
+        .args(["tree", "--watch", "-o", "table"])
+        .env("VRSKY_CLIENT_CONFIG", cli.config.path().join("contexts.toml"))
+        .env("VRSKY_URL", &cli.url)
+        .env("VRSKY_TOKEN", crate::common::TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let upto = |want: &'static str| move |seen: &String| seen.contains(want);
+    async fn read_until(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+        seen: &mut String,
+        done: impl Fn(&String) -> bool,
+    ) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !done(seen) {
+                let l = lines.next_line().await.unwrap().expect("the watch goes on");
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the watch did not show it: {seen}"));
+    }
+    read_until(&mut lines, &mut seen, upto("integration:orders")).await;
+    t.create_integration("acme", spec("second", &sink.url("/s"), json!({})))
+        .await;
+    read_until(&mut lines, &mut seen, upto("spawned integration:second")).await;
+    watch.kill().await.unwrap();
+    t.shutdown().await;
+}

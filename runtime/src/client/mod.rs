@@ -1,11 +1,13 @@
 //! The `vrsky` CLI's client commands: tenants, integrations, NATS instances, messages,
 //! dead letters, the actor tree, test webhooks and shell completions, against a node's
-//! REST API (`http(s)://` URLs). Where it connects: `--url`/`--token`, `VRSKY_URL` and
-//! `VRSKY_TOKEN`, or a named context ([`context`]).
+//! REST API (`http(s)://` URLs) or its gRPC gateway (`grpc://`, [`grpc`]). Where it
+//! connects: `--url`/`--token`, `VRSKY_URL` and `VRSKY_TOKEN`, or a named context
+//! ([`context`]).
 
 pub mod api;
 pub mod apply;
 pub mod context;
+pub mod grpc;
 pub mod output;
 
 use std::time::Duration;
@@ -227,13 +229,40 @@ pub enum DlqCmd {
     Rm { tenant: String, id: String },
 }
 
-fn api(conn: &Conn) -> anyhow::Result<Api> {
+/// A node, over REST or gRPC.
+pub enum Node {
+    /// `http(s)://`.
+    Rest(Api),
+    /// `grpc://`.
+    Grpc(grpc::GrpcApi),
+}
+
+impl Node {
+    /// A REST call (over gRPC: the RPC the gateway maps it to).
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        match self {
+            Node::Rest(a) => a.call(method, path, body).await,
+            Node::Grpc(g) => g.call(method, path, body).await,
+        }
+    }
+
+    async fn webhook(&self, path: &str, body: Vec<u8>, headers: &[(String, String)]) -> anyhow::Result<(u16, Value)> {
+        match self {
+            Node::Rest(a) => a.webhook(path, body, headers).await,
+            Node::Grpc(g) => anyhow::bail!(
+                "webhooks are HTTP: `send` needs the node's http(s):// URL, not grpc://{}",
+                g.addr()
+            ),
+        }
+    }
+}
+
+async fn api(conn: &Conn) -> anyhow::Result<Node> {
     let (url, token) = context::resolve(conn.url.clone(), conn.token.clone(), conn.context.as_deref())?;
-    anyhow::ensure!(
-        !url.starts_with("grpc://"),
-        "{url}: this CLI speaks REST only so far; use the node's http(s):// address (the gRPC gateway is for gRPC clients, `grpcurl` among them)"
-    );
-    Api::new(url, token)
+    if url.starts_with("grpc://") {
+        return Ok(Node::Grpc(grpc::GrpcApi::connect(&url, token).await?));
+    }
+    Ok(Node::Rest(Api::new(url, token)?))
 }
 
 /// A moment from RFC 3339 or an age before now (`30m`, `2h`, `7d`), in ms since the epoch.
@@ -278,7 +307,8 @@ pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<(
         ClientCommand::Instances { cmd, conn } => instances(cmd, &conn).await,
         ClientCommand::Msg { cmd, conn } => {
             let MsgCmd::Get { tenant, id } = cmd;
-            let v = api(&conn)?
+            let v = api(&conn)
+                .await?
                 .call(
                     Method::GET,
                     &format!("/api/tenants/{}/messages/{}", seg(&tenant), seg(&id)),
@@ -317,7 +347,7 @@ pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<(
                     .ok_or_else(|| anyhow::anyhow!("header {h:?} is not `name: value`"))?;
                 hs.push((k.trim().to_owned(), v.trim().to_owned()));
             }
-            let api = api(&conn)?;
+            let api = api(&conn).await?;
             let (status, v) = api
                 .webhook(&format!("/webhooks/{}/{}", seg(&tenant), seg(&integration)), body, &hs)
                 .await?;
@@ -367,7 +397,7 @@ fn contexts(cmd: ContextCmd) -> anyhow::Result<()> {
 }
 
 async fn tenants(cmd: TenantCmd, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn)?;
+    let api = api(conn).await?;
     let f = chosen(conn.output);
     match cmd {
         TenantCmd::Create { id, name } => {
@@ -401,7 +431,7 @@ async fn tenants(cmd: TenantCmd, conn: &Conn) -> anyhow::Result<()> {
 }
 
 async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn)?;
+    let api = api(conn).await?;
     let f = chosen(conn.output);
     match cmd {
         IntegrationCmd::Ls { tenant } => {
@@ -504,7 +534,7 @@ async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
 }
 
 async fn instances(cmd: InstancesCmd, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn)?;
+    let api = api(conn).await?;
     let f = chosen(conn.output);
     let table = |v: &Value| {
         let items = v["nats_instances"]
@@ -559,7 +589,7 @@ async fn instances(cmd: InstancesCmd, conn: &Conn) -> anyhow::Result<()> {
 }
 
 async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn)?;
+    let api = api(conn).await?;
     let f = chosen(conn.output);
     match cmd {
         DlqCmd::Ls { tenant, limit } => {
@@ -681,8 +711,24 @@ async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
 }
 
 async fn tree(watch: bool, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn)?;
+    let api = api(conn).await?;
     let f = chosen(conn.output);
+    if let (true, Node::Grpc(g)) = (watch, &api) {
+        // The live stream: the tree, then each change as it happens.
+        return g
+            .watch_tree(|update| match (f, update.get("snapshot"), update.get("event")) {
+                (Format::Table, Some(s), _) => print!("{}", output::tree(&s["root"])),
+                (Format::Table, _, Some(e)) => println!(
+                    "{} {} {}{}",
+                    output::cell(&e["seq"]),
+                    output::cell(&e["kind"]),
+                    output::cell(&e["name"]),
+                    e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+                _ => println!("{update}"),
+            })
+            .await;
+    }
     let mut last = None;
     loop {
         let v = api.call(Method::GET, "/api/tree", None).await?;

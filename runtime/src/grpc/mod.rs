@@ -3,9 +3,9 @@
 //! stream (`watch.rs`), and the standard health and reflection (v1 and v1alpha) services.
 //! It listens on `grpc_addr` (`--grpc-addr`), plaintext HTTP/2.
 
-mod operations;
+pub(crate) mod operations;
 pub mod pb;
-mod rest;
+pub(crate) mod rest;
 mod services;
 mod status;
 mod watch;

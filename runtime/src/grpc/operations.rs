@@ -16,6 +16,27 @@ pub(crate) struct Op {
 }
 
 impl Op {
+    /// Whether `path` (under `/api`, no query) is this operation's route, and its
+    /// parameters in order when it is.
+    pub(crate) fn matches<'a>(&self, method: &Method, path: &'a str) -> Option<Vec<&'a str>> {
+        if *method != self.method {
+            return None;
+        }
+        let (want, got): (Vec<&str>, Vec<&str>) = (self.route.split('/').collect(), path.split('/').collect());
+        if want.len() != got.len() {
+            return None;
+        }
+        let mut args = Vec::new();
+        for (w, g) in want.iter().zip(&got) {
+            if w.starts_with('{') {
+                args.push(*g);
+            } else if w != g {
+                return None;
+            }
+        }
+        Some(args)
+    }
+
     /// The route with its parameters filled in, in order, each one percent-encoded.
     pub(crate) fn path(&self, args: &[&str]) -> String {
         let mut out = String::with_capacity(self.route.len() + 16);
@@ -38,7 +59,6 @@ macro_rules! ops {
     ($($name:ident = $rpc:literal, $method:ident $route:literal;)*) => {
         $(pub(crate) const $name: Op = Op { rpc: $rpc, method: Method::$method, route: $route };)*
         /// Every unary RPC of the gateway.
-        #[cfg(test)]
         pub(crate) const ALL: &[&Op] = &[$(&$name),*];
     };
 }

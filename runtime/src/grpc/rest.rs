@@ -117,7 +117,7 @@ impl Rest {
 /// A `google.protobuf.Struct` has only doubles, so an integration spec's `5000` arrives
 /// as `5000.0`, which the REST API's integer fields refuse: whole numbers become integers
 /// again (fractions stay as they are, and are refused where an integer is due).
-fn integral_numbers(v: &mut Value) {
+pub(crate) fn integral_numbers(v: &mut Value) {
     match v {
         Value::Number(n) => {
             if let Some(f) = n
