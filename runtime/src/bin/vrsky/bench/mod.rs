@@ -31,6 +31,7 @@ use vrsky_runtime::nats::process::{
 mod control;
 mod floor;
 mod otlp;
+mod progress;
 
 /// Benchmark arguments.
 #[derive(Debug, Clone, clap::Parser)]
@@ -472,6 +473,7 @@ async fn vrsky_phase(
     rate: Option<f64>,
 ) -> Phase {
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let progress = progress::Progress::start(arrivals.clone(), offset, n);
     let start = Instant::now();
     let cpu0 = cpu_seconds();
     let epoch = arrivals.epoch;
@@ -528,6 +530,7 @@ async fn vrsky_phase(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu_after = cpu_seconds();
+    drop(progress);
     let mut lat = Vec::with_capacity(n);
     let mut last_arrival = 0u64;
     for i in 0..n {
