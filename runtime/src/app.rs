@@ -341,9 +341,11 @@ impl Runtime {
             let _ = tx.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.http_task).await;
-        if let Some(task) = self.grpc_task.as_mut() {
-            // Open watches end when the tree stops; this waits for the unary calls.
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        if let Some(mut task) = self.grpc_task.take() {
+            // The open watches end at the stop signal; this waits for the unary calls.
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                task.abort();
+            }
         }
         self.control.shutdown().await;
         // Closed before its server stops, so stopping reads as a shutdown, not an error.

@@ -15,6 +15,9 @@ struct Cli {
     /// TOML configuration file (layered over defaults, under VRSKY_* env and flags).
     #[arg(long, global = true, env = "VRSKY_CONFIG")]
     config: Option<PathBuf>,
+    /// The client commands' connection and output (`--url`, `--token`, `--context`, `-o`).
+    #[command(flatten)]
+    conn: crate::client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,7 +159,7 @@ async fn run(bench: Option<BenchRunner>) -> anyhow::Result<()> {
         }
         Command::Client(c) => {
             use clap::CommandFactory as _;
-            crate::client::run(c, Cli::command()).await
+            crate::client::run(c, cli.conn, Cli::command()).await
         }
         Command::Bench { args } => {
             let Some(bench) = bench else {

@@ -212,7 +212,8 @@ impl Supervisor {
         child.record.last_exit = Some(reason.clone());
         let decision = child.record.on_exit(&child.spec, kind, Instant::now());
         // Sent while the cell is still the one that exited, so the event names it.
-        let gone = matches!(decision, Decision::Remove);
+        // Escalating, the supervisor stops every child and fails: not restarted either.
+        let gone = matches!(decision, Decision::Remove | Decision::Escalate { .. });
         state.emit(
             if gone {
                 TreeEventKind::Stopped

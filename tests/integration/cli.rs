@@ -190,6 +190,16 @@ async fn tenants_integrations_and_apply_round_trip() {
 
     let ls = cli.ok(&["integration", "ls", "acme"]).await.json();
     assert_eq!(ls["integrations"].as_array().unwrap().len(), 1);
+    // What `get` shows cannot create an integration elsewhere: its secrets are masks.
+    let copy = shown.replace("id: orders", "id: copy");
+    let refused = cli
+        .run_with(&["integration", "apply", "-f", "-"], Some(&copy), &[])
+        .await;
+    assert!(
+        refused.code == 1 && refused.stderr.contains("put the real values"),
+        "{}",
+        refused.stderr
+    );
     cli.ok(&["integration", "rm", "acme", "orders"]).await;
     cli.fails(&["integration", "get", "acme", "orders"], "not found").await;
     cli.ok(&["tenant", "rm", "acme"]).await;
@@ -241,6 +251,13 @@ async fn messages_dead_letters_instances_tree_and_contexts() {
     )
     .await;
     sink.set_status(200);
+    let dry = cli.ok(&["dlq", "retry", "acme", &dead[0], "--dry-run"]).await.stdout;
+    assert!(dry.contains("would be replayed"), "{dry}");
+    assert_eq!(
+        cli.ok(&["msg", "get", "acme", &dead[0]]).await.json()["status"],
+        "dead_letter"
+    );
+    cli.fails(&["dlq", "retry", "acme", "."], "cannot be `.` or `..`").await;
     cli.ok(&["dlq", "retry", "acme", &dead[0]]).await;
     t.wait_status("acme", &dead[0], "completed").await;
     let dry = cli

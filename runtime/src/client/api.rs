@@ -30,6 +30,7 @@ impl Api {
     /// `method base+path` with `body` as JSON; the JSON answer (`{}` for none), or the
     /// API's error message.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        plain_segments(path)?;
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -48,6 +49,7 @@ impl Api {
         body: Vec<u8>,
         headers: &[(String, String)],
     ) -> anyhow::Result<(u16, Value)> {
+        plain_segments(path)?;
         let mut req = self.http.post(format!("{}{path}", self.base)).body(body);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -97,9 +99,33 @@ async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
     anyhow::bail!("{message}{hint}")
 }
 
+/// Refuses a path with a `.` or `..` segment: URL parsing removes them (encoded or not),
+/// so `dlq retry acme .` would otherwise reach `.../dead-letters/retry`, another route.
+fn plain_segments(path: &str) -> anyhow::Result<()> {
+    let path = path.split('?').next().unwrap_or(path);
+    for s in path.split('/') {
+        let decoded = s.replace("%2E", ".").replace("%2e", ".");
+        anyhow::ensure!(decoded != "." && decoded != "..", "an id cannot be `.` or `..`");
+    }
+    Ok(())
+}
+
 /// A path segment, percent-encoded.
 pub fn seg(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_refused() {
+        assert!(plain_segments("/api/tenants/acme/dead-letters/./retry").is_err());
+        assert!(plain_segments("/api/tenants/acme/messages/%2E%2e").is_err());
+        assert!(plain_segments("/api/tenants/acme/messages/a.b?x=..").is_ok());
+        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+    }
 }

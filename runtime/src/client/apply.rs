@@ -46,6 +46,16 @@ pub fn desired(text: &str, tenant_flag: Option<&str>) -> anyhow::Result<Desired>
     })
 }
 
+/// Whether a document holds the API's mask of a secret value anywhere.
+pub fn has_redacted(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s == vrsky_actors::components::REDACTED,
+        Value::Array(a) => a.iter().any(has_redacted),
+        Value::Object(m) => m.values().any(has_redacted),
+        _ => false,
+    }
+}
+
 /// A spec in the node's canonical form (defaults filled in, secrets redacted).
 pub fn canonical(spec: &Value) -> Result<Value, serde_json::Error> {
     let mut v = spec.clone();

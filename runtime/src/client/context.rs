@@ -90,25 +90,58 @@ pub fn check_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where to call and with which token: flags, then `VRSKY_URL`/`VRSKY_TOKEN`, then the
-/// named (or current) context, then `http://127.0.0.1:8080` (where `vrsky dev` listens).
+/// Where to call and with which token. A context's URL and token go together: its token
+/// is never sent to another URL.
+/// - `--context NAME`: that context (its token unless `--token`/`VRSKY_TOKEN` gives one);
+/// - else `--url`/`VRSKY_URL`, with `--token`/`VRSKY_TOKEN` (or the current context's
+///   token when the URL is the current context's);
+/// - else the current context, as above;
+/// - else `http://127.0.0.1:8080`, where `vrsky dev` listens.
 pub fn resolve(
     url: Option<String>,
     token: Option<String>,
     context: Option<&str>,
 ) -> anyhow::Result<(String, Option<String>)> {
-    let file = Contexts::load()?;
-    let named = match context.or(file.current.as_deref()) {
-        None => None,
-        Some(n) => Some(file.contexts.get(n).cloned().with_context(|| {
+    resolve_in(Contexts::load, url, token, context)
+}
+
+fn resolve_in(
+    load: impl Fn() -> anyhow::Result<Contexts>,
+    url: Option<String>,
+    token: Option<String>,
+    context: Option<&str>,
+) -> anyhow::Result<(String, Option<String>)> {
+    let lookup = |file: &Contexts, n: &str| {
+        file.contexts.get(n).cloned().with_context(|| {
             format!("context {n:?} does not exist (`vrsky context ls` lists them, `vrsky context add` makes one)")
-        })?),
+        })
     };
-    let url = url
-        .or_else(|| named.as_ref().map(|c| c.url.clone()))
-        .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+    let (url, token) = match (context, url) {
+        (Some(n), _) => {
+            let c = lookup(&load()?, n)?;
+            (c.url, token.or(c.token))
+        }
+        (None, Some(u)) => {
+            // The file only lends its token to its own URL; a broken file does not stop
+            // a call whose URL is given.
+            let current = load()
+                .ok()
+                .and_then(|f| f.current.clone().and_then(|n| f.contexts.get(&n).cloned()));
+            let lent = current.filter(|c| c.url.trim_end_matches('/') == u.trim_end_matches('/'));
+            (u, token.or_else(|| lent.and_then(|c| c.token)))
+        }
+        (None, None) => {
+            let file = load()?;
+            match file.current.as_deref() {
+                Some(n) => {
+                    let c = lookup(&file, n)?;
+                    (c.url, token.or(c.token))
+                }
+                None => ("http://127.0.0.1:8080".to_owned(), token),
+            }
+        }
+    };
     check_url(&url)?;
-    let token = token.or_else(|| named.and_then(|c| c.token));
     Ok((url.trim_end_matches('/').to_owned(), token))
 }
 
@@ -124,6 +157,57 @@ mod tests {
         let e = check_url("127.0.0.1:8080").unwrap_err().to_string();
         assert!(e.contains("http://host:port"), "{e}");
         assert!(check_url("grpc://").is_err());
+    }
+
+    /// A context's token goes to its own URL only.
+    #[test]
+    fn tokens_stay_with_their_urls() {
+        let file = || {
+            let mut c = Contexts::default();
+            let ctx = |u: &str, t: &str| Ctx {
+                url: u.into(),
+                token: Some(t.into()),
+            };
+            c.contexts.insert("prod".into(), ctx("https://prod:443", "prod-token"));
+            c.contexts
+                .insert("dev".into(), ctx("http://127.0.0.1:8080", "dev-token"));
+            c.current = Some("prod".into());
+            Ok(c)
+        };
+        let r = |url: Option<&str>, token: Option<&str>, ctx: Option<&str>| {
+            resolve_in(file, url.map(Into::into), token.map(Into::into), ctx).unwrap()
+        };
+        let pair = |u: &str, t: Option<&str>| (u.to_owned(), t.map(str::to_owned));
+        assert_eq!(r(None, None, None), pair("https://prod:443", Some("prod-token")));
+        assert_eq!(
+            r(Some("http://other:8080"), None, None),
+            pair("http://other:8080", None),
+            "not prod's token"
+        );
+        assert_eq!(
+            r(Some("https://prod:443/"), None, None),
+            pair("https://prod:443", Some("prod-token"))
+        );
+        assert_eq!(
+            r(Some("http://other:8080"), None, Some("dev")),
+            pair("http://127.0.0.1:8080", Some("dev-token")),
+            "--context wins over VRSKY_URL"
+        );
+        assert_eq!(
+            r(None, Some("mine"), Some("dev")),
+            pair("http://127.0.0.1:8080", Some("mine"))
+        );
+        let broken = || anyhow::bail!("bad toml");
+        assert_eq!(
+            resolve_in(broken, Some("http://x:1".into()), Some("t".into()), None).unwrap(),
+            pair("http://x:1", Some("t"))
+        );
+        assert!(
+            resolve_in(file, None, None, Some("nope"))
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl GrpcApi {
             serde_json::value::Serializer,
             &SerializeOptions::new()
                 .stringify_64_bit_integers(false)
-                .use_proto_field_name(true),
+                .use_proto_field_name(true)
+                .skip_default_fields(false),
         )?;
         let mut shaped = rest_shape(m.output().full_name(), json);
         // A spec's numbers crossed as a Struct's doubles.
@@ -110,7 +111,8 @@ impl GrpcApi {
                 serde_json::value::Serializer,
                 &SerializeOptions::new()
                     .stringify_64_bit_integers(false)
-                    .use_proto_field_name(true),
+                    .use_proto_field_name(true)
+                    .skip_default_fields(false),
             )?);
         }
         Ok(())

@@ -19,10 +19,11 @@ use serde_json::{Value, json};
 use api::{Api, seg};
 use output::{Format, chosen, print, rows};
 
-/// Where to connect and how to show the answer; accepted after any client command.
+/// Where the client commands connect and how they show the answer (before or after
+/// the command).
 #[derive(Args, Debug, Clone, Default)]
 pub struct Conn {
-    /// The node: http(s)://host:port (overrides the context).
+    /// The node: http(s)://host:port (REST) or grpc://host:port (the gRPC gateway).
     #[arg(long, global = true, env = "VRSKY_URL")]
     url: Option<String>,
     /// The bearer token: the admin token or a tenant API key.
@@ -49,44 +50,33 @@ pub enum ClientCommand {
     Tenant {
         #[command(subcommand)]
         cmd: TenantCmd,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Integrations: ls, get, apply, rm.
     Integration {
         #[command(subcommand)]
         cmd: IntegrationCmd,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// A tenant's NATS instances: ls, add, drain.
     Instances {
         #[command(subcommand)]
         cmd: InstancesCmd,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Messages: get.
     Msg {
         #[command(subcommand)]
         cmd: MsgCmd,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// The dead-letter queue: ls, show, retry, rm.
     Dlq {
         #[command(subcommand)]
         cmd: DlqCmd,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// The live actor tree, drawn as a tree.
     Tree {
-        /// Redraw it whenever it changes (every second).
+        /// Follow it: over grpc:// each change as it happens; over REST, a redraw when it
+        /// changed (checked every second).
         #[arg(long)]
         watch: bool,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Post a test webhook.
     Send {
@@ -100,8 +90,6 @@ pub enum ClientCommand {
         /// Extra headers, `name: value` (repeatable).
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Shell completions: `vrsky completion bash > /etc/bash_completion.d/vrsky`.
     Completion {
@@ -117,7 +105,7 @@ pub enum ContextCmd {
     /// Adds (or replaces) a context and makes it current.
     Add {
         name: String,
-        /// http(s)://host:port.
+        /// http(s)://host:port or grpc://host:port.
         #[arg(long)]
         url: String,
         #[arg(long)]
@@ -283,7 +271,7 @@ pub fn moment(s: &str, now_ms: u64) -> anyhow::Result<u64> {
             "{s:?} is neither RFC 3339 (2026-12-01T00:00:00Z) nor an age: its unit is s, m, h or d (30m, 2h, 7d)"
         ),
     };
-    Ok(now_ms.saturating_sub(n * ms))
+    Ok(now_ms.saturating_sub(n.saturating_mul(ms)))
 }
 
 fn spinner(msg: String) -> indicatif::ProgressBar {
@@ -294,7 +282,7 @@ fn spinner(msg: String) -> indicatif::ProgressBar {
 }
 
 /// Runs one client command. `command` is `vrsky`'s clap command, for completions.
-pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<()> {
+pub async fn run(cmd: ClientCommand, conn: Conn, command: clap::Command) -> anyhow::Result<()> {
     match cmd {
         ClientCommand::Completion { shell } => {
             let mut command = command;
@@ -302,10 +290,10 @@ pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<(
             Ok(())
         }
         ClientCommand::Context { cmd } => contexts(cmd),
-        ClientCommand::Tenant { cmd, conn } => tenants(cmd, &conn).await,
-        ClientCommand::Integration { cmd, conn } => integrations(cmd, &conn).await,
-        ClientCommand::Instances { cmd, conn } => instances(cmd, &conn).await,
-        ClientCommand::Msg { cmd, conn } => {
+        ClientCommand::Tenant { cmd } => tenants(cmd, &conn).await,
+        ClientCommand::Integration { cmd } => integrations(cmd, &conn).await,
+        ClientCommand::Instances { cmd } => instances(cmd, &conn).await,
+        ClientCommand::Msg { cmd } => {
             let MsgCmd::Get { tenant, id } = cmd;
             let v = api(&conn)
                 .await?
@@ -317,14 +305,13 @@ pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<(
                 .await?;
             print(chosen(conn.output), &v, || output::fields(&v))
         }
-        ClientCommand::Dlq { cmd, conn } => dead_letters(cmd, &conn).await,
-        ClientCommand::Tree { watch, conn } => tree(watch, &conn).await,
+        ClientCommand::Dlq { cmd } => dead_letters(cmd, &conn).await,
+        ClientCommand::Tree { watch } => tree(watch, &conn).await,
         ClientCommand::Send {
             tenant,
             integration,
             data,
             headers,
-            conn,
         } => {
             let body = match data.as_str() {
                 "-" => {
@@ -338,14 +325,17 @@ pub async fn run(cmd: ClientCommand, command: clap::Command) -> anyhow::Result<(
                 d => d.as_bytes().to_vec(),
             };
             let mut hs = Vec::new();
-            if serde_json::from_slice::<Value>(&body).is_ok() {
-                hs.push(("content-type".to_owned(), "application/json".to_owned()));
-            }
             for h in headers {
                 let (k, v) = h
                     .split_once(':')
                     .ok_or_else(|| anyhow::anyhow!("header {h:?} is not `name: value`"))?;
                 hs.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            // JSON is sent as JSON unless a content type is given.
+            if !hs.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                && serde_json::from_slice::<Value>(&body).is_ok()
+            {
+                hs.push(("content-type".to_owned(), "application/json".to_owned()));
             }
             let api = api(&conn).await?;
             let (status, v) = api
@@ -503,6 +493,9 @@ async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
                     println!("integration {tenant}/{id} would be updated (dry run):");
                     print!("{d}");
                 }
+                apply::Plan::Create if apply::has_redacted(&want.spec) => anyhow::bail!(
+                    "integration {tenant}/{id} does not exist, and the file holds `********` where a secret goes (as `get` shows it): put the real values in the file to create it"
+                ),
                 apply::Plan::Create => {
                     api.call(
                         Method::POST,
@@ -635,12 +628,22 @@ async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
             integration,
             since,
             until,
-            ..
+            dry_run,
         } => {
             anyhow::ensure!(
                 integration.is_none() && since.is_none() && until.is_none(),
                 "give a message id or a filter (--integration, --since, --until), not both"
             );
+            if dry_run {
+                api.call(
+                    Method::GET,
+                    &format!("/api/tenants/{}/dead-letters/{}", seg(&tenant), seg(&id)),
+                    None,
+                )
+                .await?;
+                println!("dead letter {id} would be replayed (dry run)");
+                return Ok(());
+            }
             api.call(
                 Method::POST,
                 &format!("/api/tenants/{}/dead-letters/{}/retry", seg(&tenant), seg(&id)),
@@ -666,15 +669,17 @@ async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
             if let Some(s) = since {
                 filter["since_ms"] = json!(moment(&s, now)?);
             }
-            // A bulk replay without an upper bound would replay again what it replayed
-            // already, if it fails again before the next call: bound it by now.
-            filter["until_ms"] = json!(match until {
-                Some(u) => moment(&u, now)?,
-                None => now,
-            });
+            if let Some(u) = until {
+                filter["until_ms"] = json!(moment(&u, now)?);
+            }
             let path = format!("/api/tenants/{}/dead-letters/retry", seg(&tenant));
             let counted = api.call(Method::POST, &path, Some(&filter)).await?;
             let matched = counted["matched"].as_u64().unwrap_or(0);
+            // Every call uses the bound the count was made with (the node's clock): what
+            // fails again during the run is dead-lettered after it, and not replayed twice.
+            if let Some(u) = counted["until_ms"].as_u64() {
+                filter["until_ms"] = json!(u);
+            }
             if dry_run {
                 let v = json!({"matched": matched, "replayed": 0, "dry_run": true});
                 return print(f, &v, || output::fields(&v));
@@ -685,24 +690,28 @@ async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
                 indicatif::ProgressStyle::with_template("replaying {pos}/{len} dead letters {bar:30} {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let (mut replayed, mut failed) = (0u64, Vec::new());
+            let (mut replayed, mut failed) = (0u64, std::collections::BTreeMap::<String, Value>::new());
             loop {
                 let r = api.call(Method::POST, &path, Some(&filter)).await?;
                 let n = r["replayed"].as_u64().unwrap_or(0);
                 replayed += n;
                 pb.inc(n);
-                failed.extend(r["failed"].as_array().cloned().unwrap_or_default());
+                // A letter that fails stays in the queue and matches again: once per id.
+                for f in r["failed"].as_array().cloned().unwrap_or_default() {
+                    failed.insert(output::cell(&f[0]), f[1].clone());
+                }
                 // More than one call replays: go on while each call moves some.
                 if r["truncated"] != Value::Bool(true) || n == 0 {
                     break;
                 }
             }
             pb.finish_and_clear();
-            let v = json!({"matched": matched, "replayed": replayed, "failed": failed});
+            let not_tried = matched.saturating_sub(replayed + failed.len() as u64);
+            let v = json!({"matched": matched, "replayed": replayed, "failed": failed, "not_attempted": not_tried});
             print(f, &v, || output::fields(&v))?;
             anyhow::ensure!(
-                failed.is_empty(),
-                "{} dead letters could not be replayed (listed above)",
+                failed.is_empty() && not_tried == 0,
+                "{} dead letters could not be replayed and {not_tried} were not attempted (see above; run it again for the rest)",
                 failed.len()
             );
             Ok(())

@@ -46,6 +46,10 @@ pub struct ReplayReport {
     pub failed: Vec<(MessageId, String)>,
     /// Whether more matched than one call replays.
     pub truncated: bool,
+    /// The `until_ms` the filter was read with: the one asked for, or this node's clock
+    /// when none was (a caller replaying in several calls passes it on, so what fails
+    /// again during the run is not replayed twice).
+    pub until_ms: u64,
 }
 
 impl Control {
@@ -194,18 +198,20 @@ impl Control {
     /// Replays (or, with `dry_run`, counts) the dead letters matching a filter.
     pub async fn replay_matching(&self, t: &TenantId, f: &ReplayFilter) -> Result<ReplayReport, ControlError> {
         self.known(t)?;
+        let until = f.until_ms.unwrap_or_else(vrsky_actors::now_ms);
         let all = self.platform().scan_dead_letters(t).await?;
         let matching: Vec<_> = all
             .into_iter()
             .filter(|d| f.integration_id.as_ref().is_none_or(|i| d.integration_id == i.as_str()))
             .filter(|d| f.since_ms.is_none_or(|s| d.dead_at_ms >= s))
-            .filter(|d| f.until_ms.is_none_or(|u| d.dead_at_ms < u))
+            .filter(|d| d.dead_at_ms < until)
             .collect();
         let mut report = ReplayReport {
             matched: matching.len(),
             replayed: 0,
             failed: Vec::new(),
             truncated: matching.len() > BULK_REPLAY_MAX,
+            until_ms: until,
         };
         if f.dry_run {
             return Ok(report);

@@ -27,9 +27,11 @@ pub async fn serve(
     control: Arc<Control>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let gateway = services::Gateway {
         rest: rest::Rest::new(api).context("loading the gRPC descriptors")?,
         control,
+        stopping,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
@@ -48,7 +50,24 @@ pub async fn serve(
         .build_v1alpha()
         .context("building gRPC reflection (v1alpha)")?;
     let incoming = tokio_stream_of(listener);
+    // At shutdown: health says NOT_SERVING and the open watches end, then tonic drains.
+    let reporter = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        for service in SERVICES {
+            reporter
+                .set_service_status(*service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let _ = stop.send(true);
+    };
     tonic::transport::Server::builder()
+        // Dead peers are found and their connections closed; one connection cannot
+        // take more than its share of the node.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .concurrency_limit_per_connection(256)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -92,6 +111,11 @@ fn tokio_stream_of(
             let _ = s.set_nodelay(true);
             s
         });
+        if let Err(e) = &next {
+            // Out of descriptors, say: tonic retries at once, so wait a little first.
+            tracing::warn!(error = %e, "gRPC accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         Some((next, l))
     })
 }

@@ -85,9 +85,13 @@ impl Rest {
             .ok_or_else(|| tonic::Status::internal(format!("no descriptor for {full_name}")))?;
         let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
             .map_err(|e| tonic::Status::internal(format!("{full_name}: {e}")))?;
+        // Defaults included, so an empty field reaches REST's validation (`name: ""` is
+        // refused as REST refuses it, not as a missing field); unset optional fields stay
+        // out.
         let options = SerializeOptions::new()
             .stringify_64_bit_integers(false)
-            .use_proto_field_name(true);
+            .use_proto_field_name(true)
+            .skip_default_fields(false);
         let mut json = dynamic
             .serialize_with_options(serde_json::value::Serializer, &options)
             .map_err(|e| tonic::Status::internal(format!("{full_name}: {e}")))?;

@@ -20,6 +20,8 @@ use crate::control::Control;
 pub(crate) struct Gateway {
     pub(crate) rest: Rest,
     pub(crate) control: std::sync::Arc<Control>,
+    /// Turns true when the node stops, ending the open watches.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn auth<T>(r: &Request<T>) -> Option<HeaderValue> {
@@ -494,6 +496,11 @@ impl pb::actor_tree_service_server::ActorTreeService for Gateway {
                 after_seq,
             })),
         };
-        Ok(Response::new(Box::pin(super::watch::changes(first, after_seq, rx))))
+        Ok(Response::new(Box::pin(super::watch::changes(
+            first,
+            after_seq,
+            rx,
+            self.stopping.clone(),
+        ))))
     }
 }

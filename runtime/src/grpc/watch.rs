@@ -29,32 +29,44 @@ enum Step {
     Done,
 }
 
-/// `first`, then the changes of `rx` numbered above `after_seq`.
+/// `first`, then the changes of `rx` numbered above `after_seq`, until the node stops
+/// (`stopping` turns true): then the stream ends, so a shutdown does not wait on it.
 pub(crate) fn changes(
     first: pb::WatchActorTreeResponse,
     after_seq: u64,
     rx: Receiver<TreeEvent>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<pb::WatchActorTreeResponse, Status>> + Send {
-    futures::stream::unfold((Step::First(first), rx), move |(step, mut rx)| async move {
-        match step {
-            Step::Done => None,
-            Step::First(first) => Some((Ok(first), (Step::Next, rx))),
-            Step::Next => loop {
-                match rx.recv().await {
-                    Ok(e) if e.seq <= after_seq => continue,
-                    Ok(e) => return Some((Ok(event(e)), (Step::Next, rx))),
-                    Err(RecvError::Lagged(n)) => {
-                        let s = Status::data_loss(format!(
-                            "this watch fell {n} changes behind the tree and stopped; watch again for a new snapshot"
-                        ));
-                        return Some((Err(s), (Step::Done, rx)));
+    futures::stream::unfold(
+        (Step::First(first), rx, stopping),
+        move |(step, mut rx, mut stopping)| async move {
+            match step {
+                Step::Done => None,
+                Step::First(first) => Some((Ok(first), (Step::Next, rx, stopping))),
+                Step::Next => loop {
+                    if *stopping.borrow() {
+                        return None;
                     }
-                    // The node is shutting down.
-                    Err(RecvError::Closed) => return None,
-                }
-            },
-        }
-    })
+                    let next = tokio::select! {
+                        r = rx.recv() => r,
+                        _ = stopping.changed() => return None,
+                    };
+                    match next {
+                        Ok(e) if e.seq <= after_seq => continue,
+                        Ok(e) => return Some((Ok(event(e)), (Step::Next, rx, stopping))),
+                        Err(RecvError::Lagged(n)) => {
+                            let s = Status::data_loss(format!(
+                                "this watch fell {n} changes behind the tree and stopped; watch again for a new snapshot"
+                            ));
+                            return Some((Err(s), (Step::Done, rx, stopping)));
+                        }
+                        // The node is shutting down.
+                        Err(RecvError::Closed) => return None,
+                    }
+                },
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -84,7 +96,8 @@ mod tests {
         emit("c");
         emit("d");
         let snapshot = pb::WatchActorTreeResponse::default();
-        let mut s = Box::pin(changes(snapshot.clone(), after, rx));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut s = Box::pin(changes(snapshot.clone(), after, rx, stopping.clone()));
         assert_eq!(s.next().await.unwrap().unwrap(), snapshot);
         assert_eq!(seq(&s.next().await.unwrap().unwrap()), 3);
         assert_eq!(seq(&s.next().await.unwrap().unwrap()), 4);
@@ -95,5 +108,15 @@ mod tests {
         assert_eq!(lost.code(), tonic::Code::DataLoss);
         assert!(lost.message().contains("fell 2 changes behind"), "{}", lost.message());
         assert!(s.next().await.is_none(), "the stream ends after the loss");
+        // A stopping node ends a watch that has nothing to send.
+        let mut s = Box::pin(changes(
+            snapshot.clone(),
+            events.last_seq(),
+            events.subscribe(),
+            stopping,
+        ));
+        assert!(s.next().await.is_some());
+        stop.send(true).unwrap();
+        assert!(s.next().await.is_none(), "the watch ends when the node stops");
     }
 }
