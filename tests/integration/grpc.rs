@@ -16,6 +16,7 @@ async fn node(sink: &Sink) -> (TestRuntime, Channel) {
     let _ = sink;
     let t = TestRuntime::start_with(Backend::Sqlite, |c| {
         c.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.nats.instances_per_tenant_max = 2;
     })
     .await;
     let addr = t.rt().grpc_addr.expect("the gateway listens");
@@ -356,6 +357,16 @@ async fn every_service_round_trips_and_refuses_like_rest() {
         .unwrap()
         .into_inner();
     assert_eq!((added.instance_number, added.status.as_str()), (2, "active"));
+    refused(
+        instances
+            .add_nats_instance(admin(pb::AddNatsInstanceRequest {
+                tenant_id: "acme".into(),
+            }))
+            .await,
+        Code::ResourceExhausted,
+        "",
+    )
+    .await;
     let usable = instances
         .list_nats_instances(admin(pb::ListNatsInstancesRequest {
             tenant_id: "acme".into(),
