@@ -6,216 +6,20 @@
 
 pub mod api;
 pub mod apply;
+mod args;
 pub mod context;
+mod dlq;
 pub mod grpc;
 pub mod output;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use api::{Api, seg};
+pub use args::{ClientCommand, Conn, ContextCmd, DlqCmd, InstancesCmd, IntegrationCmd, MsgCmd, TenantCmd};
 use output::{Format, chosen, print, rows};
-
-/// Where the client commands connect and how they show the answer (before or after
-/// the command).
-#[derive(Args, Debug, Clone, Default)]
-pub struct Conn {
-    /// The node: http(s)://host:port (REST) or grpc://host:port (the gRPC gateway).
-    #[arg(long, global = true, env = "VRSKY_URL")]
-    url: Option<String>,
-    /// The bearer token: the admin token or a tenant API key.
-    #[arg(long, global = true, env = "VRSKY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A named context instead of the current one.
-    #[arg(long, global = true)]
-    context: Option<String>,
-    /// Output: table (default on a terminal), json (default when piped) or yaml.
-    #[arg(short = 'o', long = "output", global = true, value_enum)]
-    output: Option<Format>,
-}
-
-/// The client commands (flattened into `vrsky`'s own).
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum ClientCommand {
-    /// Named connections: `context add NAME --url U [--token T]`, `use NAME`, `ls`.
-    Context {
-        #[command(subcommand)]
-        cmd: ContextCmd,
-    },
-    /// Tenants: create, ls, get, rm.
-    Tenant {
-        #[command(subcommand)]
-        cmd: TenantCmd,
-    },
-    /// Integrations: ls, get, apply, rm.
-    Integration {
-        #[command(subcommand)]
-        cmd: IntegrationCmd,
-    },
-    /// A tenant's NATS instances: ls, add, drain.
-    Instances {
-        #[command(subcommand)]
-        cmd: InstancesCmd,
-    },
-    /// Messages: get.
-    Msg {
-        #[command(subcommand)]
-        cmd: MsgCmd,
-    },
-    /// The dead-letter queue: ls, show, retry, rm.
-    Dlq {
-        #[command(subcommand)]
-        cmd: DlqCmd,
-    },
-    /// The live actor tree, drawn as a tree.
-    Tree {
-        /// Follow it: over grpc:// each change as it happens; over REST, a redraw when it
-        /// changed (checked every second).
-        #[arg(long)]
-        watch: bool,
-    },
-    /// Post a test webhook.
-    Send {
-        /// Tenant.
-        tenant: String,
-        /// Integration.
-        integration: String,
-        /// The body (JSON or text); `@FILE` reads a file, `-` stdin.
-        #[arg(long, default_value = "{}")]
-        data: String,
-        /// Extra headers, `name: value` (repeatable).
-        #[arg(long = "header", short = 'H')]
-        headers: Vec<String>,
-    },
-    /// Shell completions: `vrsky completion bash > /etc/bash_completion.d/vrsky`.
-    Completion {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
-    },
-}
-
-/// `vrsky context ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum ContextCmd {
-    /// Adds (or replaces) a context and makes it current.
-    Add {
-        name: String,
-        /// http(s)://host:port or grpc://host:port.
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        token: Option<String>,
-    },
-    /// Makes a context current.
-    Use { name: String },
-    /// Lists the contexts.
-    Ls,
-}
-
-/// `vrsky tenant ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum TenantCmd {
-    /// Creates a tenant (and starts its NATS).
-    Create {
-        id: String,
-        /// Its display name (the id when absent).
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Lists tenants.
-    Ls,
-    /// Shows a tenant.
-    Get { id: String },
-    /// Deletes a tenant, its NATS and its messages.
-    Rm { id: String },
-}
-
-/// `vrsky integration ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum IntegrationCmd {
-    /// Lists a tenant's integrations.
-    Ls { tenant: String },
-    /// Shows an integration; `-o yaml` prints what `apply -f` takes.
-    Get { tenant: String, integration: String },
-    /// Creates or updates from a YAML or JSON file (`-` for stdin); idempotent.
-    Apply {
-        /// The file.
-        #[arg(short = 'f', long = "file")]
-        file: String,
-        /// The tenant, when the file has no tenant_id.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Print what would change, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Update even when nothing shown differs (a changed secret value is not shown).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Deletes an integration.
-    Rm { tenant: String, integration: String },
-}
-
-/// `vrsky instances ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum InstancesCmd {
-    /// Lists a tenant's usable NATS instances.
-    Ls { tenant: String },
-    /// Starts one more instance.
-    Add { tenant: String },
-    /// Drains an instance (it takes no new messages).
-    Drain { tenant: String, number: u32 },
-}
-
-/// `vrsky msg ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum MsgCmd {
-    /// Where a message is.
-    Get { tenant: String, id: String },
-}
-
-/// `vrsky dlq ...`.
-#[derive(Subcommand, Debug)]
-#[allow(missing_docs)] // the fields' help is the variants' docs
-pub enum DlqCmd {
-    /// Lists dead letters, newest first.
-    Ls {
-        tenant: String,
-        /// At most this many (1 to 500).
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
-    /// Shows a dead letter with its payload and attempts.
-    Show { tenant: String, id: String },
-    /// Replays one dead letter (ID), or those matching --integration/--since/--until.
-    Retry {
-        tenant: String,
-        id: Option<String>,
-        /// Only this integration's.
-        #[arg(long)]
-        integration: Option<String>,
-        /// Dead-lettered since: RFC 3339 (2026-12-01T00:00:00Z) or an age (30m, 2h, 7d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Dead-lettered before: RFC 3339 or an age.
-        #[arg(long)]
-        until: Option<String>,
-        /// Count the matches, replay nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Deletes a dead letter.
-    Rm { tenant: String, id: String },
-}
 
 /// A node, over REST or gRPC.
 pub enum Node {
@@ -245,7 +49,7 @@ impl Node {
     }
 }
 
-async fn api(conn: &Conn) -> anyhow::Result<Node> {
+pub(crate) async fn api(conn: &Conn) -> anyhow::Result<Node> {
     let (url, token) = context::resolve(conn.url.clone(), conn.token.clone(), conn.context.as_deref())?;
     if url.starts_with("grpc://") {
         return Ok(Node::Grpc(grpc::GrpcApi::connect(&url, token).await?));
@@ -253,28 +57,7 @@ async fn api(conn: &Conn) -> anyhow::Result<Node> {
     Ok(Node::Rest(Api::new(url, token)?))
 }
 
-/// A moment from RFC 3339 or an age before now (`30m`, `2h`, `7d`), in ms since the epoch.
-pub fn moment(s: &str, now_ms: u64) -> anyhow::Result<u64> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Ok(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
-    }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{s:?} is neither RFC 3339 (2026-12-01T00:00:00Z) nor an age (30m, 2h, 7d)"))?;
-    let ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => anyhow::bail!(
-            "{s:?} is neither RFC 3339 (2026-12-01T00:00:00Z) nor an age: its unit is s, m, h or d (30m, 2h, 7d)"
-        ),
-    };
-    Ok(now_ms.saturating_sub(n.saturating_mul(ms)))
-}
-
-fn spinner(msg: String) -> indicatif::ProgressBar {
+pub(crate) fn spinner(msg: String) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_message(msg);
     pb.enable_steady_tick(Duration::from_millis(120));
@@ -305,7 +88,7 @@ pub async fn run(cmd: ClientCommand, conn: Conn, command: clap::Command) -> anyh
                 .await?;
             print(chosen(conn.output), &v, || output::fields(&v))
         }
-        ClientCommand::Dlq { cmd } => dead_letters(cmd, &conn).await,
+        ClientCommand::Dlq { cmd } => dlq::run(cmd, &conn).await,
         ClientCommand::Tree { watch } => tree(watch, &conn).await,
         ClientCommand::Send {
             tenant,
@@ -581,144 +364,6 @@ async fn instances(cmd: InstancesCmd, conn: &Conn) -> anyhow::Result<()> {
     print(f, &v, || table(&v))
 }
 
-async fn dead_letters(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
-    let api = api(conn).await?;
-    let f = chosen(conn.output);
-    match cmd {
-        DlqCmd::Ls { tenant, limit } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/api/tenants/{}/dead-letters?limit={limit}", seg(&tenant)),
-                    None,
-                )
-                .await?;
-            let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
-            print(f, &v, || {
-                rows(
-                    &items,
-                    &["MESSAGE", "INTEGRATION", "DEAD AT", "LAST ERROR"],
-                    &["message_id", "integration_id", "dead_at", "last_error"],
-                )
-            })
-        }
-        DlqCmd::Show { tenant, id } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/api/tenants/{}/dead-letters/{}", seg(&tenant), seg(&id)),
-                    None,
-                )
-                .await?;
-            print(f, &v, || output::fields(&v))
-        }
-        DlqCmd::Rm { tenant, id } => {
-            api.call(
-                Method::DELETE,
-                &format!("/api/tenants/{}/dead-letters/{}", seg(&tenant), seg(&id)),
-                None,
-            )
-            .await?;
-            println!("dead letter {id} deleted");
-            Ok(())
-        }
-        DlqCmd::Retry {
-            tenant,
-            id: Some(id),
-            integration,
-            since,
-            until,
-            dry_run,
-        } => {
-            anyhow::ensure!(
-                integration.is_none() && since.is_none() && until.is_none(),
-                "give a message id or a filter (--integration, --since, --until), not both"
-            );
-            if dry_run {
-                api.call(
-                    Method::GET,
-                    &format!("/api/tenants/{}/dead-letters/{}", seg(&tenant), seg(&id)),
-                    None,
-                )
-                .await?;
-                println!("dead letter {id} would be replayed (dry run)");
-                return Ok(());
-            }
-            api.call(
-                Method::POST,
-                &format!("/api/tenants/{}/dead-letters/{}/retry", seg(&tenant), seg(&id)),
-                None,
-            )
-            .await?;
-            println!("dead letter {id} replayed");
-            Ok(())
-        }
-        DlqCmd::Retry {
-            tenant,
-            id: None,
-            integration,
-            since,
-            until,
-            dry_run,
-        } => {
-            let now = vrsky_actors::now_ms();
-            let mut filter = json!({"dry_run": true});
-            if let Some(i) = integration {
-                filter["integration_id"] = json!(i);
-            }
-            if let Some(s) = since {
-                filter["since_ms"] = json!(moment(&s, now)?);
-            }
-            if let Some(u) = until {
-                filter["until_ms"] = json!(moment(&u, now)?);
-            }
-            let path = format!("/api/tenants/{}/dead-letters/retry", seg(&tenant));
-            let counted = api.call(Method::POST, &path, Some(&filter)).await?;
-            let matched = counted["matched"].as_u64().unwrap_or(0);
-            // Every call uses the bound the count was made with (the node's clock): what
-            // fails again during the run is dead-lettered after it, and not replayed twice.
-            if let Some(u) = counted["until_ms"].as_u64() {
-                filter["until_ms"] = json!(u);
-            }
-            if dry_run {
-                let v = json!({"matched": matched, "replayed": 0, "dry_run": true});
-                return print(f, &v, || output::fields(&v));
-            }
-            filter["dry_run"] = json!(false);
-            let pb = indicatif::ProgressBar::new(matched);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("replaying {pos}/{len} dead letters {bar:30} {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let (mut replayed, mut failed) = (0u64, std::collections::BTreeMap::<String, Value>::new());
-            loop {
-                let r = api.call(Method::POST, &path, Some(&filter)).await?;
-                let n = r["replayed"].as_u64().unwrap_or(0);
-                replayed += n;
-                pb.inc(n);
-                // A letter that fails stays in the queue and matches again: once per id.
-                for f in r["failed"].as_array().cloned().unwrap_or_default() {
-                    failed.insert(output::cell(&f[0]), f[1].clone());
-                }
-                // More than one call replays: go on while each call moves some.
-                if r["truncated"] != Value::Bool(true) || n == 0 {
-                    break;
-                }
-            }
-            pb.finish_and_clear();
-            let not_tried = matched.saturating_sub(replayed + failed.len() as u64);
-            let v = json!({"matched": matched, "replayed": replayed, "failed": failed, "not_attempted": not_tried});
-            print(f, &v, || output::fields(&v))?;
-            anyhow::ensure!(
-                failed.is_empty() && not_tried == 0,
-                "{} dead letters could not be replayed and {not_tried} were not attempted (see above; run it again for the rest)",
-                failed.len()
-            );
-            Ok(())
-        }
-    }
-}
-
 async fn tree(watch: bool, conn: &Conn) -> anyhow::Result<()> {
     let api = api(conn).await?;
     let f = chosen(conn.output);
@@ -757,31 +402,5 @@ async fn tree(watch: bool, conn: &Conn) -> anyhow::Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn moments_are_rfc3339_or_ages() {
-        let now = 1_800_000_000_000;
-        assert_eq!(moment("2h", now).unwrap(), now - 7_200_000);
-        assert_eq!(moment("30m", now).unwrap(), now - 1_800_000);
-        assert_eq!(moment("2026-12-01T00:00:00Z", now).unwrap(), 1_796_083_200_000);
-        assert!(
-            moment("2 weeks", now)
-                .unwrap_err()
-                .to_string()
-                .contains("neither RFC 3339")
-        );
-        assert!(
-            moment("3w", now)
-                .unwrap_err()
-                .to_string()
-                .contains("unit is s, m, h or d")
-        );
     }
 }
