@@ -155,6 +155,21 @@ async fn a_real_prometheus_parses_every_dashboard_and_rule_and_the_core_ones_hav
         "Prometheus never counted the {sent} webhooks; its log:\n{}",
         log()
     );
+    // And until it has two samples of the counters, which a rate over them needs: on a
+    // busy machine the first scrape with the series can come after the load ended.
+    let two = wait_until(Duration::from_secs(30), || {
+        let (http, p) = (http.clone(), &prom);
+        async move {
+            let v = query(&http, p, "count_over_time(vrsky_messages_received_total[1m]) >= 2").await;
+            v["data"]["result"].as_array().is_some_and(|r| !r.is_empty())
+        }
+    })
+    .await;
+    assert!(
+        two.is_ok(),
+        "Prometheus never took a second sample; its log:\n{}",
+        log()
+    );
 
     let mut exprs = Vec::new();
     let mut dashboards = 0;
