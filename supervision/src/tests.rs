@@ -192,7 +192,11 @@ async fn killed_transient_child_is_restarted() {
 #[tokio::test(start_paused = true)]
 async fn exceeding_intensity_escalates_but_only_to_the_nested_supervisor() {
     let starts = Arc::new(AtomicU32::new(0));
-    let (root, _) = spawn_root(SupervisorArgs::empty("root")).await.unwrap();
+    let events = TreeEvents::new(64);
+    let mut rx = events.subscribe();
+    let (root, _) = spawn_root(SupervisorArgs::empty("root").with_events(events))
+        .await
+        .unwrap();
     // The nested supervisor itself restarts forever (never escalates past it).
     let tenant = supervisor_child(SupervisorArgs::empty("tenant")).intensity(None);
     root.start_child(tenant).await.unwrap();
@@ -225,6 +229,15 @@ async fn exceeding_intensity_escalates_but_only_to_the_nested_supervisor() {
     assert!(t.running);
     assert_eq!(t.restarts, 1);
     assert!(t.last_exit.as_deref().unwrap().contains("restart intensity"));
+    // The worker's last exit escalated: it is stopped, not about to be restarted.
+    let mut w_events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if e.name == "w" {
+            w_events.push(e.kind);
+        }
+    }
+    use TreeEventKind::*;
+    assert_eq!(w_events, [Spawned, Exited, Restarted, Exited, Restarted, Stopped]);
     root.stop_and_wait(None, None).await.unwrap();
 }
 

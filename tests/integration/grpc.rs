@@ -800,3 +800,38 @@ async fn reflection_and_health_serve_clients_without_proto_files() {
     }
     t.shutdown().await;
 }
+
+/// The gateway serves at most `http.max_connections` connections at once, as the REST
+/// port does: the next waits until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_for_one_to_close() {
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| {
+        c.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.http.max_connections = 1;
+    })
+    .await;
+    t.create_tenant("acme").await;
+    let addr = t.rt().grpc_addr.unwrap();
+    let get = |ch: Channel| async move {
+        pb::tenant_service_client::TenantServiceClient::new(ch)
+            .get_tenant(admin(pb::GetTenantRequest {
+                tenant_id: "acme".into(),
+            }))
+            .await
+    };
+    let lazy = || {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .timeout(Duration::from_millis(800))
+            .connect_lazy()
+    };
+    // One idle connection holds the only slot.
+    let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = get(lazy()).await;
+    assert!(waited.is_err(), "served past the cap: {waited:?}");
+    drop(idle);
+    let served = crate::common::wait_until(Duration::from_secs(10), || async { get(lazy()).await.is_ok() }).await;
+    assert!(served.is_ok(), "not served once the slot was free");
+    t.shutdown().await;
+}

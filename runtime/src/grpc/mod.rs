@@ -20,11 +20,14 @@ use crate::control::Control;
 pub(crate) use rest::ViaRpc;
 
 /// Serves the gateway on `listener` until `shutdown` resolves. `api` is the node's REST
-/// router, which every unary RPC runs through.
+/// router, which every unary RPC runs through; at most `max_connections` connections are
+/// served at once (`http.max_connections`, as on the REST port: past it new ones wait in
+/// the listen backlog).
 pub async fn serve(
     listener: TcpListener,
     api: axum::Router,
     control: Arc<Control>,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -49,7 +52,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building gRPC reflection (v1alpha)")?;
-    let incoming = tokio_stream_of(listener);
+    let incoming = tokio_stream_of(listener, max_connections);
     // At shutdown: health says NOT_SERVING and the open watches end, then tonic drains.
     let reporter = health.clone();
     let shutdown = async move {
@@ -102,20 +105,79 @@ pub const SERVICES: &[&str] = &[
     "vrsky.v1.ActorTreeService",
 ];
 
-/// The accepted connections of `listener`, as tonic takes them.
+/// The accepted connections of `listener`, as tonic takes them, at most `max` open at
+/// once: the next is accepted only when one has closed.
 fn tokio_stream_of(
     listener: TcpListener,
-) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send {
-    futures::stream::unfold(listener, |l| async move {
+    max: usize,
+) -> impl futures::Stream<Item = Result<Capped, std::io::Error>> + Send {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    futures::stream::unfold((listener, slots), |(l, slots)| async move {
+        let permit = slots.clone().acquire_owned().await.ok()?;
         let next = l.accept().await.map(|(s, _)| {
             let _ = s.set_nodelay(true);
-            s
+            Capped { io: s, _slot: permit }
         });
         if let Err(e) = &next {
             // Out of descriptors, say: tonic retries at once, so wait a little first.
             tracing::warn!(error = %e, "gRPC accept failed");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Some((next, l))
+        Some((next, (l, slots)))
     })
+}
+
+/// A connection holding one of the listener's slots until it closes.
+struct Capped {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
