@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use vrsky_runtime::client::grpc::Raw;
 use vrsky_runtime::grpc::pb;
 
 use crate::common::{Backend, Sink, TOKEN, TestRuntime, spec};
@@ -632,41 +633,6 @@ async fn watch_actor_tree_streams_a_kill_and_restart_in_order() {
     t.shutdown().await;
 }
 
-/// Raw bytes in and out: a client that knows no message types.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let n = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
-    }
-}
-
 /// What `grpcurl list` and `grpcurl describe` do: services and their descriptors from
 /// reflection (v1 and v1alpha), then a call built from those descriptors alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,8 +792,8 @@ async fn connections_past_the_cap_wait_for_one_to_close() {
             .connect_lazy()
     };
     // One idle connection holds the only slot.
+    // Accepted first: the listen backlog is served in order.
     let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let waited = get(lazy()).await;
     assert!(waited.is_err(), "served past the cap: {waited:?}");
     drop(idle);

@@ -229,9 +229,10 @@ fn rest_shape(message: &str, mut v: Value) -> Value {
     }
 }
 
-/// Raw bytes in and out: the messages are built from the descriptors.
-#[derive(Clone, Copy, Default)]
-struct Raw;
+/// A gRPC codec of raw bytes in and out, for clients that build their messages from
+/// descriptors (this one, and tests that use only what reflection gives them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Raw;
 
 impl tonic::codec::Codec for Raw {
     type Encode = Vec<u8>;
