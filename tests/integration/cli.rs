@@ -344,6 +344,27 @@ async fn messages_dead_letters_instances_tree_and_contexts() {
         bad.stderr
     );
 
+    // A reader that has gone (`vrsky ... | head -1`) ends the command quietly, not in a panic.
+    for args in [&["completion", "bash"][..], &["tree", "-o", "json"][..]] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vrsky-test-node"))
+            .args(args)
+            .env("VRSKY_CLIENT_CONFIG", cli.config.path().join("contexts.toml"))
+            .env("VRSKY_URL", &cli.url)
+            .env("VRSKY_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
     let completion = cli.ok(&["completion", "bash"]).await.stdout;
     assert!(
         completion.contains("vrsky") && completion.contains("integration"),

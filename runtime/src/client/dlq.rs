@@ -68,7 +68,7 @@ pub(super) async fn run(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("dead letter {id} deleted");
+            say!("dead letter {id} deleted");
             Ok(())
         }
         DlqCmd::Retry {
@@ -90,7 +90,7 @@ pub(super) async fn run(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-                println!("dead letter {id} would be replayed (dry run)");
+                say!("dead letter {id} would be replayed (dry run)");
                 return Ok(());
             }
             api.call(
@@ -99,7 +99,7 @@ pub(super) async fn run(cmd: DlqCmd, conn: &Conn) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("dead letter {id} replayed");
+            say!("dead letter {id} replayed");
             Ok(())
         }
         DlqCmd::Retry {

@@ -4,6 +4,17 @@
 //! connects: `--url`/`--token`, `VRSKY_URL` and `VRSKY_TOKEN`, or a named context
 //! ([`context`]).
 
+/// Prints a line on stdout (see [`output::emit`]: a closed pipe ends the command quietly).
+macro_rules! say {
+    () => { $crate::client::output::emit("\n") };
+    ($($t:tt)*) => { $crate::client::output::emit(&format!("{}\n", format_args!($($t)*))) };
+}
+
+/// Prints on stdout without a newline (see [`output::emit`]).
+macro_rules! say_raw {
+    ($($t:tt)*) => { $crate::client::output::emit(&format!($($t)*)) };
+}
+
 pub mod api;
 pub mod apply;
 mod args;
@@ -69,7 +80,9 @@ pub async fn run(cmd: ClientCommand, conn: Conn, command: clap::Command) -> anyh
     match cmd {
         ClientCommand::Completion { shell } => {
             let mut command = command;
-            clap_complete::generate(shell, &mut command, "vrsky", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "vrsky", &mut script);
+            output::emit(&String::from_utf8_lossy(&script));
             Ok(())
         }
         ClientCommand::Context { cmd } => contexts(cmd),
@@ -143,7 +156,7 @@ fn contexts(cmd: ContextCmd) -> anyhow::Result<()> {
             file.contexts.insert(name.clone(), context::Ctx { url, token });
             file.current = Some(name.clone());
             let p = file.save()?;
-            println!("context {name} added and in use ({})", p.display());
+            say!("context {name} added and in use ({})", p.display());
         }
         ContextCmd::Use { name } => {
             anyhow::ensure!(
@@ -152,7 +165,7 @@ fn contexts(cmd: ContextCmd) -> anyhow::Result<()> {
             );
             file.current = Some(name.clone());
             file.save()?;
-            println!("using context {name}");
+            say!("using context {name}");
         }
         ContextCmd::Ls => {
             let mut t = comfy_table::Table::new();
@@ -163,7 +176,7 @@ fn contexts(cmd: ContextCmd) -> anyhow::Result<()> {
                 let token = if c.token.is_some() { "set" } else { "" };
                 t.add_row([current, name, &c.url, token]);
             }
-            println!("{t}");
+            say!("{t}");
         }
     }
     Ok(())
@@ -197,7 +210,7 @@ async fn tenants(cmd: TenantCmd, conn: &Conn) -> anyhow::Result<()> {
         TenantCmd::Rm { id } => {
             api.call(Method::DELETE, &format!("/api/tenants/{}", seg(&id)), None)
                 .await?;
-            println!("tenant {id} deleted");
+            say!("tenant {id} deleted");
             Ok(())
         }
     }
@@ -267,14 +280,14 @@ async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
             };
             let tenant = &want.tenant;
             match apply::plan(current.as_ref(), &want, force) {
-                apply::Plan::Unchanged => println!("integration {tenant}/{id} unchanged"),
+                apply::Plan::Unchanged => say!("integration {tenant}/{id} unchanged"),
                 apply::Plan::Create if dry_run => {
-                    println!("integration {tenant}/{id} would be created (dry run):");
-                    print!("{}", apply::diff(&Value::Null, &want.canonical));
+                    say!("integration {tenant}/{id} would be created (dry run):");
+                    say_raw!("{}", apply::diff(&Value::Null, &want.canonical));
                 }
                 apply::Plan::Update(d) if dry_run => {
-                    println!("integration {tenant}/{id} would be updated (dry run):");
-                    print!("{d}");
+                    say!("integration {tenant}/{id} would be updated (dry run):");
+                    say_raw!("{d}");
                 }
                 apply::Plan::Create if apply::has_redacted(&want.spec) => anyhow::bail!(
                     "integration {tenant}/{id} does not exist, and the file holds `********` where a secret goes (as `get` shows it): put the real values in the file to create it"
@@ -286,12 +299,12 @@ async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
                         Some(&want.spec),
                     )
                     .await?;
-                    println!("integration {tenant}/{id} created");
+                    say!("integration {tenant}/{id} created");
                 }
                 apply::Plan::Update(d) => {
                     api.call(Method::PUT, &path, Some(&want.spec)).await?;
-                    print!("{d}");
-                    println!("integration {tenant}/{id} updated");
+                    say_raw!("{d}");
+                    say!("integration {tenant}/{id} updated");
                 }
             }
             Ok(())
@@ -303,7 +316,7 @@ async fn integrations(cmd: IntegrationCmd, conn: &Conn) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("integration {tenant}/{integration} deleted");
+            say!("integration {tenant}/{integration} deleted");
             Ok(())
         }
     }
@@ -359,7 +372,7 @@ async fn instances(cmd: InstancesCmd, conn: &Conn) -> anyhow::Result<()> {
         }
     };
     if let (Some(w), Format::Table) = (what, f) {
-        println!("instance {} {w}", output::cell(&v["instance_number"]));
+        say!("instance {} {w}", output::cell(&v["instance_number"]));
     }
     print(f, &v, || table(&v))
 }
@@ -371,15 +384,15 @@ async fn tree(watch: bool, conn: &Conn) -> anyhow::Result<()> {
         // The live stream: the tree, then each change as it happens.
         return g
             .watch_tree(|update| match (f, update.get("snapshot"), update.get("event")) {
-                (Format::Table, Some(s), _) => print!("{}", output::tree(&s["root"])),
-                (Format::Table, _, Some(e)) => println!(
+                (Format::Table, Some(s), _) => say_raw!("{}", output::tree(&s["root"])),
+                (Format::Table, _, Some(e)) => say!(
                     "{} {} {}{}",
                     output::cell(&e["seq"]),
                     output::cell(&e["kind"]),
                     output::cell(&e["name"]),
                     e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
                 ),
-                _ => println!("{update}"),
+                _ => say!("{update}"),
             })
             .await;
     }
@@ -390,9 +403,9 @@ async fn tree(watch: bool, conn: &Conn) -> anyhow::Result<()> {
             match f {
                 Format::Table => {
                     if watch && last.is_some() {
-                        println!("--- {}", crate::http::views::rfc3339(vrsky_actors::now_ms()));
+                        say!("--- {}", crate::http::views::rfc3339(vrsky_actors::now_ms()));
                     }
-                    print!("{}", output::tree(&v));
+                    say_raw!("{}", output::tree(&v));
                 }
                 other => print(other, &v, comfy_table::Table::new)?,
             }

@@ -17,6 +17,21 @@ pub enum Format {
     Yaml,
 }
 
+/// Writes `text` on stdout. When stdout is a pipe whose reader has gone (`vrsky tenant
+/// ls | head -1`), the command ends there with success, as Unix tools do, instead of
+/// `println!`'s panic.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The format asked for, or the default for where stdout goes.
 pub fn chosen(asked: Option<Format>) -> Format {
     asked.unwrap_or_else(|| {
@@ -40,9 +55,9 @@ pub fn cell(v: &Value) -> String {
 /// Prints `v` as JSON or YAML, or as `table` when the format is a table.
 pub fn print(format: Format, v: &Value, table: impl FnOnce() -> Table) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        Format::Yaml => print!("{}", serde_norway::to_string(v)?),
-        Format::Table => println!("{}", table()),
+        Format::Json => say!("{}", serde_json::to_string_pretty(v)?),
+        Format::Yaml => say_raw!("{}", serde_norway::to_string(v)?),
+        Format::Table => say!("{}", table()),
     }
     Ok(())
 }
