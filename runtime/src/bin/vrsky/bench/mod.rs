@@ -28,6 +28,7 @@ use vrsky_runtime::nats::process::{
     ServerOptions, ServerProcess, ServerSecurity, find_binary, free_port, start_server,
 };
 
+mod commit;
 mod control;
 mod floor;
 mod otlp;
@@ -76,6 +77,10 @@ pub(crate) struct BenchArgs {
     /// Calls per second of the control phases.
     #[arg(long, default_value_t = 1_000.0)]
     pub control_rate: f64,
+    /// Measure only the group-commit candidates for `sync_interval: always`, raw, with
+    /// `--messages` writes each (`bench/commit.rs`), and exit.
+    #[arg(long)]
+    pub commit_candidates: bool,
 }
 
 /// Throughput and latency of one phase.
@@ -587,6 +592,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bin.display(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
+    if args.commit_candidates {
+        eprintln!("group-commit candidates ({} writes each)", args.messages);
+        let c = commit::run(&bin, &dir, args.messages, args.payload_bytes).await?;
+        eprintln!("  an atomic batch with one stale check: {}", c.stale_check_in_batch);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
