@@ -236,6 +236,20 @@ where
     Ok(c)
 }
 
+/// The one-by-one candidate on a server at `sync` (whose store is `store`).
+async fn one_by_one(
+    client: &async_nats::Client,
+    sync: &str,
+    store: &std::path::Path,
+    n: usize,
+    payload: &Bytes,
+) -> anyhow::Result<Candidate> {
+    measure("single, 256 in flight", sync, store, n, || {
+        singles(client, "s", n, payload)
+    })
+    .await
+}
+
 /// Runs every candidate with `n` writes of `size` bytes.
 pub(crate) async fn run(
     bin: &std::path::Path,
@@ -247,12 +261,7 @@ pub(crate) async fn run(
     let mut out = Vec::new();
     let (always, client) = setup(bin, dir, "commit-always", "always").await?;
     let store = dir.join("commit-always");
-    out.push(
-        measure("single, 256 in flight", "always", &store, n, || {
-            singles(&client, "s", n, &payload)
-        })
-        .await?,
-    );
+    out.push(one_by_one(&client, "always", &store, n, &payload).await?);
     for size in [16, 64] {
         let round = format!("b{size}");
         out.push(
@@ -267,12 +276,7 @@ pub(crate) async fn run(
     always.stop.stop().await;
     let (relaxed, client) = setup(bin, dir, "commit-1s", "1s").await?;
     let store = dir.join("commit-1s");
-    out.push(
-        measure("single, 256 in flight", "1s", &store, n, || {
-            singles(&client, "s", n, &payload)
-        })
-        .await?,
-    );
+    out.push(one_by_one(&client, "1s", &store, n, &payload).await?);
     relaxed.stop.stop().await;
     Ok(Candidates {
         candidates: out,
