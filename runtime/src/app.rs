@@ -153,6 +153,10 @@ impl Runtime {
                 retry_queue_max_age: Duration::from_secs(st.retry_queue_max_age_s),
                 dead_letter_max_age: Duration::from_secs(st.dead_letter_max_age_s),
                 replicas: st.replicas,
+                commit: crate::platform::CommitLimits {
+                    batch_max: st.commit_batch_max_for(cfg.nats.platform_url.is_some()),
+                    in_flight_max: st.commit_in_flight_max,
+                },
             },
         )
         .await?;

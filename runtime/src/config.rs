@@ -116,6 +116,18 @@ pub struct StateConfig {
     /// duration like `1s` (much faster; writes acknowledged within the last interval can be
     /// lost if the machine itself dies, not when a process is killed).
     pub platform_sync_interval: String,
+    /// Group commit: the state writes of concurrent messages go to the platform as one
+    /// JetStream atomic batch of at most this many writes (2 to 1000), or every write
+    /// alone (1). 0, the default, chooses: 64 when `vrsky` spawns the platform with
+    /// `platform_sync_interval = always` (where it measured 2.3x the throughput), 1
+    /// otherwise (with `1s` batches measured 3x slower than single writes; set it for an
+    /// external platform whose servers fsync every write). Needs nats-server 2.12 or newer;
+    /// an older one gets every write alone.
+    pub commit_batch_max: usize,
+    /// Commit units (a write alone, or a batch) in flight at once before writes queue into
+    /// the next batch (1 to 50, the server's limit of atomic batches in flight per stream,
+    /// shared by every node). Below it a write goes out at once, alone.
+    pub commit_in_flight_max: usize,
 }
 
 impl Default for StateConfig {
@@ -129,6 +141,8 @@ impl Default for StateConfig {
             redrive_tick_ms: 1_000,
             scheduler_concurrency: 256,
             platform_sync_interval: "always".into(),
+            commit_batch_max: 0,
+            commit_in_flight_max: 8,
         }
     }
 }
@@ -465,6 +479,18 @@ impl Config {
                 message: "must be `always` or a duration such as 500ms, 1s or 2m".into(),
             });
         }
+        if st.commit_batch_max > 1000 {
+            return Err(ConfigError::Invalid {
+                field: "state.commit_batch_max",
+                message: "must be 0 (chosen by the platform's sync interval), 1 (group commit off) or up to 1000 (the server's largest atomic batch)".into(),
+            });
+        }
+        if !(1..=50).contains(&st.commit_in_flight_max) {
+            return Err(ConfigError::Invalid {
+                field: "state.commit_in_flight_max",
+                message: "must be 1 to 50 (the server's limit of atomic batches in flight per stream)".into(),
+            });
+        }
         if let Some(t) = &self.admin_token
             && t.len() < 16
         {
@@ -489,6 +515,18 @@ impl Config {
         match &self.database_url {
             Some(u) => u.clone(),
             None => format!("sqlite://{}/vrsky.db?mode=rwc", self.data_dir.display()),
+        }
+    }
+}
+
+impl StateConfig {
+    /// The group-commit batch bound in force (see `commit_batch_max`): `external` when the
+    /// platform is not spawned by `vrsky`.
+    pub fn commit_batch_max_for(&self, external: bool) -> usize {
+        match self.commit_batch_max {
+            0 if !external && self.platform_sync_interval == "always" => 64,
+            0 => 1,
+            n => n,
         }
     }
 }
@@ -561,6 +599,20 @@ mod tests {
             assert!(Config::load(None, NoFlags {}).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn group_commit_is_chosen_by_the_platforms_sync_interval() {
+        let mut st = StateConfig::default();
+        assert_eq!(st.commit_batch_max_for(false), 64);
+        assert_eq!(st.commit_batch_max_for(true), 1);
+        st.platform_sync_interval = "1s".into();
+        assert_eq!(st.commit_batch_max_for(false), 1);
+        st.commit_batch_max = 16;
+        assert_eq!(
+            (st.commit_batch_max_for(false), st.commit_batch_max_for(true)),
+            (16, 16)
+        );
     }
 
     #[test]

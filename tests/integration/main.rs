@@ -9,6 +9,7 @@ mod crash;
 mod dev_command;
 mod durability;
 mod foundation;
+mod group_commit;
 mod grpc;
 mod instances;
 mod limits;

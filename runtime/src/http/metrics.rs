@@ -49,6 +49,8 @@ pub struct Figures {
     pub dead_letters: Option<Vec<(String, u64)>>,
     /// Each tenant NATS server's own figures (its `/varz`).
     pub servers: Vec<super::metrics_tenant_nats::ServerSample>,
+    /// This node's state writes: alone, in atomic batches, batches refused.
+    pub commit: crate::platform::CommitFigures,
 }
 
 /// A counter series: name, help, and how to read it from an integration's stats.
@@ -251,8 +253,40 @@ pub fn render(f: &Figures) -> String {
     for (kind, n) in &f.restarts {
         let _ = writeln!(out, "vrsky_actor_restarts_total{{kind=\"{kind}\"}} {n}");
     }
+    commit(&mut out, &f.commit);
     super::metrics_tenant_nats::render(&mut out, &f.servers, label);
     out
+}
+
+/// Group commit (ARCHITECTURE.md, Group commit): writes by how they went, batches, and
+/// batches refused and sent again one by one.
+fn commit(out: &mut String, c: &crate::platform::CommitFigures) {
+    head(
+        out,
+        "vrsky_state_commit_writes_total",
+        "counter",
+        "State writes of this node to the platform bucket, by unit: alone (single) or in an atomic batch (batch).",
+    );
+    let _ = writeln!(out, "vrsky_state_commit_writes_total{{unit=\"single\"}} {}", c.singles);
+    let _ = writeln!(
+        out,
+        "vrsky_state_commit_writes_total{{unit=\"batch\"}} {}",
+        c.batched_writes
+    );
+    head(
+        out,
+        "vrsky_state_commit_batches_total",
+        "counter",
+        "Atomic batches of state writes committed by this node.",
+    );
+    let _ = writeln!(out, "vrsky_state_commit_batches_total {}", c.batches);
+    head(
+        out,
+        "vrsky_state_commit_batch_fallbacks_total",
+        "counter",
+        "Atomic batches the platform refused (a stale revision check in one write), whose writes went again one by one.",
+    );
+    let _ = writeln!(out, "vrsky_state_commit_batch_fallbacks_total {}", c.fallbacks);
 }
 
 /// Gathers this node's figures.
@@ -287,6 +321,7 @@ pub async fn gather(s: &AppState) -> Figures {
     // The platform's figures are bounded in time: a slow platform costs a scrape these
     // series, never the scrape.
     let platform = s.control.platform();
+    f.commit = platform.commit_figures();
     match tokio::time::timeout(PLATFORM_TIMEOUT, platform.usage()).await {
         Ok(Ok(u)) => f.platform = u.into_iter().map(|(name, m, b, _)| (name, m, b)).collect(),
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: platform usage unavailable"),
@@ -349,8 +384,21 @@ mod tests {
             platform: vec![("retry_queue".into(), 3, 300)],
             dead_letters: Some(vec![("acme".into(), 1)]),
             servers: Vec::new(),
+            commit: crate::platform::CommitFigures {
+                singles: 7,
+                batches: 2,
+                batched_writes: 30,
+                fallbacks: 1,
+            },
         };
         let text = render(&f);
+        assert!(
+            text.contains("vrsky_state_commit_writes_total{unit=\"single\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("vrsky_state_commit_writes_total{unit=\"batch\"} 30"));
+        assert!(text.contains("vrsky_state_commit_batches_total 2"));
+        assert!(text.contains("vrsky_state_commit_batch_fallbacks_total 1"));
         assert!(text.contains("vrsky_build_info{version=\""), "{text}");
         assert!(
             text.contains("vrsky_messages_received_total{tenant=\"acme\",integration=\"or\\\"ders\"} 5"),

@@ -418,6 +418,7 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
             retry_queue_max_age: Duration::from_secs(3600),
             dead_letter_max_age: Duration::from_secs(86_400),
             replicas: 1,
+            commit: Default::default(),
         },
     )
     .await

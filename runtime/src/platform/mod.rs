@@ -5,12 +5,15 @@
 //!   back, and refuses to start when the server dropped a setting;
 //! - `state.rs`: message state in the bucket (ingress, revision-checked writes with
 //!   per-message TTLs for finished states), the `MessageStore` port;
+//! - `batch.rs`: group commit: the bucket's writes of concurrent messages as JetStream
+//!   atomic batches under load, alone when idle;
 //! - `redrive.rs`: the node-local re-drive index and the start-up scan that fills it;
 //! - `retries.rs`: the retry queue's entries and its durable consumer;
 //! - `dead_letters.rs`: the dead-letter queue's entries, headers and lookups;
 //! - `listing.rs`: an integration's recent messages, newest first, paged;
 //! - `keys.rs`: the wire MAC key every node signs and checks tenant-NATS messages with.
 
+mod batch;
 mod dead_letters;
 mod keys;
 mod listing;
@@ -29,6 +32,7 @@ use async_nats::jetstream::{self, kv, stream};
 use vrsky_actors::message::{StoreError, StoreErrorKind};
 use vrsky_actors::{TenantId, subjects};
 
+pub use batch::{CommitFigures, CommitLimits};
 pub use dead_letters::{DeadLetter, DeadLetterSummary};
 pub use listing::{MessageCursor, MessagePage, NewestPage};
 pub use redrive::Observation;
@@ -58,6 +62,8 @@ pub struct PlatformSettings {
     pub dead_letter_max_age: Duration,
     /// Replicas of each (3 on a production cluster, 1 on a single dev server).
     pub replicas: usize,
+    /// Group commit of the bucket's writes (`batch.rs`).
+    pub commit: CommitLimits,
 }
 
 impl PlatformSettings {
@@ -159,6 +165,8 @@ pub struct Platform {
     opened_at_seq: u64,
     /// Signs and checks what is published on tenant NATS.
     wire_key: vrsky_actors::wire::WireKey,
+    /// Where the bucket's writes go (grouped under load).
+    commits: batch::GroupCommit,
 }
 
 impl Platform {
@@ -182,6 +190,11 @@ impl Platform {
     /// The settings in force.
     pub fn settings(&self) -> &PlatformSettings {
         &self.settings
+    }
+
+    /// The bucket's writes so far: alone, in atomic batches, and batches refused.
+    pub fn commit_figures(&self) -> CommitFigures {
+        self.commits.stats()
     }
 
     /// Forgets everything of a deleted tenant: its states and envelopes, its scheduled

@@ -9,7 +9,9 @@ use async_nats::jetstream::{self, kv, stream};
 
 use vrsky_actors::subjects;
 
-use super::{DEAD_LETTER_STREAM, Platform, PlatformError, PlatformSettings, RETRY_STREAM, STATE_BUCKET, req};
+use super::{
+    CommitLimits, DEAD_LETTER_STREAM, Platform, PlatformError, PlatformSettings, RETRY_STREAM, STATE_BUCKET, req,
+};
 
 /// Compares what we asked for with what the server kept.
 fn check<T: PartialEq + std::fmt::Debug>(what: &str, field: &str, want: &T, got: &T) -> Result<(), PlatformError> {
@@ -62,9 +64,29 @@ async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<
     Ok(s)
 }
 
+/// Allows atomic batches on the bucket's stream (nats-server 2.12+): whether the server
+/// kept it. Through the API itself, since the client's typed configuration has the field
+/// only behind a feature this build does not enable; every typed update above is made
+/// first, as it would drop the field.
+async fn allow_atomic(js: &jetstream::Context) -> Result<bool, PlatformError> {
+    let api = |verb: &str| format!("$JS.API.STREAM.{verb}.{}", subjects::state_stream());
+    let client = js.client();
+    let info = client.request(api("INFO"), Default::default()).await.map_err(req)?;
+    let mut info: serde_json::Value = serde_json::from_slice(&info.payload).map_err(req)?;
+    let mut config = info["config"].take();
+    if config["allow_atomic"] == true {
+        return Ok(true);
+    }
+    config["allow_atomic"] = true.into();
+    let body = serde_json::to_vec(&config).map_err(req)?;
+    let answer = client.request(api("UPDATE"), body.into()).await.map_err(req)?;
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).map_err(req)?;
+    Ok(answer["config"]["allow_atomic"] == true)
+}
+
 impl Platform {
     /// Creates (or updates) the bucket and streams and verifies their configuration.
-    pub async fn open(client: async_nats::Client, settings: PlatformSettings) -> Result<Platform, PlatformError> {
+    pub async fn open(client: async_nats::Client, mut settings: PlatformSettings) -> Result<Platform, PlatformError> {
         let js = jetstream::new(client);
         let kv_want = kv::Config {
             bucket: STATE_BUCKET.into(),
@@ -110,6 +132,13 @@ impl Platform {
         check(&what, "max_age", &Duration::ZERO, &got.max_age)?;
         check(&what, "history", &1, &got.max_messages_per_subject)?;
         check(&what, "storage", &stream::StorageType::File, &got.storage)?;
+        if settings.commit.enabled() && !allow_atomic(&js).await? {
+            tracing::warn!(
+                "bucket {STATE_BUCKET}: the server does not keep allow_atomic (nats-server 2.12 or newer is needed): \
+                 group commit is off, every state write goes alone"
+            );
+            settings.commit = CommitLimits::OFF;
+        }
 
         let retry = ensure_stream(
             &js,
@@ -143,6 +172,7 @@ impl Platform {
         .await?;
         let wire_key = super::keys::wire_key(&js, settings.replicas).await?;
         Ok(Platform {
+            commits: super::batch::GroupCommit::start(js.clone(), settings.commit),
             wire_key,
             js,
             kv,

@@ -3,7 +3,7 @@
 //! `MessageStore` port the actors use.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
@@ -12,6 +12,7 @@ use vrsky_actors::message::{
 };
 use vrsky_actors::{Envelope, MessageId, TenantId, subjects};
 
+use super::batch::Outcome;
 use super::{H_EXPECTED_LAST_SUBJECT_SEQ, Platform, PlatformError, corrupt, header, req, store_err};
 
 const H_TTL: &str = "Nats-TTL";
@@ -50,15 +51,14 @@ impl Platform {
         let key = state_key(t, id);
         let mut create = HeaderMap::new();
         header(&mut create, H_EXPECTED_LAST_SUBJECT_SEQ, "0");
-        let ack = self
-            .js
-            .publish_with_headers(subjects::state_value(&key), create, stored.clone())
+        let written = self
+            .commits
+            .write(subjects::state_value(&key), create, stored.clone())
             .await
-            .map_err(req)?
-            .await;
-        let revision = match ack {
-            Ok(ack) => ack.sequence,
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            .map_err(req)?;
+        let revision = match written {
+            Outcome::Stored(revision) => revision,
+            Outcome::WrongLastSequence => {
                 // A duplicate only if a live state is there: a delete marker (a rolled-back
                 // earlier attempt) must not swallow the retry of a refused request.
                 match self.kv.entry(&key).await.map_err(req)? {
@@ -70,7 +70,6 @@ impl Platform {
                     },
                 }
             }
-            Err(e) => return Err(req(e)),
         };
         self.observe(&state, revision);
         Ok(Accepted::New {
@@ -118,19 +117,12 @@ impl Platform {
             );
         }
         let subject = subjects::state_value(&state_key(&next.tenant_id, &next.message_id));
-        let ack = self
-            .js
-            .publish_with_headers(subject, h, value)
-            .await
-            .map_err(store_err)?
-            .await;
-        match ack {
-            Ok(ack) => {
-                self.observe(next, ack.sequence);
-                Ok(Some(ack.sequence))
+        match self.commits.write(subject, h, value).await.map_err(store_err)? {
+            Outcome::Stored(revision) => {
+                self.observe(next, revision);
+                Ok(Some(revision))
             }
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(store_err(e)),
+            Outcome::WrongLastSequence => Ok(None),
         }
     }
 }

@@ -55,7 +55,7 @@ const WINDOW: usize = 256;
 
 /// Flush requests completed by the block device holding `dir`, from `/proc/diskstats`
 /// (field 15 after the name, kernels 5.5 and later).
-fn device_flushes(dir: &std::path::Path) -> Option<u64> {
+pub(super) fn device_flushes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
     let (major, minor) = (libc_major(dev), libc_minor(dev));

@@ -31,6 +31,7 @@ use vrsky_runtime::nats::process::{
 mod commit;
 mod control;
 mod floor;
+mod group_commit;
 mod otlp;
 mod progress;
 
@@ -81,6 +82,11 @@ pub(crate) struct BenchArgs {
     /// `--messages` writes each (`bench/commit.rs`), and exit.
     #[arg(long)]
     pub commit_candidates: bool,
+    /// Measure only VRSky end to end with the platform at `always` with group commit,
+    /// `always` without it, and `1s` with it, side by side (`bench/group_commit.rs`), with
+    /// `--messages` webhooks per phase, and exit.
+    #[arg(long)]
+    pub sync_compare: bool,
 }
 
 /// Throughput and latency of one phase.
@@ -466,6 +472,64 @@ struct E2e {
     body: Bytes,
 }
 
+/// A VRSky node under test: an embedded platform, SQLite, tenant `bench` with integration
+/// `sink` delivering to an in-process sink that records arrivals.
+struct Node {
+    rt: Runtime,
+    e2e: Arc<E2e>,
+    arrivals: Arc<Arrivals>,
+    sink_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Node {
+    /// Starts a node in `data_dir` with the configuration adjusted by `tweak`, and a sink
+    /// with `slots` arrival slots.
+    async fn start(
+        bin: &std::path::Path,
+        data_dir: &std::path::Path,
+        client: &reqwest::Client,
+        payload_bytes: usize,
+        slots: usize,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Node> {
+        let mut cfg = Config {
+            http_addr: "127.0.0.1:0".parse()?,
+            data_dir: data_dir.to_path_buf(),
+            admin_token: Some("bench-token-0123456789".into()),
+            grpc_addr: Some("127.0.0.1:0".parse()?),
+            ..Config::default()
+        };
+        cfg.producer.allow_private_targets = true;
+        cfg.nats.server_bin = Some(bin.to_path_buf());
+        tweak(&mut cfg);
+        let rt = Runtime::start(cfg, RuntimeOptions::default())
+            .await
+            .context("starting vrsky")?;
+        let arrivals = Arrivals::new(slots);
+        let (sink_addr, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals.clone())).await?;
+        let t = vrsky_actors::TenantId::new("bench")?;
+        rt.control.create_tenant(&t, "bench").await?;
+        let spec: vrsky_actors::components::IntegrationSpec = serde_json::from_value(serde_json::json!({
+            "id": "sink",
+            "consumer": {"forward_headers": ["x-seq"]},
+            "producer": {"type": "http", "url": format!("http://{sink_addr}/sink"), "timeout_ms": 10000},
+            "max_in_flight": 256
+        }))?;
+        rt.control.create_integration(&t, spec).await?;
+        let e2e = Arc::new(E2e {
+            client: client.clone(),
+            webhook: format!("{}/webhooks/bench/sink", rt.base_url()),
+            body: Bytes::from(vec![b'x'; payload_bytes]),
+        });
+        Ok(Node {
+            rt,
+            e2e,
+            arrivals,
+            sink_stop,
+        })
+    }
+}
+
 /// Sends webhooks `0..n` (closed loop, or paced at `rate` per second) and measures
 /// webhook-send -> sink-arrival latency per message.
 /// Sequence numbers are `offset..offset + n`, so phases can share one arrival table.
@@ -602,6 +666,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
+    if args.sync_compare {
+        eprintln!(
+            "platform sync_interval always vs 1s, with and without group commit ({} webhooks per phase)",
+            args.messages
+        );
+        let runs = group_commit::run(&bin, &dir, args.messages, args.concurrency, args.payload_bytes).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&runs)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
@@ -614,17 +690,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--platform-sync must be `always` or a duration such as 1s"
     );
     let raw_kv_put = raw_kv_put(&bin, &dir, args.messages * 2, args.payload_bytes, &args.platform_sync).await?;
-    // VRSky under the same load generator, with an embedded platform and SQLite.
-    let mut cfg = Config {
-        http_addr: "127.0.0.1:0".parse()?,
-        data_dir: dir.join("vrsky"),
-        admin_token: Some("bench-token-0123456789".into()),
-        grpc_addr: Some("127.0.0.1:0".parse()?),
-        ..Config::default()
-    };
-    cfg.producer.allow_private_targets = true;
-    cfg.nats.server_bin = Some(bin.clone());
-    cfg.state.platform_sync_interval = args.platform_sync.clone();
     let otlp = if args.otlp { Some(otlp::receiver().await?) } else { None };
     let tracing = match &otlp {
         Some((addr, _, _)) => vrsky_runtime::telemetry::Tracing::install(
@@ -633,26 +698,23 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?,
         None => vrsky_runtime::telemetry::Tracing::default(),
     };
-    let rt = Runtime::start(cfg, RuntimeOptions::default())
-        .await
-        .context("starting vrsky")?;
-    // One arrival slot per webhook: `rounds` saturation phases, then the paced one.
-    let arrivals = Arrivals::new(args.messages * (args.rounds + 1));
-    let (sink_addr, sink_stop) = serve(Router::new().fallback(record).with_state(arrivals.clone())).await?;
-    let t = vrsky_actors::TenantId::new("bench")?;
-    rt.control.create_tenant(&t, "bench").await?;
-    let spec: vrsky_actors::components::IntegrationSpec = serde_json::from_value(serde_json::json!({
-        "id": "sink",
-        "consumer": {"forward_headers": ["x-seq"]},
-        "producer": {"type": "http", "url": format!("http://{sink_addr}/sink"), "timeout_ms": 10000},
-        "max_in_flight": 256
-    }))?;
-    rt.control.create_integration(&t, spec).await?;
-    let e2e = Arc::new(E2e {
-        client: client.clone(),
-        webhook: format!("{}/webhooks/bench/sink", rt.base_url()),
-        body: Bytes::from(vec![b'x'; args.payload_bytes]),
-    });
+    // VRSky under the same load generator, with an embedded platform and SQLite; one
+    // arrival slot per webhook: `rounds` saturation phases, then the paced one.
+    let node = Node::start(
+        &bin,
+        &dir.join("vrsky"),
+        &client,
+        args.payload_bytes,
+        args.messages * (args.rounds + 1),
+        |cfg| cfg.state.platform_sync_interval = args.platform_sync.clone(),
+    )
+    .await?;
+    let Node {
+        rt,
+        e2e,
+        arrivals,
+        sink_stop,
+    } = node;
 
     let floor_arrivals = Arrivals::new(args.messages * args.rounds);
     let floor = floor::Floor::start(&bin, &dir, &args.platform_sync, floor_arrivals.clone())
