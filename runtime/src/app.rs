@@ -63,6 +63,8 @@ pub struct Runtime {
     /// Where the gRPC gateway listens, when it does.
     pub grpc_addr: Option<SocketAddr>,
     platform_server: Option<StopHandle>,
+    /// Set at shutdown before the platform connection drains: losing it then is expected.
+    platform_closing: Arc<std::sync::atomic::AtomicBool>,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: tokio::task::JoinHandle<()>,
     grpc_stop: Option<oneshot::Sender<()>>,
@@ -124,14 +126,15 @@ impl Runtime {
             (None, s) => s.to_owned(),
         };
         info!(sync_interval = %platform_sync, "platform jetstream durability (see ARCHITECTURE.md, Durability)");
+        // Once the client drains (shutdown), losing the connection is expected.
+        let platform_closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let platform = crate::nats::platform_server::platform_options(&platform_creds, platform_ca.as_deref())
             .await
             .with_context(|| format!("reading nats.platform_creds {}", platform_creds.display()))?
             .name("vrsky-platform")
             .max_reconnects(None)
             .event_callback({
-                // Once the client drains (shutdown), losing the connection is expected.
-                let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let closing = platform_closing.clone();
                 move |event| {
                     let closing = closing.clone();
                     async move { log_platform_event(&event, &closing) }
@@ -323,6 +326,7 @@ impl Runtime {
             trust,
             grpc_addr,
             platform_server,
+            platform_closing,
             http_stop: Some(http_stop),
             http_task,
             grpc_stop,
@@ -353,6 +357,9 @@ impl Runtime {
         }
         self.control.shutdown().await;
         // Closed before its server stops, so stopping reads as a shutdown, not an error.
+        // `drain` only asks the connection to drain: the flag is set first, so a server
+        // stopped before the connection has drained is not reported as an outage either.
+        self.platform_closing.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.platform.drain()).await;
         if let Some(p) = self.platform_server.take() {
             p.stop().await;

@@ -11,10 +11,13 @@
 //!   `allow_atomic`), each write keeping its own `Nats-Expected-Last-Subject-Sequence`
 //!   and `Nats-TTL`;
 //! - one failed check fails the whole batch (error 10071, which does not say which write
-//!   failed), and so does any other refusal: nothing of it was stored, so its writes are
-//!   sent again one by one and only the stale one fails;
-//! - a commit whose answer is lost is ambiguous: every write of it fails as a single write
-//!   whose acknowledgement is lost does (the caller's error path, and the re-driver).
+//!   failed), and so do the other refusals made before anything is stored
+//!   ([`REFUSED_WHOLE`]): its writes are sent again one by one and only the stale one
+//!   fails. A batch never holds one subject twice (the server refuses that, 10164): a
+//!   second write to it waits for the next unit;
+//! - a commit whose answer is lost, or any other error (a store failure can come after the
+//!   batch's first writes were stored), is ambiguous: every write of it fails as a single
+//!   write whose acknowledgement is lost does (the caller's error path, and the re-driver).
 //!
 //! An atomic batch is stored contiguously, so its writes' revisions are the commit's
 //! sequence counted back. The decision of what to send next is [`next_unit`], pure.
@@ -56,8 +59,8 @@ impl CommitLimits {
 impl Default for CommitLimits {
     fn default() -> Self {
         CommitLimits {
-            batch_max: 64,
-            in_flight_max: 8,
+            batch_max: 1000,
+            in_flight_max: 1,
         }
     }
 }
@@ -239,7 +242,10 @@ async fn run(js: jetstream::Context, limits: CommitLimits, mut rx: mpsc::Receive
             if n == 0 {
                 break;
             }
-            let unit: Vec<Job> = queue.drain(..n).collect();
+            let unit = take_unit(&mut queue, n);
+            if unit.is_empty() {
+                continue;
+            }
             serial += 1;
             let (js, stats) = (js.clone(), stats.clone());
             let id = format!("{prefix}-{serial}");
@@ -265,6 +271,52 @@ async fn commit_unit(js: &jetstream::Context, id: &str, unit: Vec<Job>, stats: &
     }
 }
 
+/// Takes up to `n` writes off the front of the queue for one unit. A write whose caller
+/// has gone (its request was cancelled) is dropped unsent, as a single write would never
+/// have been sent; a second write to a subject already in the unit waits for the next one,
+/// since the server refuses a batch whose checks touch one subject twice (10164).
+fn take_unit(queue: &mut VecDeque<Job>, n: usize) -> Vec<Job> {
+    let mut unit = Vec::with_capacity(n);
+    let mut subjects = std::collections::HashSet::with_capacity(n);
+    let mut later = VecDeque::new();
+    while unit.len() < n
+        && let Some(job) = queue.pop_front()
+    {
+        if job.done.is_closed() {
+            continue;
+        }
+        if subjects.insert(job.write.subject.clone()) {
+            unit.push(job);
+        } else {
+            later.push_back(job);
+        }
+    }
+    while let Some(job) = later.pop_back() {
+        queue.push_front(job);
+    }
+    unit
+}
+
+/// How the server answered a batch's commit.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Committed; its last write's sequence.
+    Committed(u64),
+    /// Refused before anything was stored: its writes can go again one by one.
+    Refused(String),
+    /// Anything else: some or all of it may be stored.
+    Unknown(String),
+}
+
+/// Error codes with which a server refuses an atomic batch before storing any of it: a
+/// failed check (10071, 10164), atomic publish off (10174), a malformed, incomplete,
+/// oversized or unsupported batch (10175-10177, 10179, 10199-10201), too many batches in
+/// flight (10210). Any other error (a store failure, 10077, may come after the batch's
+/// first writes were stored) leaves the outcome unknown.
+const REFUSED_WHOLE: [u64; 11] = [
+    10071, 10164, 10174, 10175, 10176, 10177, 10179, 10199, 10200, 10201, 10210,
+];
+
 /// The writes as one atomic batch; when the server refuses it, one by one.
 async fn batch(
     js: &jetstream::Context,
@@ -274,57 +326,75 @@ async fn batch(
 ) -> Vec<Result<Outcome, CommitError>> {
     let n = writes.len();
     match atomic(&js.client(), id, &writes).await {
-        Ok(Ok(last)) => {
+        Answer::Committed(last) => {
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.batched_writes.fetch_add(n as u64, Ordering::Relaxed);
             // Stored contiguously: the i-th write is at `last - (n - 1 - i)`.
             (0..n).map(|i| Ok(Outcome::Stored(last - (n - 1 - i) as u64))).collect()
         }
-        Ok(Err(refused)) => {
+        Answer::Refused(answer) => {
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(batch = id, writes = n, answer = %refused, "atomic batch refused; its writes go one by one");
+            if answer.contains("10174") {
+                // Someone updated the stream without `allow_atomic` (a typed update drops
+                // it): every batch now falls back until a node restarts and sets it again.
+                tracing::warn!(batch = id, %answer, "atomic batches are disabled on the state bucket; writes go one by one");
+            } else {
+                tracing::debug!(batch = id, writes = n, %answer, "atomic batch refused; its writes go one by one");
+            }
             one_by_one(js, writes).await
         }
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        Answer::Unknown(why) => {
+            let e = CommitError(format!("the commit of an atomic batch (its outcome is unknown): {why}"));
+            (0..n).map(|_| Err(e.clone())).collect()
+        }
     }
 }
 
-/// Publishes the writes as one atomic batch: `Ok(Ok(last sequence))` when committed,
-/// `Ok(Err(answer))` when refused (nothing stored), `Err` when the outcome is unknown.
-async fn atomic(client: &async_nats::Client, id: &str, writes: &[Write]) -> Result<Result<u64, String>, CommitError> {
+/// Publishes the writes as one atomic batch.
+async fn atomic(client: &async_nats::Client, id: &str, writes: &[Write]) -> Answer {
     let last = writes.len() - 1;
     for (i, w) in writes.iter().enumerate() {
         let mut h = w.headers.clone();
         h.insert("Nats-Batch-Id", id);
         h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
         if i < last {
-            // Nothing is stored before the commit: a failure here leaves nothing behind.
-            client
+            // Nothing is stored before the commit is sent: a failure here leaves nothing
+            // behind (the server drops the partial batch after its timeout).
+            if let Err(e) = client
                 .publish_with_headers(w.subject.clone(), h, w.payload.clone())
                 .await
-                .map_err(|e| unavailable("publishing an atomic batch", e))?;
+            {
+                return Answer::Refused(format!("publishing the batch: {e}"));
+            }
             continue;
         }
         h.insert("Nats-Batch-Commit", "1");
-        let reply = client
+        return match client
             .request_with_headers(w.subject.clone(), h, w.payload.clone())
             .await
-            .map_err(|e| unavailable("the commit of an atomic batch (its outcome is unknown)", e))?;
-        return Ok(commit_answer(&reply.payload, writes.len()));
+        {
+            Ok(reply) => commit_answer(&reply.payload, writes.len()),
+            Err(e) => Answer::Unknown(e.to_string()),
+        };
     }
-    Ok(Err("empty batch".into()))
+    Answer::Refused("empty batch".into())
 }
 
-/// The commit's answer: the batch's last sequence, or the refusal.
-fn commit_answer(payload: &[u8], writes: usize) -> Result<u64, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(payload)))?;
-    if v.get("error").is_some() {
-        return Err(v.to_string());
+/// The commit's answer.
+fn commit_answer(payload: &[u8], writes: usize) -> Answer {
+    let v: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return Answer::Unknown(format!("{e}: {}", String::from_utf8_lossy(payload))),
+    };
+    if let Some(error) = v.get("error") {
+        return match error["err_code"].as_u64() {
+            Some(code) if REFUSED_WHOLE.contains(&code) => Answer::Refused(v.to_string()),
+            _ => Answer::Unknown(v.to_string()),
+        };
     }
     match (v["seq"].as_u64(), v["count"].as_u64()) {
-        (Some(seq), Some(count)) if count == writes as u64 && seq >= count => Ok(seq),
-        _ => Err(format!("unexpected commit answer: {v}")),
+        (Some(seq), Some(count)) if count == writes as u64 && seq >= count => Answer::Committed(seq),
+        _ => Answer::Unknown(format!("unexpected commit answer: {v}")),
     }
 }
 
@@ -386,12 +456,47 @@ mod tests {
     fn a_commit_answer_gives_the_last_sequence_or_the_refusal() {
         assert_eq!(
             commit_answer(br#"{"stream":"KV_message_state","seq":40,"batch":"b-1","count":4}"#, 4),
-            Ok(40)
+            Answer::Committed(40)
         );
         let stale = br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 0"}}"#;
-        assert!(matches!(commit_answer(stale, 4), Err(e) if e.contains("10071")));
+        assert!(matches!(commit_answer(stale, 4), Answer::Refused(e) if e.contains("10071")));
+        let repeated = br#"{"error":{"code":400,"err_code":10164,"description":"wrong last sequence"}}"#;
+        assert!(matches!(commit_answer(repeated, 4), Answer::Refused(_)));
+        // A store failure can come after the batch's first writes were stored.
+        let store = br#"{"error":{"code":503,"err_code":10077,"description":"maximum bytes exceeded"}}"#;
+        assert!(matches!(commit_answer(store, 4), Answer::Unknown(_)));
         // A count that is not the batch's cannot be counted back.
-        assert!(commit_answer(br#"{"seq":40,"count":3}"#, 4).is_err());
-        assert!(commit_answer(b"not json", 4).is_err());
+        assert!(matches!(
+            commit_answer(br#"{"seq":40,"count":3}"#, 4),
+            Answer::Unknown(_)
+        ));
+        assert!(matches!(commit_answer(b"not json", 4), Answer::Unknown(_)));
+    }
+
+    fn job(subject: &str) -> (Job, oneshot::Receiver<Result<Outcome, CommitError>>) {
+        let (done, rx) = oneshot::channel();
+        let write = Write {
+            subject: subject.into(),
+            headers: HeaderMap::new(),
+            payload: Bytes::new(),
+        };
+        (Job { write, done }, rx)
+    }
+
+    #[test]
+    fn a_unit_holds_each_subject_once_and_drops_writes_whose_caller_has_gone() {
+        let (a, _ra) = job("a");
+        let (a2, _ra2) = job("a");
+        let (gone, rg) = job("b");
+        drop(rg);
+        let (c, _rc) = job("c");
+        let (d, _rd) = job("d");
+        let mut queue: VecDeque<Job> = [a, a2, gone, c, d].into_iter().collect();
+        let unit = take_unit(&mut queue, 3);
+        let subjects: Vec<&str> = unit.iter().map(|j| j.write.subject.as_str()).collect();
+        assert_eq!(subjects, ["a", "c", "d"]);
+        // The second write to `a` waits at the front for the next unit.
+        let left: Vec<&str> = queue.iter().map(|j| j.write.subject.as_str()).collect();
+        assert_eq!(left, ["a"]);
     }
 }

@@ -62,7 +62,15 @@ impl Platform {
                 // A duplicate only if a live state is there: a delete marker (a rolled-back
                 // earlier attempt) must not swallow the retry of a refused request.
                 match self.kv.entry(&key).await.map_err(req)? {
-                    Some(entry) if entry.operation == kv::Operation::Put => return Ok(Accepted::Duplicate),
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        // It may be this id's own earlier write whose acknowledgement was
+                        // lost (a commit with an unknown outcome): the re-drive index
+                        // learns of it here, or the message would wait for a restart.
+                        if let Ok((stored, _)) = decode_stored(&entry.value) {
+                            self.observe(&stored, entry.revision);
+                        }
+                        return Ok(Accepted::Duplicate);
+                    }
                     _ => match self.kv.create(&key, stored.clone()).await {
                         Ok(revision) => revision,
                         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(Accepted::Duplicate),

@@ -54,15 +54,15 @@ async fn one(
     dir: &std::path::Path,
     client: &reqwest::Client,
     (name, sync, batch_max): (&str, &str, usize),
-    n: usize,
-    concurrency: usize,
-    payload_bytes: usize,
+    args: &super::BenchArgs,
 ) -> anyhow::Result<SyncRun> {
+    let (n, concurrency, payload_bytes) = (args.messages, args.concurrency, args.payload_bytes);
     let data = dir.join(format!("sync-{name}"));
     let light = (n / 20).max(200);
     let node = Node::start(bin, &data, client, payload_bytes, 2 * n + light, |cfg| {
         cfg.state.platform_sync_interval = sync.into();
         cfg.state.commit_batch_max = batch_max;
+        cfg.state.commit_in_flight_max = args.commit_in_flight_max;
     })
     .await?;
     let (seq0, flushes0, commits0) = (
@@ -109,23 +109,28 @@ async fn one(
     })
 }
 
-/// Runs the three configurations and prints them.
+/// Runs the four configurations and prints them.
 pub(crate) async fn run(
     bin: &std::path::Path,
     dir: &std::path::Path,
-    n: usize,
-    concurrency: usize,
-    payload_bytes: usize,
+    args: &super::BenchArgs,
 ) -> anyhow::Result<Vec<SyncRun>> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    anyhow::ensure!(
+        (2..=1000).contains(&args.commit_batch_max) && (1..=50).contains(&args.commit_in_flight_max),
+        "--commit-batch-max must be 2 to 1000 and --commit-in-flight-max 1 to 50"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let grouped = args.commit_batch_max;
     let mut runs = Vec::new();
     for config in [
-        ("always+group-commit", "always", 64),
+        ("always+group-commit", "always", grouped),
         ("always, one by one", "always", 1),
-        ("1s+group-commit", "1s", 64),
+        ("1s+group-commit", "1s", grouped),
         ("1s, one by one", "1s", 1),
     ] {
-        runs.push(one(bin, dir, &client, config, n, concurrency, payload_bytes).await?);
+        runs.push(one(bin, dir, &client, config, args).await?);
     }
     println!(
         "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",

@@ -82,11 +82,17 @@ pub(crate) struct BenchArgs {
     /// `--messages` writes each (`bench/commit.rs`), and exit.
     #[arg(long)]
     pub commit_candidates: bool,
-    /// Measure only VRSky end to end with the platform at `always` with group commit,
-    /// `always` without it, and `1s` with it, side by side (`bench/group_commit.rs`), with
+    /// Measure only VRSky end to end with the platform at `always` and at `1s`, each with
+    /// and without group commit, side by side (`bench/group_commit.rs`), with
     /// `--messages` webhooks per phase, and exit.
     #[arg(long)]
     pub sync_compare: bool,
+    /// `state.commit_batch_max` of the group-commit runs of `--sync-compare`.
+    #[arg(long, default_value_t = 1000)]
+    pub commit_batch_max: usize,
+    /// `state.commit_in_flight_max` of every `--sync-compare` run.
+    #[arg(long, default_value_t = 1)]
+    pub commit_in_flight_max: usize,
 }
 
 /// Throughput and latency of one phase.
@@ -671,7 +677,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "platform sync_interval always vs 1s, with and without group commit ({} webhooks per phase)",
             args.messages
         );
-        let runs = group_commit::run(&bin, &dir, args.messages, args.concurrency, args.payload_bytes).await?;
+        let runs = group_commit::run(&bin, &dir, &args).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&runs)?);
         }
