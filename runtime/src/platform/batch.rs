@@ -184,10 +184,13 @@ impl GroupCommit {
             return single(&self.js, write).await;
         };
         let (done, answer) = oneshot::channel();
-        queue
-            .send(Job { write, done })
-            .await
-            .map_err(|_| CommitError("the group committer has stopped".into()))?;
+        if let Err(mpsc::error::SendError(job)) = queue.send(Job { write, done }).await {
+            // The committer task is gone (it cannot end while a handle lives, so only a
+            // panic ends it): the write goes alone rather than every later write failing.
+            tracing::error!("the group committer has stopped; state writes go one by one");
+            self.stats.singles.fetch_add(1, Ordering::Relaxed);
+            return single(&self.js, job.write).await;
+        }
         answer
             .await
             .map_err(|_| CommitError("the group committer dropped a write".into()))?
