@@ -325,7 +325,12 @@ pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess
         return Ok(p);
     }
     reap_stale(&o.dir).await;
-    let monitor_port = free_port()?;
+    // The client port was chosen earlier and is not bound yet: the monitor port must not
+    // come out the same (it did once, and the server failed to listen).
+    let mut monitor_port = free_port()?;
+    while monitor_port == o.client_port {
+        monitor_port = free_port()?;
+    }
     let conf = o.dir.join("nats.conf");
     std::fs::write(&conf, config_text(o, monitor_port))?;
     let log = std::fs::OpenOptions::new()
