@@ -279,17 +279,7 @@ async fn duplicate_idempotency_keys_deliver_once() {
 }
 
 fn envelope(id: &MessageId) -> Envelope {
-    Envelope {
-        message_id: id.clone(),
-        tenant_id: TenantId::new("acme").unwrap(),
-        integration_id: IntegrationId::new("hook").unwrap(),
-        headers: vec![],
-        content_type: Some("text/plain".into()),
-        payload: bytes::Bytes::from_static(b"stored"),
-        trace_context: None,
-        attempt: 1,
-        received_at_ms: now_ms(),
-    }
+    crate::common::acme_hook_envelope(id, b"stored")
 }
 
 /// The incarnation of acme/hook, which ingress stamps on its messages.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use vrsky_actors::message::{MessageState, MessageStore, Status, encode_stored};
-use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
+use vrsky_actors::{Envelope, MessageId, now_ms};
 use vrsky_runtime::platform::{Accepted, CommitLimits, Platform, PlatformSettings};
 
 /// A platform server, and the adapter opened on it with every write grouped behind one
@@ -37,17 +37,7 @@ async fn batched_platform(dir: &std::path::Path) -> (vrsky_runtime::nats::platfo
 }
 
 fn envelope(id: &MessageId) -> Envelope {
-    Envelope {
-        message_id: id.clone(),
-        tenant_id: TenantId::new("acme").unwrap(),
-        integration_id: IntegrationId::new("hook").unwrap(),
-        headers: vec![],
-        content_type: Some("text/plain".into()),
-        payload: Bytes::from_static(b"grouped"),
-        trace_context: None,
-        attempt: 1,
-        received_at_ms: now_ms(),
-    }
+    crate::common::acme_hook_envelope(id, b"grouped")
 }
 
 /// Accepts `n` messages at once: their states and revisions.

@@ -12,17 +12,7 @@ use vrsky_actors::{Envelope, IntegrationId, MessageId, TenantId, now_ms};
 use crate::common::{Backend, Sink, TestRuntime, spec, wait_until};
 
 fn envelope(id: &MessageId) -> Envelope {
-    Envelope {
-        message_id: id.clone(),
-        tenant_id: TenantId::new("acme").unwrap(),
-        integration_id: IntegrationId::new("hook").unwrap(),
-        headers: vec![],
-        content_type: Some("text/plain".into()),
-        payload: bytes::Bytes::from_static(b"left"),
-        trace_context: None,
-        attempt: 1,
-        received_at_ms: now_ms(),
-    }
+    crate::common::acme_hook_envelope(id, b"left")
 }
 
 /// A tenant whose NATS instance cannot start at boot (its port is taken) is not given up:

@@ -383,3 +383,18 @@ pub fn spec(id: &str, url: &str, extra: Value) -> Value {
     }
     s
 }
+
+/// An envelope of acme/hook with message id `id` and body `payload`, as ingress builds it.
+pub fn acme_hook_envelope(id: &vrsky_actors::MessageId, payload: &'static [u8]) -> vrsky_actors::Envelope {
+    vrsky_actors::Envelope {
+        message_id: id.clone(),
+        tenant_id: vrsky_actors::TenantId::new("acme").unwrap(),
+        integration_id: vrsky_actors::IntegrationId::new("hook").unwrap(),
+        headers: vec![],
+        content_type: Some("text/plain".into()),
+        payload: bytes::Bytes::from_static(payload),
+        trace_context: None,
+        attempt: 1,
+        received_at_ms: vrsky_actors::now_ms(),
+    }
+}
