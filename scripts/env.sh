@@ -101,6 +101,19 @@ ensure_postgres() {
     return 1
 }
 
+# s3s-fs: a real S3 server on a directory that checks SigV4 signatures (a tampered or
+# expired presigned URL gets 403), for the claim-check tests. Built once with cargo
+# (about 3 minutes; 0.15 and later need a newer rustc) into ~/.cargo/bin.
+S3S_FS_VERSION=0.14.1
+ensure_s3s_fs() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+        echo "installing s3s-fs $S3S_FS_VERSION (cargo install s3s-fs --features binary)..." >&2
+        cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked >&2 || return 1
+    fi
+    export S3S_FS_BIN="$bin"
+}
+
 # promtool and prometheus (Debian's `prometheus` package) for the monitoring checks and
 # the real-Prometheus test. Debian builds Prometheus without Kubernetes service
 # discovery; check_monitoring works around that for prometheus.yml.

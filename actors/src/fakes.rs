@@ -259,3 +259,69 @@ impl Provisioner for FakeProvisioner {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// Claim-checked payloads in memory: keeps the objects and the keys deleted.
+#[derive(Debug, Default)]
+pub struct MemoryPayloads {
+    objects: Mutex<HashMap<String, Bytes>>,
+    deleted: Mutex<Vec<String>>,
+}
+
+impl MemoryPayloads {
+    /// Stores an object and returns its reference.
+    pub fn put(&self, key: &str, bytes: Bytes) -> crate::payload::PayloadRef {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let r = crate::payload::PayloadRef {
+            key: key.to_owned(),
+            size: bytes.len() as u64,
+            sha256: crate::payload::sha256_hex(digest.as_ref()),
+        };
+        self.objects.lock().unwrap().insert(key.to_owned(), bytes);
+        r
+    }
+
+    /// Keys deleted so far, in order.
+    pub fn deleted(&self) -> Vec<String> {
+        self.deleted.lock().unwrap().clone()
+    }
+
+    /// Whether the object is still there.
+    pub fn contains(&self, key: &str) -> bool {
+        self.objects.lock().unwrap().contains_key(key)
+    }
+}
+
+impl crate::payload::Payloads for MemoryPayloads {
+    fn read<'a>(
+        &'a self,
+        r: &'a crate::payload::PayloadRef,
+        max: u64,
+    ) -> BoxFuture<'a, Result<Bytes, crate::payload::PayloadError>> {
+        Box::pin(async move {
+            use crate::payload::PayloadError;
+            if r.size > max {
+                return Err(PayloadError::TooLarge { size: r.size, max });
+            }
+            let bytes = self
+                .objects
+                .lock()
+                .unwrap()
+                .get(&r.key)
+                .cloned()
+                .ok_or_else(|| PayloadError::Missing(r.key.clone()))?;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            if bytes.len() as u64 != r.size || crate::payload::sha256_hex(digest.as_ref()) != r.sha256 {
+                return Err(PayloadError::Corrupt(r.key.clone()));
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), crate::payload::PayloadError>> {
+        Box::pin(async move {
+            self.objects.lock().unwrap().remove(key);
+            self.deleted.lock().unwrap().push(key.to_owned());
+            Ok(())
+        })
+    }
+}

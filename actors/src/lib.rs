@@ -11,6 +11,7 @@ pub mod ids;
 pub mod integration;
 pub mod message;
 pub mod nats_instance;
+pub mod payload;
 pub mod subjects;
 pub mod telemetry;
 pub mod tenant;
@@ -18,6 +19,7 @@ pub mod wire;
 
 pub use envelope::Envelope;
 pub use ids::{IdError, IntegrationId, MessageId, TenantId};
+pub use payload::{PayloadError, PayloadRef, Payloads};
 
 /// Wall-clock time in ms since the Unix epoch: the time base of message state (0 if the
 /// clock is before 1970).
@@ -44,6 +46,7 @@ pub(crate) mod testkit {
             headers: vec![],
             content_type: content_type.map(str::to_owned),
             payload: bytes::Bytes::new(),
+            payload_ref: None,
             trace_context: None,
             attempt: 1,
             received_at_ms: 0,

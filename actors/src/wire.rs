@@ -47,6 +47,13 @@ impl WireKey {
         m
     }
 
+    /// A key for another purpose, derived from this one by HMAC over `label`: every node
+    /// derives the same key, and it reveals nothing of the wire key.
+    pub fn derive(&self, label: &[u8]) -> ring::hmac::Key {
+        let tag = ring::hmac::sign(&self.0, label);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
+    }
+
     fn tag(&self, revision: u64, stored: &[u8]) -> String {
         use base64::Engine;
         let tag = ring::hmac::sign(&self.0, &Self::input(revision, stored));
@@ -160,6 +167,7 @@ mod tests {
             headers,
             content_type: ct,
             payload: Bytes::from(payload),
+            payload_ref: None,
             trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             attempt: 1,
             received_at_ms: 1_700_000_000_000,

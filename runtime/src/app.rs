@@ -14,6 +14,8 @@ use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn
 
 /// Name of the RetryScheduler under the runtime supervisor.
 pub const SCHEDULER_CHILD: &str = "retry-scheduler";
+/// The orphan sweeper of claim-checked payloads (when an object store is configured).
+pub const SWEEPER_CHILD: &str = "object-sweeper";
 
 /// Messages a tenant NATS client buffers per subscription before it drops them (a slow
 /// consumer), at least: async-nats' default, 65,536. A worker never has more than its
@@ -164,6 +166,17 @@ impl Runtime {
         )
         .await?;
         info!("platform state ready (message_state, retry_queue, dead_letter_queue)");
+        let objects = crate::objects::Objects::open(
+            &cfg.object_store,
+            &cfg.claim_check,
+            &cfg.data_dir,
+            platform_state.wire_key().derive(crate::objects::presign::KEY_LABEL),
+        )?;
+        match &objects {
+            Some(o) => info!(store = %o.description, threshold_bytes = o.threshold(),
+                body_bytes_max = o.settings.body_bytes_max, "claim check on: larger payloads go to the object store"),
+            None => info!("claim check off (object_store.kind = none)"),
+        }
 
         let db_url = cfg.database_url();
         let db = Db::connect(&db_url)
@@ -239,18 +252,20 @@ impl Runtime {
                         subscription_capacity: SUBSCRIPTION_CAPACITY
                             .max(4 * cfg.webhook.unfinished_per_integration_max),
                         credential_rotation: Duration::from_secs_f64(cfg.security.credential_rotation_days * 86_400.0),
+                        pipeline_read_max: cfg.claim_check.pipeline_read_bytes_max,
                     },
                     redrive_now: Arc::new(move |t| expediter.expedite(t)),
                     sealer,
                     wire_key: platform_state.wire_key().clone(),
                     trust: trust.clone(),
+                    objects: objects.clone(),
                 },
             )
             .with_tree_events(tree_events),
         );
         control.load_all(startup_timeout * 2).await?;
         let scheduler_args = SchedulerArgs {
-            platform: platform_state,
+            platform: platform_state.clone(),
             directory,
             redrive_after: Duration::from_millis(st.redrive_after_ms),
             tick: Duration::from_millis(st.redrive_tick_ms),
@@ -270,6 +285,26 @@ impl Runtime {
         // A platform outage must not take the node down: keep trying, with backoff.
         .intensity(None);
         root.start_child(scheduler).await?;
+        if let Some(objects) = &objects {
+            let args = crate::objects::sweeper::SweeperArgs {
+                objects: objects.clone(),
+                platform: platform_state.clone(),
+                counters: objects.sweep_counters.clone(),
+            };
+            let sweeper = ChildSpec::worker(SWEEPER_CHILD, move |sup| {
+                let args = args.clone();
+                async move {
+                    let (r, _) = ractor::Actor::spawn_linked(None, crate::objects::sweeper::Sweeper, args, sup).await?;
+                    Ok(r.get_cell())
+                }
+            })
+            .backoff(Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+            })
+            .intensity(None);
+            root.start_child(sweeper).await?;
+        }
 
         let state = AppState {
             control: control.clone(),
@@ -280,11 +315,15 @@ impl Runtime {
             platform: platform.clone(),
             platform_sync: Arc::from(platform_sync.as_str()),
             failed_auth_budget: Arc::default(),
+            objects: objects.clone(),
         };
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.http_addr))?;
         let addr = listener.local_addr()?;
+        if let Some(o) = &objects {
+            o.set_http_addr(addr);
+        }
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let app = router(state, opts.dev_sink);
         let (grpc_addr, grpc_stop, grpc_task) = match cfg.grpc_addr {

@@ -39,6 +39,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Durable message state in the platform NATS.
     pub state: StateConfig,
+    /// Where claim-checked payloads are stored.
+    pub object_store: crate::objects::ObjectStoreConfig,
+    /// Payloads above a threshold travel by reference through the object store.
+    pub claim_check: crate::objects::ClaimCheckConfig,
 }
 
 /// Secrets at rest and NATS credentials.
@@ -295,6 +299,8 @@ impl Default for Config {
             producer: ProducerConfig::default(),
             log: LogConfig::default(),
             state: StateConfig::default(),
+            object_store: crate::objects::ObjectStoreConfig::default(),
+            claim_check: crate::objects::ClaimCheckConfig::default(),
         }
     }
 }
@@ -373,6 +379,9 @@ impl Config {
 
     /// Checks ranges serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.claim_check
+            .check(&self.object_store)
+            .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         if self.webhook.body_bytes_max == 0 || self.webhook.body_bytes_max > BODY_BYTES_MAX_LIMIT {
             return Err(ConfigError::Invalid {
                 field: "webhook.body_bytes_max",

@@ -17,6 +17,7 @@ pub mod http;
 pub mod instances;
 pub mod k8s;
 pub mod nats;
+pub mod objects;
 pub mod platform;
 pub mod producer;
 pub mod scheduler;

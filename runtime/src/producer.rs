@@ -1,25 +1,34 @@
 //! The HTTP producer: one request per delivery, never following redirects.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+use crate::objects::Objects;
 use crate::targets::{CheckedResolver, blocked_in, is_blocked};
-use vrsky_actors::Envelope;
 use vrsky_actors::components::signature::Secret;
 use vrsky_actors::components::{
-    Delivered, HttpMethod, HttpProducerSpec, ProduceError, ProduceErrorKind, Producer, SpecError,
+    Delivered, HttpMethod, HttpProducerSpec, PayloadDelivery, ProduceError, ProduceErrorKind, Producer, SpecError,
 };
+use vrsky_actors::{Envelope, PayloadError, PayloadRef};
+
+/// A request body: the payload in memory, or a claim-checked payload streamed from the
+/// object store (with its `Content-Length`, so it is never chunked).
+pub type RequestBody = Either<Full<Bytes>, StreamBody<BoxStream<'static, Result<Frame<Bytes>, object_store::Error>>>>;
 
 /// The runtime's one delivery client: hyper's connection pool over TCP or rustls (ring,
 /// the platform's trust store), HTTP/1.1 or HTTP/2 by ALPN. It never follows redirects
@@ -27,7 +36,7 @@ use vrsky_actors::components::{
 /// are the message's, with backoff and a dead-letter queue.
 /// Host names are resolved by [`CheckedResolver`], so it connects only to addresses a
 /// producer may reach (see `targets.rs`).
-pub type HttpClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, RequestBody>;
 
 /// Most idle connections kept per destination.
 const IDLE_PER_HOST: usize = 64;
@@ -66,6 +75,10 @@ pub struct HttpProducer {
     timeout: Duration,
     /// Standard Webhooks secret each delivery is signed with.
     signing: Option<Secret>,
+    /// Where claim-checked payloads are read from.
+    objects: Option<Arc<Objects>>,
+    /// Body or presigned URL, for a claim-checked payload.
+    payload_delivery: PayloadDelivery,
 }
 
 fn spec_err(field: &str, message: impl Into<String>) -> SpecError {
@@ -156,7 +169,15 @@ impl HttpProducer {
             headers,
             timeout: Duration::from_millis(spec.timeout_ms),
             signing,
+            objects: None,
+            payload_delivery: spec.payload_delivery,
         })
+    }
+
+    /// Reads claim-checked payloads from `objects`.
+    pub fn with_objects(mut self, objects: Option<Arc<Objects>>) -> Self {
+        self.objects = objects;
+        self
     }
 
     fn request_headers(&self, env: &Envelope) -> HeaderMap {
@@ -180,24 +201,97 @@ impl HttpProducer {
         if let Some(tp) = env.trace_context.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
             h.insert("traceparent", tp);
         }
-        if let Some(secret) = &self.signing {
-            // Standard Webhooks: the id is the message id, the same on every attempt, so
-            // the destination can deduplicate; the timestamp is this attempt's.
-            let now_s = vrsky_actors::now_ms() / 1000;
-            let id = env.message_id.as_str();
-            let signature = secret.sign(id, now_s, &env.payload);
-            for (name, value) in [
-                ("webhook-id", id.to_owned()),
-                ("webhook-timestamp", now_s.to_string()),
-                ("webhook-signature", signature),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(name, v);
+        h
+    }
+
+    /// Standard Webhooks headers over the body sent: the id is the message id, the same
+    /// on every attempt, so the destination can deduplicate; the timestamp is this
+    /// attempt's. A body in the store is read once to sign it, then again to send it.
+    async fn sign(&self, h: &mut HeaderMap, env: &Envelope, body: &Body<'_>) -> Result<(), ProduceError> {
+        let Some(secret) = &self.signing else {
+            return Ok(());
+        };
+        let now_s = vrsky_actors::now_ms() / 1000;
+        let id = env.message_id.as_str();
+        let mut signer = secret.signer(id, now_s);
+        match body {
+            Body::Bytes(b) => signer.update(b),
+            Body::Stored(r, objects) => {
+                let mut s = objects.stream(r).await.map_err(|e| self.payload_error(&e))?;
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| self.unanswered(format!("reading the payload to sign it: {e}")))?;
+                    signer.update(&chunk);
                 }
             }
         }
-        h
+        for (name, value) in [
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", now_s.to_string()),
+            ("webhook-signature", signer.finish()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+        Ok(())
     }
+
+    /// The claim check's headers: where the payload is (a presigned GET URL), its size
+    /// and SHA-256, so a destination can fetch it or check what it got.
+    async fn payload_headers(&self, h: &mut HeaderMap, r: &PayloadRef) {
+        let Some(objects) = &self.objects else { return };
+        match objects.presigned_url(&r.key).await {
+            Ok(url) => {
+                if let Ok(v) = HeaderValue::from_str(&url) {
+                    h.insert("vrsky-payload-url", v);
+                }
+            }
+            Err(e) => tracing::warn!(key = %r.key, error = %e, "no presigned URL for the payload"),
+        }
+        h.insert("vrsky-payload-size", HeaderValue::from(r.size));
+        if let Ok(v) = HeaderValue::from_str(&r.sha256) {
+            h.insert("vrsky-payload-sha256", v);
+        }
+    }
+
+    /// A payload that cannot be read: retried while the store is down, permanent when
+    /// the object is gone or damaged.
+    fn payload_error(&self, e: &PayloadError) -> ProduceError {
+        ProduceError {
+            kind: if e.is_retryable() {
+                ProduceErrorKind::Retryable
+            } else {
+                ProduceErrorKind::Permanent
+            },
+            status: None,
+            message: format!("delivery to {} not sent: {e}", self.shown),
+            retry_after_ms: None,
+        }
+    }
+
+    /// What this delivery sends.
+    fn body<'a>(&'a self, env: &'a Envelope) -> Result<Body<'a>, ProduceError> {
+        if env.payload_ref.is_some() && self.payload_delivery == PayloadDelivery::Url {
+            return Ok(Body::Bytes(Bytes::new()));
+        }
+        match env.payload_in_store() {
+            None => Ok(Body::Bytes(env.payload.clone())),
+            Some(r) => {
+                let objects = self.objects.as_deref().ok_or_else(|| {
+                    self.payload_error(&PayloadError::Unavailable(
+                        "this node has no object store configured".into(),
+                    ))
+                })?;
+                Ok(Body::Stored(r, objects))
+            }
+        }
+    }
+}
+
+/// The body of one delivery, before it is sent.
+enum Body<'a> {
+    Bytes(Bytes),
+    Stored(&'a PayloadRef, &'a Objects),
 }
 
 /// A URL as `last_error`, dead letters and logs show it: scheme, host, port and path;
@@ -253,10 +347,24 @@ impl HttpProducer {
 
     /// The request, its answer and the drain of a small answer body, within the timeout.
     async fn exchange(&self, env: &Envelope) -> Result<(http::StatusCode, Option<u64>), ProduceError> {
-        let mut req = Request::new(Full::new(env.payload.clone()));
+        let body = self.body(env)?;
+        let mut headers = self.request_headers(env);
+        if let Some(r) = &env.payload_ref {
+            self.payload_headers(&mut headers, r).await;
+        }
+        self.sign(&mut headers, env, &body).await?;
+        let body = match body {
+            Body::Bytes(b) => Either::Left(Full::new(b)),
+            Body::Stored(r, objects) => {
+                let stream = objects.stream(r).await.map_err(|e| self.payload_error(&e))?;
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(r.size));
+                Either::Right(StreamBody::new(stream.map(|c| c.map(Frame::data)).boxed()))
+            }
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.request_headers(env);
+        *req.headers_mut() = headers;
         let resp = self.client.request(req).await.map_err(|e| match blocked_in(&e) {
             // Refused before any connection: the reason says nothing of the port.
             Some(b) => ProduceError {
@@ -328,6 +436,7 @@ mod tests {
             headers: Default::default(),
             timeout_ms: 1000,
             signing: None,
+            payload_delivery: Default::default(),
         }
     }
 
@@ -371,6 +480,7 @@ mod tests {
             headers: vec![("x-request-id".into(), "r1".into())],
             content_type: Some("application/json".into()),
             payload: bytes::Bytes::from_static(b"{}"),
+            payload_ref: None,
             trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             attempt: 2,
             received_at_ms: 0,

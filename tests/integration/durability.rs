@@ -954,6 +954,7 @@ async fn a_forged_publish_with_the_current_revision_is_not_claimed() {
     // tenant's NATS: without a MAC, and with a made-up one.
     let forged_env = Envelope {
         payload: bytes::Bytes::from_static(b"forged"),
+        payload_ref: None,
         ..envelope(&id)
     };
     let state = MessageState {

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod claim_check;
+mod claim_check_node;
 mod cli;
 mod common;
 mod crash;

@@ -103,6 +103,7 @@ fn envelope() -> Envelope {
         headers: vec![],
         content_type: None,
         payload: bytes::Bytes::from_static(b"{}"),
+        payload_ref: None,
         trace_context: None,
         attempt: 1,
         received_at_ms: 0,
@@ -129,6 +130,7 @@ async fn no_producer_url_reaches_this_machine() {
             headers: Default::default(),
             timeout_ms: 2000,
             signing: None,
+            payload_delivery: Default::default(),
         };
         match HttpProducer::new(client.clone(), &spec, false) {
             Err(e) => {
@@ -176,6 +178,7 @@ async fn no_producer_url_reaches_this_machine() {
         headers: Default::default(),
         timeout_ms: 500,
         signing: None,
+        payload_delivery: Default::default(),
     };
     let p = HttpProducer::new(http_client(true).unwrap(), &spec, true).unwrap();
     let _ = p.deliver(&envelope()).await;

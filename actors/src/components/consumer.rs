@@ -83,6 +83,28 @@ impl WebhookConsumer {
     }
 }
 
+impl WebhookConsumer {
+    /// The check of a body that streams in (see [`Secret::verifier`]); `None` when the
+    /// integration does not require signatures.
+    pub fn verifier<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        now_s: u64,
+    ) -> Result<Option<super::signature::Verifier>, SignatureError> {
+        match &self.verify {
+            None => Ok(None),
+            Some(secret) => secret
+                .verifier(
+                    header("webhook-id"),
+                    header("webhook-timestamp"),
+                    header("webhook-signature"),
+                    now_s,
+                )
+                .map(Some),
+        }
+    }
+}
+
 impl Consumer for WebhookConsumer {
     fn accept(&self, request: InboundRequest) -> Result<Envelope, ConsumeError> {
         let mut content_type = None;
@@ -107,6 +129,7 @@ impl Consumer for WebhookConsumer {
             headers,
             content_type,
             payload: request.body,
+            payload_ref: None,
             trace_context: request.trace_context,
             attempt: 1,
             received_at_ms: request.received_at_ms,

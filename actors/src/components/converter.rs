@@ -69,6 +69,7 @@ impl Converter for JsonMapConverter {
         }
         let body = serde_json::to_vec(&out).map_err(|e| ConvertError::Output(e.to_string()))?;
         envelope.payload = Bytes::from(body);
+        envelope.payload_ref = None;
         envelope.content_type = Some("application/json".into());
         Ok(envelope)
     }

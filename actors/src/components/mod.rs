@@ -20,7 +20,7 @@ pub use filter::JsonFieldFilter;
 pub use pipeline::{Outcome, Pipeline};
 pub use spec::{
     ConsumerSpec, ConverterSpec, FieldOp, FilterSpec, HttpMethod, HttpProducerSpec, IntegrationSpec, MissingField,
-    ProducerSpec, REDACTED, SignatureScheme, SignatureSpec, SigningSpec, SpecError,
+    PayloadDelivery, ProducerSpec, REDACTED, SignatureScheme, SignatureSpec, SigningSpec, SpecError,
 };
 
 /// Turns an inbound request into an envelope (the webhook receiver is the first).

@@ -47,20 +47,25 @@ impl Secret {
         Ok(Secret(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
     }
 
-    fn tag(&self, id: &str, timestamp: &str, body: &[u8]) -> hmac::Tag {
+    fn context(&self, id: &str, timestamp: &str) -> hmac::Context {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(id.as_bytes());
         ctx.update(b".");
         ctx.update(timestamp.as_bytes());
         ctx.update(b".");
-        ctx.update(body);
-        ctx.sign()
+        ctx
     }
 
     /// The `webhook-signature` value for a message: `v1,<base64>`.
     pub fn sign(&self, id: &str, timestamp_s: u64, body: &[u8]) -> String {
-        let tag = self.tag(id, &timestamp_s.to_string(), body);
-        format!("v1,{}", STANDARD.encode(tag.as_ref()))
+        let mut s = self.signer(id, timestamp_s);
+        s.update(body);
+        s.finish()
+    }
+
+    /// Signs a body that arrives in pieces (a claim-checked payload read from the store).
+    pub fn signer(&self, id: &str, timestamp_s: u64) -> Signer {
+        Signer(self.context(id, &timestamp_s.to_string()))
     }
 
     /// Checks an incoming webhook's three headers against its body at `now_s`.
@@ -72,6 +77,20 @@ impl Secret {
         body: &[u8],
         now_s: u64,
     ) -> Result<(), SignatureError> {
+        let mut v = self.verifier(id, timestamp, signatures, now_s)?;
+        v.update(body);
+        v.finish()
+    }
+
+    /// Checks the three headers at `now_s` and returns what checks the body as it streams
+    /// in (a body too large to hold is verified while it goes to the object store).
+    pub fn verifier(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signatures: Option<&str>,
+        now_s: u64,
+    ) -> Result<Verifier, SignatureError> {
         let id = id
             .filter(|v| !v.is_empty())
             .ok_or(SignatureError::Missing("webhook-id"))?;
@@ -85,18 +104,61 @@ impl Secret {
         if at.abs_diff(now_s) > TOLERANCE_S {
             return Err(SignatureError::Stale);
         }
-        let expected = self.tag(id, ts, body);
-        for sig in signatures.split(' ').filter(|s| !s.is_empty()).take(SIGNATURES_MAX) {
-            let Some(b64) = sig.strip_prefix("v1,") else {
-                continue;
-            };
-            if let Ok(given) = STANDARD.decode(b64)
-                && constant_time_eq(expected.as_ref(), &given)
-            {
-                return Ok(());
-            }
+        let given = signatures
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .take(SIGNATURES_MAX)
+            .filter_map(|sig| sig.strip_prefix("v1,"))
+            .filter_map(|b64| STANDARD.decode(b64).ok())
+            .collect();
+        Ok(Verifier {
+            ctx: self.context(id, ts),
+            given,
+        })
+    }
+}
+
+/// A signature being computed over a body that arrives in pieces.
+pub struct Signer(hmac::Context);
+
+impl Signer {
+    /// Adds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The `webhook-signature` value: `v1,<base64>`.
+    pub fn finish(self) -> String {
+        format!("v1,{}", STANDARD.encode(self.0.sign().as_ref()))
+    }
+}
+
+/// An incoming signature being checked against a body that arrives in pieces.
+pub struct Verifier {
+    ctx: hmac::Context,
+    given: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(..)")
+    }
+}
+
+impl Verifier {
+    /// Adds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.ctx.update(piece);
+    }
+
+    /// Whether one of the given `v1` signatures matches the whole body.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        let expected = self.ctx.sign();
+        if self.given.iter().any(|g| constant_time_eq(expected.as_ref(), g)) {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
         }
-        Err(SignatureError::Mismatch)
     }
 }
 

@@ -174,6 +174,28 @@ pub struct HttpProducerSpec {
     /// every attempt, `webhook-timestamp` the attempt's time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSpec>,
+    /// How a claim-checked payload (one in the object store) reaches the destination:
+    /// `body`, streamed as the request body (the default), or `url`, an empty body and the
+    /// object's presigned GET URL in `Vrsky-Payload-Url` for the destination to fetch.
+    #[serde(default, skip_serializing_if = "PayloadDelivery::is_body")]
+    pub payload_delivery: PayloadDelivery,
+}
+
+/// See [`HttpProducerSpec::payload_delivery`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadDelivery {
+    /// The payload is the request body.
+    #[default]
+    Body,
+    /// The request carries the payload's presigned URL instead.
+    Url,
+}
+
+impl PayloadDelivery {
+    fn is_body(&self) -> bool {
+        *self == PayloadDelivery::Body
+    }
 }
 
 fn default_timeout_ms() -> u64 {

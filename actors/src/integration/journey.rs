@@ -41,7 +41,7 @@ pub(super) fn consumer(msg: &async_nats::Message, claim: &Claimable) -> Context 
                 "messaging.consumer.group.name",
                 crate::subjects::integration_queue_group(&s.integration_id),
             ),
-            KeyValue::new("messaging.message.body.size", claim.envelope.payload.len() as i64),
+            KeyValue::new("messaging.message.body.size", claim.envelope.payload_len() as i64),
             KeyValue::new(ATTEMPT, i64::from(s.next_attempt())),
         ],
     )

@@ -33,6 +33,10 @@ pub struct IntegrationArgs {
     pub incarnation: u64,
     /// Authenticates what arrives over NATS (see [`crate::wire`]).
     pub wire_key: crate::wire::WireKey,
+    /// The object store of claim-checked payloads, when the node has one.
+    pub payloads: Option<Arc<dyn crate::payload::Payloads>>,
+    /// Most bytes of a claim-checked payload the filters and converters load.
+    pub pipeline_read_max: u64,
 }
 
 /// Messages an IntegrationActor accepts.

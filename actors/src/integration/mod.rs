@@ -19,7 +19,9 @@ pub mod histogram;
 pub use messages::{IntegrationArgs, IntegrationCounters, IntegrationMsg, IntegrationStats};
 
 use crate::components::{Outcome, ProduceErrorKind};
+use crate::envelope::Envelope;
 use crate::message::{Committed, Committer, Event, Status};
+use crate::payload::PayloadError;
 use crate::{now_ms, subjects, wire};
 
 /// The actor. Its state owns the subscription pump; dropping the state (stop, failure or
@@ -121,6 +123,35 @@ fn jitter_sample() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
+/// The envelope the pipeline runs on: a claim-checked body is loaded (at most
+/// `pipeline_read_max` bytes) only when there are filters or converters to read it; the
+/// producer streams it from the store otherwise.
+async fn load_for_pipeline(args: &IntegrationArgs, env: Envelope) -> Result<Envelope, PayloadError> {
+    let Some(reference) = env.payload_in_store() else {
+        return Ok(env);
+    };
+    if args.pipeline.is_empty() {
+        return Ok(env);
+    }
+    let store = args
+        .payloads
+        .as_ref()
+        .ok_or_else(|| PayloadError::Unavailable("this node has no object store configured".into()))?;
+    let payload = store.read(reference, args.pipeline_read_max).await?;
+    Ok(Envelope { payload, ..env })
+}
+
+/// Releases the object of a message that has finished without a dead letter; one left
+/// behind (the store down) is removed by the runtime's orphan sweeper.
+async fn release_payload(args: &IntegrationArgs, key: &str) {
+    if let Some(store) = &args.payloads
+        && let Err(error) = store.delete(key).await
+    {
+        warn!(tenant_id = %args.tenant_id, integration_id = %args.integration_id, key, %error,
+            "payload object not deleted; the orphan sweeper will remove it");
+    }
+}
+
 async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
     let c = &args.counters;
     c.received.fetch_add(1, Ordering::Relaxed);
@@ -202,15 +233,30 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 return;
             }
         };
-        let ran = journey::pipeline(args.pipeline.is_empty(), &cx, &claim.state, || args.pipeline.run(claim.envelope), |o| match o {
-            Outcome::Deliver(_) => "deliver",
-            Outcome::Filtered { .. } => "filtered",
-            Outcome::ConvertFailed { .. } => "convert_failed",
-        });
+        let payload_key = claim.envelope.payload_ref.as_ref().map(|r| r.key.clone());
+        let ran = match load_for_pipeline(&args, claim.envelope).await {
+            Ok(envelope) => Ok(journey::pipeline(args.pipeline.is_empty(), &cx, &claim.state, || args.pipeline.run(envelope), |o| match o {
+                Outcome::Deliver(_) => "deliver",
+                Outcome::Filtered { .. } => "filtered",
+                Outcome::ConvertFailed { .. } => "convert_failed",
+            })),
+            Err(error) => Err(error),
+        };
         let mut attempt = None;
         let mut answered = (None, None);
         let event = match ran {
-            Outcome::Deliver(mut out) => {
+            Err(error) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                warn_message!(claim.state, ids(), %error, "payload not loaded for the filters and converters");
+                Event::Failed {
+                    error: error.to_string(),
+                    status: None,
+                    retryable: error.is_retryable(),
+                    retry_after_ms: None,
+                    jitter_sample: jitter_sample(),
+                }
+            }
+            Ok(Outcome::Deliver(mut out)) => {
                 attempt = journey::Attempt::begin(&cx);
                 if let Some(a) = &attempt {
                     out.trace_context = Some(a.traceparent.clone());
@@ -251,12 +297,12 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 }
             }
             }
-            Outcome::Filtered { filter, reason } => {
+            Ok(Outcome::Filtered { filter, reason }) => {
                 c.filtered.fetch_add(1, Ordering::Relaxed);
                 debug!(filter, %reason, "filtered out");
                 Event::Filtered { reason }
             }
-            Outcome::ConvertFailed { converter, error } => {
+            Ok(Outcome::ConvertFailed { converter, error }) => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
                 warn_message!(claim.state, ids(), converter, %error, "conversion failed");
                 Event::Failed {
@@ -291,6 +337,11 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                         error = s.last_error.as_deref().unwrap_or(""),
                         "dead-lettered"
                     );
+                }
+                Status::Completed | Status::Filtered => {
+                    if let Some(key) = &payload_key {
+                        release_payload(&args, key).await;
+                    }
                 }
                 _ => {}
             },

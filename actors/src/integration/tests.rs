@@ -63,6 +63,15 @@ fn ids() -> (TenantId, IntegrationId) {
 
 /// Stores a message as ingress does; returns its id and what is published.
 fn ingress(store: &MemoryStore, body: &'static [u8]) -> (MessageId, bytes::Bytes, u64) {
+    ingress_with(store, body, None)
+}
+
+/// As [`ingress`], with the body in the object store when `reference` is given.
+fn ingress_with(
+    store: &MemoryStore,
+    body: &'static [u8],
+    reference: Option<crate::payload::PayloadRef>,
+) -> (MessageId, bytes::Bytes, u64) {
     let (t, i) = ids();
     let id = MessageId::generate();
     let env = Envelope {
@@ -71,7 +80,12 @@ fn ingress(store: &MemoryStore, body: &'static [u8]) -> (MessageId, bytes::Bytes
         integration_id: i.clone(),
         headers: vec![],
         content_type: Some("text/plain".into()),
-        payload: bytes::Bytes::from_static(body),
+        payload: if reference.is_some() {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from_static(body)
+        },
+        payload_ref: reference,
         trace_context: None,
         attempt: 1,
         received_at_ms: crate::now_ms(),
@@ -116,6 +130,8 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
         retry: RetryPolicy::default(),
         incarnation: 7,
         wire_key: wire::WireKey::new(b"test-wire-key-0123456789abcdef01"),
+        payloads: None,
+        pipeline_read_max: 1 << 20,
     };
     let (actor, _) = Actor::spawn(None, IntegrationActor, args).await.unwrap();
     let subject = subjects::integration_inbox(&t, &i);
@@ -153,5 +169,84 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
         (stats.received, stats.delivered, stats.failed, stats.retried),
         (3, 1, 1, 1)
     );
+    actor.stop(None);
+}
+
+/// A claim-checked payload: the filters read it from the store (within the read limit),
+/// the producer gets the bytes, and the object is released once the message completes; one
+/// above the limit is dead-lettered with the limit named, and its object is kept for the
+/// dead letter.
+#[tokio::test]
+async fn claim_checked_payloads_are_loaded_for_filters_and_released_on_completion() {
+    use crate::components::{FieldOp, FilterSpec};
+    use crate::fakes::MemoryPayloads;
+    let nats = server().await;
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let producer = Arc::new(ScriptedProducer::new(vec![]));
+    let payloads = Arc::new(MemoryPayloads::default());
+    let (t, i) = ids();
+    let filter = FilterSpec::JsonField {
+        path: "/kind".into(),
+        op: FieldOp::Eq,
+        value: Some(serde_json::json!("big")),
+    };
+    let key = wire::WireKey::new(b"test-wire-key-0123456789abcdef01");
+    let args = IntegrationArgs {
+        tenant_id: t.clone(),
+        integration_id: i.clone(),
+        pipeline: Arc::new(Pipeline::from_specs(&[filter], &[])),
+        producer: producer.clone(),
+        clients: vec![client.clone()],
+        max_in_flight: 4,
+        counters: Arc::new(IntegrationCounters::default()),
+        store: store.clone(),
+        retry: RetryPolicy::default(),
+        incarnation: 7,
+        wire_key: key.clone(),
+        payloads: Some(payloads.clone()),
+        pipeline_read_max: 64,
+    };
+    let (actor, _) = Actor::spawn(None, IntegrationActor, args).await.unwrap();
+    let subject = subjects::integration_inbox(&t, &i);
+    let small: &'static [u8] = br#"{"kind":"big","pad":"0123456789"}"#;
+    let fits = payloads.put("payloads/acme/hook/a/1", bytes::Bytes::from_static(small));
+    let (delivered, stored, revision) = ingress_with(&store, b"", Some(fits.clone()));
+    let (h, p) = wire::encode(&key, stored, revision, None);
+    client.publish_with_headers(subject.clone(), h, p).await.unwrap();
+    eventually("the claim-checked message delivered and its object released", || {
+        store
+            .state(&t, &delivered)
+            .is_some_and(|s| s.status == Status::Completed)
+            && payloads.deleted() == vec![fits.key.clone()]
+    })
+    .await;
+    assert_eq!(
+        producer.seen()[0].payload.as_ref(),
+        small,
+        "the producer got the stored bytes"
+    );
+
+    let large = payloads.put("payloads/acme/hook/b/1", bytes::Bytes::from(vec![b' '; 65]));
+    let (refused, stored, revision) = ingress_with(&store, b"", Some(large.clone()));
+    let (h, p) = wire::encode(&key, stored, revision, None);
+    client.publish_with_headers(subject, h, p).await.unwrap();
+    eventually("the payload above the read limit dead-lettered", || {
+        store
+            .state(&t, &refused)
+            .is_some_and(|s| s.status == Status::DeadLetter)
+    })
+    .await;
+    let s = store.state(&t, &refused).unwrap();
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("claim_check.pipeline_read_bytes_max"),
+        "{:?}",
+        s.last_error
+    );
+    assert!(payloads.contains(&large.key), "the dead letter's object is kept");
+    assert_eq!(producer.seen().len(), 1);
     actor.stop(None);
 }

@@ -11,7 +11,8 @@ mod store;
 
 pub use keys::{idempotent_message_id, parse_state_key, state_key};
 pub use record::{
-    RecordError, decode_envelope, decode_stored, empty_envelope, encode_envelope, encode_stored, trace_context_of,
+    RecordError, decode_envelope, decode_stored, empty_envelope, encode_envelope, encode_stored, payload_ref_of,
+    trace_context_of,
 };
 pub use redrive::{Deadlines, Due, Observed, deadline_of};
 pub use retry::{MAX_RETRIES_LIMIT, RetryPolicy};

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::MessageState;
 use crate::envelope::Envelope;
 use crate::ids::{IntegrationId, MessageId, TenantId};
+use crate::payload::PayloadRef;
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -28,6 +29,9 @@ struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     trace_context: Option<String>,
     received_at_ms: u64,
+    /// Claim check: the body is this object, and no bytes follow the line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_ref: Option<PayloadRef>,
 }
 
 /// A stored envelope that does not parse.
@@ -45,12 +49,15 @@ pub fn encode_envelope(env: &Envelope) -> Result<Bytes, RecordError> {
         content_type: env.content_type.clone(),
         trace_context: env.trace_context.clone(),
         received_at_ms: env.received_at_ms,
+        payload_ref: env.payload_ref.clone(),
     };
     let json = serde_json::to_vec(&meta).map_err(|e| RecordError(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(json.len() + 1 + env.payload.len());
     buf.put_slice(&json);
     buf.put_u8(b'\n');
-    buf.put_slice(&env.payload);
+    if env.payload_ref.is_none() {
+        buf.put_slice(&env.payload);
+    }
     Ok(buf.freeze())
 }
 
@@ -66,6 +73,18 @@ pub fn trace_context_of(bytes: &Bytes) -> Option<String> {
     serde_json::from_slice::<TraceOnly>(&bytes[..nl]).ok()?.trace_context
 }
 
+/// The claim-check reference an envelope record carries, read from its metadata line alone
+/// (to release or list the object without decoding the envelope).
+pub fn payload_ref_of(bytes: &Bytes) -> Option<PayloadRef> {
+    #[derive(Deserialize)]
+    struct RefOnly {
+        #[serde(default)]
+        payload_ref: Option<PayloadRef>,
+    }
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    serde_json::from_slice::<RefOnly>(&bytes[..nl]).ok()?.payload_ref
+}
+
 /// Decodes what [`encode_envelope`] wrote, with the given attempt number.
 pub fn decode_envelope(bytes: &Bytes, attempt: u32) -> Result<Envelope, RecordError> {
     let nl = bytes
@@ -79,7 +98,12 @@ pub fn decode_envelope(bytes: &Bytes, attempt: u32) -> Result<Envelope, RecordEr
         integration_id: meta.integration_id,
         headers: meta.headers,
         content_type: meta.content_type,
-        payload: bytes.slice(nl + 1..),
+        payload: if meta.payload_ref.is_some() {
+            Bytes::new()
+        } else {
+            bytes.slice(nl + 1..)
+        },
+        payload_ref: meta.payload_ref,
         trace_context: meta.trace_context,
         attempt,
         received_at_ms: meta.received_at_ms,
@@ -118,6 +142,7 @@ pub fn empty_envelope(state: &MessageState) -> Envelope {
         headers: Vec::new(),
         content_type: None,
         payload: Bytes::new(),
+        payload_ref: None,
         trace_context: None,
         attempt: state.retry_count,
         received_at_ms: state.created_at_ms,
@@ -141,6 +166,7 @@ mod tests {
                 headers: vec![("x-a".into(), "1\n2".into())],
                 content_type: Some("application/octet-stream".into()),
                 payload: Bytes::from(payload),
+                payload_ref: None,
                 trace_context: None,
                 attempt,
                 received_at_ms: 5,
@@ -193,6 +219,36 @@ mod tests {
         assert_eq!((s, r), (state, None));
         assert!(decode_stored(&Bytes::from_static(b"{oops\nrecord")).is_err());
         assert!(decode_stored(&Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_claim_checked_envelope_carries_its_reference_and_no_bytes() {
+        let reference = PayloadRef {
+            key: "payloads/t/i/m/u".into(),
+            size: 300 * 1024,
+            sha256: "ab".repeat(32),
+        };
+        let env = Envelope {
+            payload_ref: Some(reference.clone()),
+            ..empty_envelope(&MessageState::received(
+                MessageId::generate(),
+                TenantId::new("t").unwrap(),
+                IntegrationId::new("i").unwrap(),
+                9,
+            ))
+        };
+        let record = encode_envelope(&env).unwrap();
+        assert_eq!(record.last(), Some(&b'\n'), "nothing after the metadata line");
+        assert_eq!(payload_ref_of(&record), Some(reference.clone()));
+        let back = decode_envelope(&record, 1).unwrap();
+        assert_eq!(back.payload_in_store(), Some(&reference));
+        assert_eq!(back.payload_len(), 300 * 1024);
+        let inline = Envelope {
+            payload: Bytes::from_static(b"{}"),
+            payload_ref: None,
+            ..back
+        };
+        assert_eq!(payload_ref_of(&encode_envelope(&inline).unwrap()), None);
     }
 
     #[test]

@@ -6,10 +6,10 @@ use tracing::{info, warn};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use vrsky_actors::message::{
-    Committed, Committer, Event, MessageState, MessageStore, Status, Stored, trace_context_of,
+    Committed, Committer, Event, MessageState, MessageStore, Status, Stored, payload_ref_of, trace_context_of,
 };
 use vrsky_actors::telemetry::{self, Hop};
-use vrsky_actors::{IntegrationId, MessageId, TenantId, now_ms};
+use vrsky_actors::{IntegrationId, MessageId, Payloads, TenantId, now_ms};
 
 use super::{Control, ControlError};
 use crate::platform::{DeadLetter, DeadLetterSummary};
@@ -111,7 +111,19 @@ impl Control {
     /// Deletes a dead letter.
     pub async fn delete_dead_letter(&self, t: &TenantId, id: &MessageId) -> Result<(), ControlError> {
         self.known(t)?;
+        let held = self
+            .platform()
+            .dead_letter(t, id)
+            .await?
+            .and_then(|d| payload_ref_of(&d.record));
         if self.platform().delete_dead_letter(t, id).await? {
+            // Its payload goes with it (the message state no longer holds it: it is
+            // dead-lettered). One not deleted now is the orphan sweeper's.
+            if let (Some(r), Some(objects)) = (held, self.objects())
+                && let Err(e) = objects.delete(&r.key).await
+            {
+                warn!(tenant_id = %t, message_id = %id, error = %e, "payload object not deleted; the sweeper will");
+            }
             Ok(())
         } else {
             Err(ControlError::not_found(format!(

@@ -57,6 +57,11 @@ fn call_failed<E: std::fmt::Display>(t: &TenantId, e: E) -> ControlError {
 }
 
 impl Control {
+    /// The object store of claim-checked payloads, when one is configured.
+    pub fn objects(&self) -> Option<&Arc<crate::objects::Objects>> {
+        self.deps.objects.as_ref()
+    }
+
     /// A control layer over a running root supervisor. Call [`Control::load_all`] next.
     pub fn new(platform: Platform, root: ActorRef<SupervisorMsg>, deps: TenantDeps) -> Self {
         Control {
@@ -299,6 +304,13 @@ impl Control {
         self.stop_subtree(t).await;
         self.decommission(t).await;
         self.platform.purge_tenant(t).await?;
+        if let Some(objects) = &self.deps.objects {
+            // What is left (the store down) the orphan sweeper removes: no state holds it.
+            match objects.delete_tenant(t).await {
+                Ok(n) => info!(tenant_id = %t, objects = n, "tenant payload objects deleted"),
+                Err(e) => warn!(tenant_id = %t, error = %e, "tenant payload objects not all deleted; the sweeper will"),
+            }
+        }
         self.deps.db.delete_tenant(t).await?;
         info!(tenant_id = %t, "tenant deleted");
         Ok(())

@@ -112,7 +112,7 @@ fn dead_letter(v: Value) -> Value {
     use base64::Engine as _;
     let Value::Object(mut m) = v else { return v };
     let mut out = Map::new();
-    for k in ["attempt_history", "content_type", "payload_bytes"] {
+    for k in ["attempt_history", "content_type", "payload_bytes", "payload_ref"] {
         if let Some(x) = m.remove(k) {
             out.insert(k.into(), x);
         }

@@ -359,7 +359,11 @@ pub(crate) async fn get_dead_letter(
     Path((t, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let d = s.control.dead_letter(&tenant_id(&t)?, &message_id(&id)?).await?;
-    Ok(Json(DeadLetterView::from(&d)))
+    let mut view = DeadLetterView::from(&d);
+    if let (Some(r), Some(objects)) = (view.payload_ref.as_mut(), s.objects.as_ref()) {
+        r.url = objects.presigned_url(&r.key).await.ok();
+    }
+    Ok(Json(view))
 }
 
 /// `DELETE /api/tenants/{t}/dead-letters/{id}` -> 204.

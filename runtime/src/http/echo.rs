@@ -6,10 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
+use futures::StreamExt;
 use serde::Serialize;
 
 /// Requests kept.
@@ -36,6 +37,9 @@ pub(super) struct EchoRequest {
     pub(super) body_base64: Option<String>,
     /// Body size in bytes.
     pub(super) body_bytes: usize,
+    /// SHA-256 of the whole body, lowercase hex (compare with a claim-checked payload's
+    /// `Vrsky-Payload-Sha256`).
+    pub(super) body_sha256: String,
 }
 
 /// The last [`KEPT`] requests. The dev sink's own state; it holds no tenant data beyond
@@ -60,9 +64,23 @@ impl EchoSink {
     }
 }
 
-/// `POST /dev/echo`: 200, and the request is kept (and logged).
-pub(super) async fn receive(sink: Arc<EchoSink>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    let kept = &body[..body.len().min(BODY_KEPT_MAX)];
+/// `POST /dev/echo`: 200, and the request is kept (and logged). The body streams through:
+/// its first 64 KiB are kept, its size and SHA-256 counted, whatever its size.
+pub(super) async fn receive(sink: Arc<EchoSink>, headers: HeaderMap, body: Body) -> impl IntoResponse {
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut size = 0usize;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return StatusCode::BAD_REQUEST;
+        };
+        size += chunk.len();
+        hash.update(&chunk);
+        let room = BODY_KEPT_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    let kept = &kept[..];
     let text = std::str::from_utf8(kept).ok();
     let message_id = headers
         .get("x-vrsky-message-id")
@@ -70,8 +88,8 @@ pub(super) async fn receive(sink: Arc<EchoSink>, headers: HeaderMap, body: Bytes
         .map(str::to_owned);
     tracing::info!(
         message_id = message_id.as_deref().unwrap_or("-"),
-        bytes = body.len(),
-        body = %String::from_utf8_lossy(&body).chars().take(200).collect::<String>(),
+        bytes = size,
+        body = %String::from_utf8_lossy(kept).chars().take(200).collect::<String>(),
         "echo sink received"
     );
     sink.keep(EchoRequest {
@@ -91,7 +109,8 @@ pub(super) async fn receive(sink: Arc<EchoSink>, headers: HeaderMap, body: Bytes
             None => Some(base64::engine::general_purpose::STANDARD.encode(kept)),
             Some(_) => None,
         },
-        body_bytes: body.len(),
+        body_bytes: size,
+        body_sha256: vrsky_actors::payload::sha256_hex(hash.finish().as_ref()),
     });
     StatusCode::OK
 }
@@ -114,6 +133,7 @@ mod tests {
             body: None,
             body_base64: None,
             body_bytes: 0,
+            body_sha256: String::new(),
         }
     }
 

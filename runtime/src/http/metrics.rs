@@ -51,6 +51,9 @@ pub struct Figures {
     pub servers: Vec<super::metrics_tenant_nats::ServerSample>,
     /// This node's state writes: alone, in atomic batches, batches refused.
     pub commit: crate::platform::CommitFigures,
+    /// The claim check: stored bodies, their bytes, store failures, orphans removed
+    /// (`None` without an object store).
+    pub claim_check: Option<[u64; 4]>,
 }
 
 /// A counter series: name, help, and how to read it from an integration's stats.
@@ -254,6 +257,9 @@ pub fn render(f: &Figures) -> String {
         let _ = writeln!(out, "vrsky_actor_restarts_total{{kind=\"{kind}\"}} {n}");
     }
     commit(&mut out, &f.commit);
+    if let Some(c) = &f.claim_check {
+        claim_check(&mut out, c);
+    }
     super::metrics_tenant_nats::render(&mut out, &f.servers, label);
     out
 }
@@ -289,6 +295,35 @@ fn commit(out: &mut String, c: &crate::platform::CommitFigures) {
     let _ = writeln!(out, "vrsky_state_commit_batch_fallbacks_total {}", c.fallbacks);
 }
 
+/// The claim check's counters (ARCHITECTURE.md, Claim check).
+fn claim_check(out: &mut String, [stored, bytes, failures, orphans]: &[u64; 4]) {
+    for (name, help, v) in [
+        (
+            "vrsky_claim_check_objects_stored_total",
+            "Webhook bodies this node stored in the object store (above claim_check.threshold_bytes).",
+            stored,
+        ),
+        (
+            "vrsky_claim_check_stored_bytes_total",
+            "Bytes of the webhook bodies this node stored in the object store.",
+            bytes,
+        ),
+        (
+            "vrsky_claim_check_store_failures_total",
+            "Webhooks refused with 503 because the object store failed.",
+            failures,
+        ),
+        (
+            "vrsky_claim_check_orphans_removed_total",
+            "Payload objects no message held any more, removed by this node's sweeper.",
+            orphans,
+        ),
+    ] {
+        head(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
 /// Gathers this node's figures.
 pub async fn gather(s: &AppState) -> Figures {
     let mut f = Figures::default();
@@ -322,6 +357,15 @@ pub async fn gather(s: &AppState) -> Figures {
     // series, never the scrape.
     let platform = s.control.platform();
     f.commit = platform.commit_figures();
+    f.claim_check = s.objects.as_ref().map(|o| {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            o.counters.stored.load(Relaxed),
+            o.counters.stored_bytes.load(Relaxed),
+            o.counters.store_failures.load(Relaxed),
+            o.sweep_counters.removed.load(Relaxed),
+        ]
+    });
     match tokio::time::timeout(PLATFORM_TIMEOUT, platform.usage()).await {
         Ok(Ok(u)) => f.platform = u.into_iter().map(|(name, m, b, _)| (name, m, b)).collect(),
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: platform usage unavailable"),
@@ -390,8 +434,13 @@ mod tests {
                 batched_writes: 30,
                 fallbacks: 1,
             },
+            claim_check: Some([3, 3 * 300 * 1024, 1, 2]),
         };
         let text = render(&f);
+        assert!(text.contains("vrsky_claim_check_objects_stored_total 3\n"), "{text}");
+        assert!(text.contains("vrsky_claim_check_stored_bytes_total 921600\n"));
+        assert!(text.contains("vrsky_claim_check_store_failures_total 1\n"));
+        assert!(text.contains("vrsky_claim_check_orphans_removed_total 2\n"));
         assert!(
             text.contains("vrsky_state_commit_writes_total{unit=\"single\"} 7"),
             "{text}"

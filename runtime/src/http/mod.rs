@@ -4,6 +4,7 @@ mod api;
 mod api_keys;
 mod audit;
 pub mod auth;
+mod claim_check;
 mod echo;
 pub mod error;
 pub mod metrics;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub platform_sync: Arc<str>,
     /// How many failed API authentications are audited one by one.
     pub failed_auth_budget: Arc<crate::audit_budget::FailureBudget>,
+    /// The object store of claim-checked payloads, when one is configured.
+    pub objects: Option<Arc<crate::objects::Objects>>,
 }
 
 /// Every operation of the REST API under `/api`: its method, its route, and its handler.
@@ -146,6 +149,7 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
     let mut app = Router::new()
         .nest("/api", api)
         .route("/webhooks/{t}/{i}", post(webhook::receive))
+        .route("/objects/{*key}", get(claim_check::get_object))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));

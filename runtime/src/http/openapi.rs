@@ -196,6 +196,7 @@ pub fn document() -> OpenApi {
         .schema_from::<views::AttemptView>()
         .schema_from::<views::DeadLetterSummaryView>()
         .schema_from::<views::DeadLetterView>()
+        .schema_from::<views::PayloadRefView>()
         .schema_from::<views::IntegrationView>()
         .schema_from::<views::InstanceView>()
         .schema_from::<views::TenantStatsView>()

@@ -145,11 +145,45 @@ pub struct DeadLetterView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
     /// Body size in bytes.
-    pub payload_bytes: usize,
+    pub payload_bytes: u64,
+    /// Claim check: the body is in the object store, here, and `payload` is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_ref: Option<PayloadRefView>,
+}
+
+/// A payload in the object store.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PayloadRefView {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+    /// A presigned GET URL, valid for `claim_check.presign_ttl_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl From<&DeadLetter> for DeadLetterView {
     fn from(d: &DeadLetter) -> Self {
+        if let Some(r) = &d.envelope.payload_ref {
+            return DeadLetterView {
+                message: MessageView::from(&d.state),
+                attempt_history: d.state.attempts.iter().map(AttemptView::from).collect(),
+                headers: d.envelope.headers.clone(),
+                content_type: d.envelope.content_type.clone(),
+                payload: None,
+                payload_base64: None,
+                payload_bytes: r.size,
+                payload_ref: Some(PayloadRefView {
+                    key: r.key.clone(),
+                    size: r.size,
+                    sha256: r.sha256.clone(),
+                    url: None,
+                }),
+            };
+        }
         let text = std::str::from_utf8(&d.envelope.payload).ok().map(str::to_owned);
         DeadLetterView {
             message: MessageView::from(&d.state),
@@ -161,7 +195,8 @@ impl From<&DeadLetter> for DeadLetterView {
                 Some(_) => None,
             },
             payload: text,
-            payload_bytes: d.envelope.payload.len(),
+            payload_bytes: d.envelope.payload.len() as u64,
+            payload_ref: None,
         }
     }
 }

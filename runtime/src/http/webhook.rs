@@ -29,31 +29,74 @@ use super::error::ApiError;
 const DRAIN_BYTES_MAX: usize = 1024 * 1024;
 const DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-enum ReadError {
-    TooLarge,
-    Body(axum::Error),
+/// A body read up to a limit.
+enum Read {
+    /// All of it, within the limit.
+    Whole(bytes::Bytes),
+    /// It crossed the limit: what was read (the crossing chunk included) and the rest.
+    Crossed(bytes::Bytes, axum::body::BodyDataStream),
 }
 
 /// Reads at most `limit` bytes of body; stops at the first chunk that crosses it.
-async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
-    let mut stream = body.into_data_stream();
+async fn read_until(mut stream: axum::body::BodyDataStream, limit: usize) -> Result<Read, axum::Error> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(ReadError::Body)?;
-        if buf.len() + chunk.len() > limit {
-            let deadline = tokio::time::Instant::now() + DRAIN_TIME_MAX;
-            let mut drained = 0usize;
-            while drained < DRAIN_BYTES_MAX {
-                match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(Ok(c))) => drained += c.len(),
-                    _ => break,
-                }
-            }
-            return Err(ReadError::TooLarge);
-        }
+        let chunk = chunk?;
         buf.extend_from_slice(&chunk);
+        if buf.len() > limit {
+            return Ok(Read::Crossed(buf.freeze(), stream));
+        }
     }
-    Ok(buf.freeze())
+    Ok(Read::Whole(buf.freeze()))
+}
+
+/// Reads and discards what is left of a refused body, within bounds (see
+/// [`DRAIN_BYTES_MAX`]).
+pub(super) async fn drain(mut stream: axum::body::BodyDataStream) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME_MAX;
+    let mut drained = 0usize;
+    while drained < DRAIN_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(c))) => drained += c.len(),
+            _ => break,
+        }
+    }
+}
+
+/// The message id: derived from `Idempotency-Key` (or Standard Webhooks' `webhook-id`),
+/// so a repeat maps to the same message, or a new one.
+fn message_id_of(headers: &HeaderMap, t: &TenantId, i: &IntegrationId) -> Result<MessageId, ApiError> {
+    match headers.get("idempotency-key").or_else(|| headers.get("webhook-id")) {
+        None => Ok(MessageId::generate()),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_idempotency_key",
+                        format!("idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
+                    )
+                })?;
+            Ok(idempotent_message_id(t, i, key))
+        }
+    }
+}
+
+/// The integration's route now (it may have changed while the body was read).
+fn route_now(
+    s: &AppState,
+    t: &TenantId,
+    i: &IntegrationId,
+) -> Result<std::sync::Arc<crate::control::directory::Route>, ApiError> {
+    Ok(s.control.route(t, i)?)
+}
+
+/// 401 for a signature that does not check.
+pub(super) fn bad_signature(e: vrsky_actors::components::signature::SignatureError) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
 }
 
 /// A new W3C traceparent (version 00, sampled) when the caller sent none.
@@ -110,7 +153,13 @@ pub(crate) async fn receive(
         return Err(e);
     }
 
-    let limit = s.body_bytes_max;
+    // With an object store, bodies above the threshold go there and the limit is the
+    // claim check's; without one, the webhook limit is the limit.
+    let objects = s.objects.clone();
+    let (inline_max, limit) = match &objects {
+        Some(o) => (o.threshold() as usize, o.settings.body_bytes_max),
+        None => (s.body_bytes_max, s.body_bytes_max as u64),
+    };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,55 +169,69 @@ pub(crate) async fn receive(
         .closing()
     };
     // Refuse on the declared length before reading anything.
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let body = read_limited(body, limit).await.map_err(|e| match e {
-        ReadError::TooLarge => too_large(),
-        ReadError::Body(e) => super::serve::body_error(&e),
-    })?;
-    // Looked up again now the body is in: a slow upload may have outlived the integration
-    // it started with, and the message must carry the one that will deliver it.
-    let route = s.control.route(&tenant, &integration)?;
-    // A signed integration refuses what is not signed by its secret, before anything is
-    // stored (a repeated webhook-id is deduplicated below, as for any idempotency key).
-    route
-        .consumer
-        .verify(
-            |name| headers.get(name).and_then(|v| v.to_str().ok()),
-            &body,
-            now_ms() / 1000,
-        )
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()))?;
-
     // Idempotency-Key, or Standard Webhooks' webhook-id: a repeat within the state TTL
     // maps to the same message id, and the create-only state write refuses it.
-    let idempotency_key = match headers.get("idempotency-key").or_else(|| headers.get("webhook-id")) {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_idempotency_key",
-                        format!("idempotency key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
-                    )
-                })?;
-            Some(key.to_owned())
+    let message_id = message_id_of(&headers, &tenant, &integration);
+    let stream = body.into_data_stream();
+    let read = match (&objects, declared) {
+        // Known to be large: straight to the store, nothing buffered.
+        (Some(_), Some(len)) if len > inline_max as u64 => Read::Crossed(bytes::Bytes::new(), stream),
+        _ => read_until(stream, inline_max)
+            .await
+            .map_err(|e| super::serve::body_error(&e))?,
+    };
+    let (body, payload_ref, message_id) = match (read, &objects) {
+        (Read::Whole(body), _) => {
+            // A signed integration refuses what is not signed by its secret, before
+            // anything is stored (a repeated webhook-id is deduplicated below, as for any
+            // idempotency key).
+            route_now(&s, &tenant, &integration)?
+                .consumer
+                .verify(
+                    |name| headers.get(name).and_then(|v| v.to_str().ok()),
+                    &body,
+                    now_ms() / 1000,
+                )
+                .map_err(bad_signature)?;
+            (body, None, message_id)
+        }
+        (Read::Crossed(_, rest), None) => {
+            drain(rest).await;
+            return Err(too_large());
+        }
+        (Read::Crossed(first, rest), Some(o)) => {
+            let message_id = message_id?;
+            let stored = super::claim_check::store_body(
+                o,
+                &route_now(&s, &tenant, &integration)?.consumer,
+                &headers,
+                (&tenant, &integration, &message_id),
+                first,
+                rest,
+            )
+            .await?;
+            (bytes::Bytes::new(), Some(stored), Ok(message_id))
         }
     };
-    let message_id = match &idempotency_key {
-        Some(k) => idempotent_message_id(&tenant, &integration, k),
-        None => MessageId::generate(),
+    // Looked up again now the body is in: a slow upload may have outlived the integration
+    // it started with, and the message must carry the one that will deliver it.
+    let release = {
+        let (objects, payload_ref) = (objects.clone(), payload_ref.clone());
+        move || {
+            if let (Some(o), Some(r)) = (&objects, &payload_ref) {
+                super::claim_check::release(o, r);
+            }
+        }
     };
+    let route = s.control.route(&tenant, &integration).inspect_err(|_| release())?;
+    let message_id = message_id?;
     let span =
         debug_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);
     // The journey's root: the server span, continuing an incoming `traceparent`. Its
@@ -215,10 +278,12 @@ pub(crate) async fn receive(
             trace_context: Some(trace_context),
             received_at_ms,
         };
-        let envelope = route
+        let mut envelope = route
             .consumer
             .accept(request)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))?;
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", e.to_string()))
+            .inspect_err(|_| release())?;
+        envelope.payload_ref = payload_ref.clone();
         // The durability point: the `received` state with its envelope is acknowledged by
         // the platform JetStream before the 202.
         let ids = (&envelope.tenant_id, &envelope.integration_id, &envelope.message_id);
@@ -239,6 +304,10 @@ pub(crate) async fn receive(
                 },
             )],
         );
+        if !matches!(accepted, Ok(Accepted::New { .. })) {
+            // Not stored, or stored before (a repeat): this upload belongs to no message.
+            release();
+        }
         let accepted = accepted.map_err(|e| {
             warn!(tenant_id = %envelope.tenant_id, integration_id = %envelope.integration_id,
                     message_id = %envelope.message_id, error = %e, "message state not stored");

@@ -475,11 +475,13 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
                 retention: Duration::from_secs(900),
                 subscription_capacity: 1024,
                 credential_rotation: Duration::ZERO,
+                pipeline_read_max: 1 << 20,
             },
             redrive_now: Arc::new(|_| {}),
             sealer: Arc::new(crate::secrets::Sealer::new(None).unwrap()),
             wire_key: vrsky_actors::wire::WireKey::new(b"k"),
             trust,
+            objects: None,
         },
     );
     let t = TenantId::new("acme").unwrap();

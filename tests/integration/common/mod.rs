@@ -6,6 +6,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod node;
+pub mod payloads;
+pub mod s3;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -102,6 +104,9 @@ pub fn test_config(dir: &std::path::Path, database_url: Option<String>) -> Confi
     cfg.security.secrets_key = Some("dGVzdC1zZWNyZXRzLWtleS0wMTIzNDU2Nzg5YWJjZGU=".into());
     cfg.producer.allow_private_targets = true;
     cfg.webhook.body_bytes_max = 64 * 1024;
+    // No claim check unless a test asks for it (`claim_check::` tests do): the webhook
+    // limit above is then the limit.
+    cfg.object_store.kind = vrsky_runtime::objects::StoreKind::None;
     // Re-drive quickly so tests of lost publishes and dead workers take seconds.
     cfg.state.redrive_after_ms = 1_000;
     cfg.state.redrive_tick_ms = 100;
@@ -393,6 +398,7 @@ pub fn acme_hook_envelope(id: &vrsky_actors::MessageId, payload: &'static [u8]) 
         headers: vec![],
         content_type: Some("text/plain".into()),
         payload: bytes::Bytes::from_static(payload),
+        payload_ref: None,
         trace_context: None,
         attempt: 1,
         received_at_ms: vrsky_actors::now_ms(),

@@ -253,7 +253,8 @@ impl TenantActorState {
     pub(super) fn integration_args(&self, m: &IntegrationModel) -> Result<IntegrationArgs, ControlError> {
         let deps = &self.args.deps;
         let ProducerSpec::Http(http) = &m.spec.producer;
-        let producer = HttpProducer::new(deps.http.clone(), http, deps.settings.allow_private_targets)?;
+        let producer = HttpProducer::new(deps.http.clone(), http, deps.settings.allow_private_targets)?
+            .with_objects(deps.objects.clone());
         Ok(IntegrationArgs {
             tenant_id: self.args.tenant_id.clone(),
             integration_id: m.spec.id.clone(),
@@ -266,6 +267,8 @@ impl TenantActorState {
             retry: m.spec.retry,
             incarnation: m.incarnation,
             wire_key: deps.wire_key.clone(),
+            payloads: deps.objects.clone().map(|o| o as Arc<dyn vrsky_actors::Payloads>),
+            pipeline_read_max: deps.settings.pipeline_read_max,
         })
     }
 

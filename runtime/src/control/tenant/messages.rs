@@ -38,6 +38,8 @@ pub struct TenantSettings {
     /// How often the tenant's NATS users are rotated (`security.credential_rotation_days`);
     /// zero turns automatic rotation off.
     pub credential_rotation: Duration,
+    /// Most bytes of a claim-checked payload filters and converters load.
+    pub pipeline_read_max: u64,
 }
 
 /// The adapters a TenantActor's executor uses. Shared by every tenant of the node; none
@@ -64,6 +66,8 @@ pub struct TenantDeps {
     pub wire_key: vrsky_actors::wire::WireKey,
     /// NATS credentials: tenant accounts, this node's users, rotation and revocation.
     pub trust: Arc<crate::nats::trust::Trust>,
+    /// The object store of claim-checked payloads, when one is configured.
+    pub objects: Option<Arc<crate::objects::Objects>>,
 }
 
 /// Arguments of a TenantActor; cloned for every restart.

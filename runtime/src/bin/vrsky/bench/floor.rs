@@ -147,7 +147,7 @@ async fn deliver(msg: async_nats::Message, store: &kv::Store, client: &HttpClien
     let Ok(revision) = store.update(&key, msg.payload.clone(), revision).await else {
         return;
     };
-    let mut req = http::Request::new(Full::new(msg.payload.clone()));
+    let mut req = http::Request::new(http_body_util::Either::Left(Full::new(msg.payload.clone())));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = sink;
     if let Some(Ok(seq)) = header(H_SEQ).map(http::HeaderValue::try_from) {
