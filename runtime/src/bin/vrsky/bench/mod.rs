@@ -32,6 +32,7 @@ mod commit;
 mod control;
 mod floor;
 mod group_commit;
+mod large;
 mod otlp;
 mod progress;
 
@@ -93,6 +94,16 @@ pub(crate) struct BenchArgs {
     /// `state.commit_in_flight_max` of every `--sync-compare` run.
     #[arg(long, default_value_t = 1)]
     pub commit_in_flight_max: usize,
+    /// Payloads of the large-payload phase (the claim check, `bench/large.rs`), sent
+    /// after the other phases (0: skip).
+    #[arg(long, default_value_t = 10)]
+    pub large_payloads: usize,
+    /// Size of each, bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub large_bytes: u64,
+    /// Run only the large-payload phase, and exit.
+    #[arg(long)]
+    pub large_only: bool,
 }
 
 /// Throughput and latency of one phase.
@@ -142,6 +153,8 @@ pub(crate) struct Report {
     pub otlp_export: Option<otlp::OtlpExport>,
     /// `GetTenant` over gRPC and REST, paced (absent with `--control-calls 0`).
     pub control: Option<control::ControlCalls>,
+    /// The large-payload phase (absent with `--large-payloads 0`).
+    pub large: Option<large::LargeReport>,
 }
 
 /// A nats-server for a baseline, run like VRSky's (see `nats.go_max_procs`); with
@@ -672,6 +685,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
+    if args.large_only {
+        anyhow::ensure!(args.large_payloads > 0, "--large-only needs --large-payloads above 0");
+        eprintln!(
+            "large payloads: {} x {} bytes through the claim check",
+            args.large_payloads, args.large_bytes
+        );
+        let r = large::run(&bin, &dir, args.large_payloads, args.large_bytes).await?;
+        large::print(&r);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     if args.sync_compare {
         eprintln!(
             "platform sync_interval always vs 1s, with and without group commit ({} webhooks per phase)",
@@ -787,6 +814,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = sink_stop.send(());
     rt.shutdown().await;
     tracing.shutdown().await;
+    let large = match args.large_payloads {
+        0 => None,
+        n => {
+            eprintln!(
+                "large payloads: {n} x {} bytes through the claim check",
+                args.large_bytes
+            );
+            Some(large::run(&bin, &dir, n, args.large_bytes).await?)
+        }
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let otlp_export = otlp.map(|(_, c, stop)| {
         let _ = stop.send(());
@@ -807,6 +844,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         floor_rounds,
         otlp_export,
         control,
+        large,
     };
     println!(
         "\n{:<34} {:>9} {:>12} {:>8} {:>8} {:>10}",
@@ -860,6 +898,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             o.spans,
             o.spans as f64 / webhooks
         );
+    }
+    if let Some(l) = &report.large {
+        large::print(l);
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
