@@ -174,6 +174,13 @@ impl HttpProducer {
         })
     }
 
+    /// Whether a delivered message's object may be deleted at once: not when the
+    /// destination got only its URL, which it may fetch later (the sweeper removes the
+    /// object `claim_check.orphan_grace_s` after it was stored).
+    pub fn releases_payloads(&self) -> bool {
+        self.payload_delivery == PayloadDelivery::Body
+    }
+
     /// Reads claim-checked payloads from `objects`.
     pub fn with_objects(mut self, objects: Option<Arc<Objects>>) -> Self {
         self.objects = objects;
@@ -237,21 +244,30 @@ impl HttpProducer {
     }
 
     /// The claim check's headers: where the payload is (a presigned GET URL), its size
-    /// and SHA-256, so a destination can fetch it or check what it got.
-    async fn payload_headers(&self, h: &mut HeaderMap, r: &PayloadRef) {
-        let Some(objects) = &self.objects else { return };
-        match objects.presigned_url(&r.key).await {
-            Ok(url) => {
-                if let Ok(v) = HeaderValue::from_str(&url) {
-                    h.insert("vrsky-payload-url", v);
-                }
+    /// and SHA-256, so a destination can fetch it or check what it got. With
+    /// `payload_delivery: url` the URL is the payload: without one nothing is sent.
+    async fn payload_headers(&self, h: &mut HeaderMap, r: &PayloadRef) -> Result<(), ProduceError> {
+        let url_only = self.payload_delivery == PayloadDelivery::Url;
+        let url = match &self.objects {
+            Some(objects) => objects.presigned_url(&r.key).await,
+            None => Err(PayloadError::Unavailable(
+                "this node has no object store configured".into(),
+            )),
+        };
+        match url.map(|u| HeaderValue::from_str(&u)) {
+            Ok(Ok(v)) => {
+                h.insert("vrsky-payload-url", v);
             }
+            Ok(Err(e)) if url_only => return Err(self.unanswered(format!("presigned URL not a header value: {e}"))),
+            Err(e) if url_only => return Err(self.payload_error(&PayloadError::Unavailable(e.to_string()))),
+            Ok(Err(e)) => tracing::warn!(key = %r.key, error = %e, "no presigned URL for the payload"),
             Err(e) => tracing::warn!(key = %r.key, error = %e, "no presigned URL for the payload"),
         }
         h.insert("vrsky-payload-size", HeaderValue::from(r.size));
         if let Ok(v) = HeaderValue::from_str(&r.sha256) {
             h.insert("vrsky-payload-sha256", v);
         }
+        Ok(())
     }
 
     /// A payload that cannot be read: retried while the store is down, permanent when
@@ -350,7 +366,7 @@ impl HttpProducer {
         let body = self.body(env)?;
         let mut headers = self.request_headers(env);
         if let Some(r) = &env.payload_ref {
-            self.payload_headers(&mut headers, r).await;
+            self.payload_headers(&mut headers, r).await?;
         }
         self.sign(&mut headers, env, &body).await?;
         let body = match body {

@@ -351,3 +351,58 @@ async fn filters_read_claim_checked_bodies() {
     no_objects_left(&rt, &s3, "completion and filtering").await;
     rt.shutdown().await;
 }
+
+/// At most `claim_check.uploads_in_flight_max` bodies stream into the store at once: one
+/// more gets 503 `too_many_uploads` with `Retry-After`, and goes through once the first
+/// has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_bound_get_503_and_pass_later() {
+    let (rt, s3) = node(Store::Fs, |cfg| cfg.claim_check.uploads_in_flight_max = 1).await;
+    let sink = HashingSink::start().await;
+    rt.create_tenant("acme").await;
+    rt.create_integration("acme", spec("hook", &sink.url(), json!({})))
+        .await;
+    // A sender that stalls after its first 300 KiB holds the one upload slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tx.send(Ok(bytes::Bytes::from(vec![7u8; 300 * 1024]))).await.unwrap();
+    let stalled = {
+        let req = rt
+            .http
+            .post(rt.url("/webhooks/acme/hook"))
+            .header("content-length", 400 * 1024)
+            .body(reqwest::Body::wrap_stream(tokio_stream(rx)));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    let busy = wait_until(Duration::from_secs(10), || async {
+        rt.rt().control.objects().unwrap().uploads.available_permits() == 0
+    })
+    .await;
+    assert!(busy.is_ok(), "the first upload never started");
+    let r = rt
+        .http
+        .post(rt.url("/webhooks/acme/hook"))
+        .body(crate::common::payloads::pattern_bytes(13, 300 * KIB))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "too_many_uploads");
+    // The first finishes; the retry passes.
+    tx.send(Ok(bytes::Bytes::from(vec![7u8; 100 * 1024]))).await.unwrap();
+    drop(tx);
+    assert_eq!(stalled.await.unwrap().unwrap(), 202);
+    let (s, id) = post(&rt, "hook", 13, 300 * KIB, false).await;
+    assert_eq!(s, 202);
+    rt.wait_status("acme", &id, "completed").await;
+    delivered_once(&sink, &id, 300 * KIB, 13).await;
+    no_objects_left(&rt, &s3, "completion").await;
+    rt.shutdown().await;
+}
+
+/// A receiver as a stream.
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

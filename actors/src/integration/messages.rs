@@ -37,6 +37,9 @@ pub struct IntegrationArgs {
     pub payloads: Option<Arc<dyn crate::payload::Payloads>>,
     /// Most bytes of a claim-checked payload the filters and converters load.
     pub pipeline_read_max: u64,
+    /// Delete a message's object once it is delivered or filtered; off when the
+    /// destination gets only the object's URL (the sweeper removes it later).
+    pub release_payloads: bool,
 }
 
 /// Messages an IntegrationActor accepts.

@@ -338,7 +338,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                         "dead-lettered"
                     );
                 }
-                Status::Completed | Status::Filtered => {
+                Status::Completed | Status::Filtered if args.release_payloads => {
                     if let Some(key) = &payload_key {
                         release_payload(&args, key).await;
                     }

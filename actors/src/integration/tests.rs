@@ -132,6 +132,7 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
         wire_key: wire::WireKey::new(b"test-wire-key-0123456789abcdef01"),
         payloads: None,
         pipeline_read_max: 1 << 20,
+        release_payloads: true,
     };
     let (actor, _) = Actor::spawn(None, IntegrationActor, args).await.unwrap();
     let subject = subjects::integration_inbox(&t, &i);
@@ -206,6 +207,7 @@ async fn claim_checked_payloads_are_loaded_for_filters_and_released_on_completio
         wire_key: key.clone(),
         payloads: Some(payloads.clone()),
         pipeline_read_max: 64,
+        release_payloads: true,
     };
     let (actor, _) = Actor::spawn(None, IntegrationActor, args).await.unwrap();
     let subject = subjects::integration_inbox(&t, &i);

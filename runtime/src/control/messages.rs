@@ -108,28 +108,32 @@ impl Control {
             .ok_or_else(|| ControlError::not_found(format!("dead letter {id} not found in tenant {t}")))
     }
 
-    /// Deletes a dead letter.
+    /// Deletes a dead letter, and its claim-checked payload unless the message holds it
+    /// again (a replay that raced the delete).
     pub async fn delete_dead_letter(&self, t: &TenantId, id: &MessageId) -> Result<(), ControlError> {
         self.known(t)?;
-        let held = self
-            .platform()
-            .dead_letter(t, id)
-            .await?
-            .and_then(|d| payload_ref_of(&d.record));
-        if self.platform().delete_dead_letter(t, id).await? {
-            // Its payload goes with it (the message state no longer holds it: it is
-            // dead-lettered). One not deleted now is the orphan sweeper's.
-            if let (Some(r), Some(objects)) = (held, self.objects())
-                && let Err(e) = objects.delete(&r.key).await
-            {
+        let gone = || ControlError::not_found(format!("dead letter {id} not found in tenant {t}"));
+        let d = self.platform().dead_letter(t, id).await?.ok_or_else(gone)?;
+        // Exactly the entry read: its payload is the one released below.
+        if !self.platform().delete_dead_letter_at(d.sequence).await? {
+            return Err(gone());
+        }
+        if let (Some(r), Some(objects)) = (payload_ref_of(&d.record), self.objects()) {
+            let held = match self.platform().load(t, id).await {
+                Ok(s) => s.is_some_and(|s| {
+                    s.record
+                        .as_ref()
+                        .and_then(payload_ref_of)
+                        .is_some_and(|p| p.key == r.key)
+                }),
+                // Unknown: keep it; the sweeper decides later.
+                Err(_) => true,
+            };
+            if !held && let Err(e) = objects.delete(&r.key).await {
                 warn!(tenant_id = %t, message_id = %id, error = %e, "payload object not deleted; the sweeper will");
             }
-            Ok(())
-        } else {
-            Err(ControlError::not_found(format!(
-                "dead letter {id} not found in tenant {t}"
-            )))
         }
+        Ok(())
     }
 
     /// Replays a dead letter: same message id, attempts start over, delivered by the

@@ -35,6 +35,22 @@ pub(super) async fn store_body(
     let verifier = consumer
         .verifier(|name| headers.get(name).and_then(|v| v.to_str().ok()), now_ms() / 1000)
         .map_err(|e| super::webhook::bad_signature(e).closing())?;
+    // Memory is bounded per upload (5 MiB parts); the number of uploads at once is too.
+    let Ok(_permit) = objects.uploads.clone().try_acquire_owned() else {
+        super::webhook::drain(rest).await;
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_uploads",
+            format!(
+                "{} large bodies are streaming into the object store already \
+                 (claim_check.uploads_in_flight_max); retry later",
+                objects.settings.uploads_in_flight_max
+            ),
+        )
+        .closing();
+        err.retry_after_s = Some(1);
+        return Err(err);
+    };
     let key = crate::objects::keys::payload_key(t, i, m);
     let limit = objects.settings.body_bytes_max;
     match upload(objects.store(), &key, first, &mut rest, limit, verifier).await {
@@ -59,6 +75,7 @@ pub(super) async fn store_body(
         }),
         Err(UploadError::Signature(e)) => Err(super::webhook::bad_signature(e)),
         Err(UploadError::Store(e)) => {
+            super::webhook::drain(rest).await;
             objects.counters.store_failures.fetch_add(1, Ordering::Relaxed);
             warn!(tenant_id = %t, integration_id = %i, message_id = %m, error = %e,
                 "payload not stored in the object store; webhook refused with 503");

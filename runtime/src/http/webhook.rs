@@ -304,8 +304,10 @@ pub(crate) async fn receive(
                 },
             )],
         );
-        if !matches!(accepted, Ok(Accepted::New { .. })) {
-            // Not stored, or stored before (a repeat): this upload belongs to no message.
+        if matches!(accepted, Ok(Accepted::Duplicate)) {
+            // A repeat: the message it repeats has its own object; this upload belongs to
+            // no message. After a failed write it is kept: the outcome may be unknown (a
+            // lost acknowledgement), and the sweeper removes it if no state names it.
             release();
         }
         let accepted = accepted.map_err(|e| {

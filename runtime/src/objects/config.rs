@@ -77,6 +77,9 @@ pub struct ClaimCheckConfig {
     pub sweep_interval_s: u64,
     /// How old an object without a message must be before the sweeper removes it.
     pub orphan_grace_s: u64,
+    /// Bodies streaming into the store at once on this node (each holds up to 15 MiB);
+    /// past it a large webhook gets 503 with `Retry-After`.
+    pub uploads_in_flight_max: usize,
 }
 
 impl Default for ClaimCheckConfig {
@@ -89,6 +92,7 @@ impl Default for ClaimCheckConfig {
             public_url: None,
             sweep_interval_s: 300,
             orphan_grace_s: 3600,
+            uploads_in_flight_max: 16,
         }
     }
 }
@@ -117,6 +121,9 @@ impl ClaimCheckConfig {
                 "claim_check.presign_ttl_s",
                 "must be 1 to 604800 (S3 presigned URLs last 7 days at most)".into(),
             ));
+        }
+        if self.uploads_in_flight_max == 0 || self.uploads_in_flight_max > 1024 {
+            return Err(("claim_check.uploads_in_flight_max", "must be 1 to 1024".into()));
         }
         if self.sweep_interval_s == 0 {
             return Err(("claim_check.sweep_interval_s", "must be at least 1".into()));

@@ -51,6 +51,10 @@ pub struct Objects {
     pub sweep_counters: Arc<sweeper::SweepCounters>,
     /// Claim-check counters of this node.
     pub counters: ClaimCheckCounters,
+    /// Uploads in flight (`claim_check.uploads_in_flight_max`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// The directory of a filesystem store (its staging files are swept too).
+    pub fs_root: Option<std::path::PathBuf>,
 }
 
 /// What the claim check did on this node (for `/metrics`).
@@ -87,7 +91,7 @@ impl Objects {
         url_key: ring::hmac::Key,
     ) -> anyhow::Result<Option<Arc<Objects>>> {
         use anyhow::Context;
-        let (dyn_store, s3, description): (Arc<dyn ObjectStore>, _, _) = match store.kind {
+        let (dyn_store, s3, description, fs_root): (Arc<dyn ObjectStore>, _, _, _) = match store.kind {
             StoreKind::None => return Ok(None),
             StoreKind::Fs => {
                 let dir = store.path.clone().unwrap_or_else(|| data_dir.join("objects"));
@@ -99,7 +103,7 @@ impl Objects {
                     // A 202 promises the body is on disk: each object is synced (file and
                     // directory) before its write returns, as the state write is.
                     .with_fsync(true);
-                (Arc::new(fs), None, format!("fs:{}", dir.display()))
+                (Arc::new(fs), None, format!("fs:{}", dir.display()), Some(dir))
             }
             StoreKind::S3 => {
                 let bucket = store.bucket.clone().unwrap_or_default();
@@ -120,7 +124,7 @@ impl Objects {
                 }
                 let s3 = Arc::new(b.build().context("configuring the S3 object store ([object_store])")?);
                 let endpoint = store.endpoint.as_deref().unwrap_or("aws");
-                (s3.clone(), Some(s3), format!("s3:{bucket}@{endpoint}"))
+                (s3.clone(), Some(s3), format!("s3:{bucket}@{endpoint}"), None)
             }
         };
         let objects = Objects {
@@ -132,6 +136,8 @@ impl Objects {
             description,
             sweep_counters: Arc::default(),
             counters: ClaimCheckCounters::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(settings.uploads_in_flight_max)),
+            fs_root,
         };
         if let Some(base) = &settings.public_url {
             let _ = objects.urls.set(UrlSigner::new(url_key, base));

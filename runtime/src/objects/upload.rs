@@ -17,8 +17,8 @@ pub const PART_BYTES: usize = 5 * 1024 * 1024;
 /// Parts uploading at once.
 pub const PARTS_IN_FLIGHT: usize = 2;
 
-/// Why a body was not stored. Nothing is left behind in any case (an interrupted
-/// multipart upload is aborted; a stored object that fails its signature is deleted).
+/// Why a body was not stored. Nothing is left behind in any case: an interrupted
+/// multipart upload is aborted, and a body whose signature fails is never committed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// The body crossed the limit.
@@ -105,6 +105,12 @@ where
             break;
         }
     }
+    // The whole body has been hashed: a bad signature is known before anything is
+    // committed, so a forged body is never stored.
+    let result = result.and_then(|()| match verifier {
+        Some(v) => v.finish().map_err(UploadError::Signature),
+        None => Ok(()),
+    });
     if let Err(e) = result {
         if let Sink::Parts(w) = sink {
             let _ = w.abort().await;
@@ -118,12 +124,6 @@ where
         Sink::Parts(w) => {
             w.finish().await?;
         }
-    }
-    if let Some(v) = verifier
-        && let Err(e) = v.finish()
-    {
-        let _ = store.delete(&path).await;
-        return Err(UploadError::Signature(e));
     }
     Ok(PayloadRef {
         key: key.to_owned(),
@@ -198,7 +198,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bad_signature_deletes_what_was_stored() {
+    async fn a_bad_signature_stores_nothing() {
         use vrsky_actors::components::signature::Secret;
         let store = InMemory::new();
         let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();

@@ -255,6 +255,7 @@ impl TenantActorState {
         let ProducerSpec::Http(http) = &m.spec.producer;
         let producer = HttpProducer::new(deps.http.clone(), http, deps.settings.allow_private_targets)?
             .with_objects(deps.objects.clone());
+        let release_payloads = producer.releases_payloads();
         Ok(IntegrationArgs {
             tenant_id: self.args.tenant_id.clone(),
             integration_id: m.spec.id.clone(),
@@ -269,6 +270,7 @@ impl TenantActorState {
             wire_key: deps.wire_key.clone(),
             payloads: deps.objects.clone().map(|o| o as Arc<dyn vrsky_actors::Payloads>),
             pipeline_read_max: deps.settings.pipeline_read_max,
+            release_payloads,
         })
     }
 
