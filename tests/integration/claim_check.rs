@@ -406,3 +406,33 @@ fn tokio_stream<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// A dead letter that expires (`state.dead_letter_max_age_s`) leaves its object to the
+/// sweeper, which removes it: after expiry nothing is left behind either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_dead_letter_leaves_no_object_behind() {
+    let (rt, s3) = node(Store::S3, |cfg| {
+        cfg.state.dead_letter_max_age_s = 2;
+        cfg.claim_check.orphan_grace_s = 1;
+        cfg.claim_check.sweep_interval_s = 1;
+    })
+    .await;
+    let sink = HashingSink::start().await;
+    sink.set_status(400);
+    rt.create_tenant("acme").await;
+    rt.create_integration("acme", spec("hook", &sink.url(), json!({"retry": {"max_retries": 0}})))
+        .await;
+    let (s, id) = post(&rt, "hook", 41, 300 * KIB, true).await;
+    assert_eq!(s, 202);
+    dead_letter_of(&rt, &id).await;
+    let expired = wait_until(Duration::from_secs(30), || async {
+        rt.api(Method::GET, &format!("/api/tenants/acme/dead-letters/{id}"), None)
+            .await
+            .0
+            == 404
+    })
+    .await;
+    assert!(expired.is_ok(), "the dead letter never expired");
+    no_objects_left(&rt, &s3, "the dead letter's expiry").await;
+    rt.shutdown().await;
+}

@@ -94,21 +94,41 @@ async fn metric(http: &reqwest::Client, node: &NodeProcess, name: &str) -> u64 {
 /// had sent is lost too). The client never got a 202, and the object is an orphan: after
 /// the restart the sweeper removes it (grace 1 s here). Nothing is delivered for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_removes() {
+async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_removes_fs() {
+    orphan_after_kill_9(false).await;
+}
+
+/// The same against S3 (s3s-fs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_removes_s3() {
+    orphan_after_kill_9(true).await;
+}
+
+async fn orphan_after_kill_9(s3: bool) {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let port = vrsky_runtime::nats::process::free_port().unwrap();
     let platform = platform_at(dir.path(), port).await;
     let platform_pid = platform.process.pid.unwrap();
     let sink = HashingSink::start().await;
-    let env = [
-        ("VRSKY_CLAIM_CHECK__ORPHAN_GRACE_S", "1"),
-        ("VRSKY_CLAIM_CHECK__SWEEP_INTERVAL_S", "1"),
+    let s3 = match s3 {
+        true => Some(crate::common::s3::S3Server::start().await),
+        false => None,
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("VRSKY_CLAIM_CHECK__ORPHAN_GRACE_S".into(), "1".into()),
+        ("VRSKY_CLAIM_CHECK__SWEEP_INTERVAL_S".into(), "1".into()),
     ];
+    env.extend(s3.as_ref().map(|s| s.env()).unwrap_or_default());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut node = NodeProcess::start(dir.path().join("node"), &platform, &env).await;
     let http = reqwest::Client::new();
     create_hook(&http, &node, &sink).await;
-    let objects = node.dir.join("objects");
+    let fs_objects = node.dir.join("objects");
+    let files = || match &s3 {
+        Some(s3) => s3.objects(),
+        None => files_under(&fs_objects),
+    };
 
     signal(platform_pid, "-STOP");
     let sending = {
@@ -123,7 +143,7 @@ async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_
                 .map(|r| r.status().as_u16())
         })
     };
-    let stored = wait_until(Duration::from_secs(30), || async { !files_under(&objects).is_empty() }).await;
+    let stored = wait_until(Duration::from_secs(30), || async { !files().is_empty() }).await;
     node.kill9().await;
     assert!(stored.is_ok(), "the body never reached the store");
     let answered = sending.await.unwrap();
@@ -137,11 +157,11 @@ async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_
     signal(platform_pid, "-KILL");
     drop(platform);
     let _platform = platform_at(dir.path(), port).await;
-    assert_eq!(files_under(&objects).len(), 1, "the orphan");
+    assert_eq!(files().len(), 1, "the orphan");
 
     node.restart().await;
-    let swept = wait_until(Duration::from_secs(30), || async { files_under(&objects).is_empty() }).await;
-    assert!(swept.is_ok(), "orphan not swept: {:?}", files_under(&objects));
+    let swept = wait_until(Duration::from_secs(30), || async { files().is_empty() }).await;
+    assert!(swept.is_ok(), "orphan not swept: {:?}", files());
     // Counted when the sweep's pass ends.
     let counted = wait_until(Duration::from_secs(10), || async {
         metric(&http, &node, "vrsky_claim_check_orphans_removed_total").await >= 1
@@ -154,7 +174,7 @@ async fn a_kill_9_between_the_object_and_the_state_leaves_an_orphan_the_sweeper_
     let (s, id) = post(&http, &node, 22, 2 * MIB).await.unwrap();
     assert_eq!(s, 202);
     delivered(&sink, &id, 22, 2 * MIB).await;
-    let released = wait_until(Duration::from_secs(20), || async { files_under(&objects).is_empty() }).await;
+    let released = wait_until(Duration::from_secs(20), || async { files().is_empty() }).await;
     assert!(released.is_ok());
     node.stop().await;
 }
