@@ -291,14 +291,17 @@ async fn the_store_down_is_503_at_ingress_and_loses_nothing() {
     rt.create_integration("acme", spec("hook", &sink.url(), json!({})))
         .await;
     s3.as_mut().unwrap().kill();
-    let r = rt
-        .http
-        .post(rt.url("/webhooks/acme/hook"))
-        .header("idempotency-key", "big-1")
-        .body(crate::common::payloads::pattern_bytes(11, 512 * KIB))
-        .send()
-        .await
-        .unwrap();
+    // The same webhook each time (a sender retrying it, same idempotency key).
+    let big = || async {
+        rt.http
+            .post(rt.url("/webhooks/acme/hook"))
+            .header("idempotency-key", "big-1")
+            .body(crate::common::payloads::pattern_bytes(11, 512 * KIB))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = big().await;
     assert_eq!(r.status().as_u16(), 503);
     assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let v: Value = r.json().await.unwrap();
@@ -309,14 +312,7 @@ async fn the_store_down_is_503_at_ingress_and_loses_nothing() {
 
     s3.as_mut().unwrap().restart().await;
     // The sender's retry of the refused webhook is accepted and delivered.
-    let r = rt
-        .http
-        .post(rt.url("/webhooks/acme/hook"))
-        .header("idempotency-key", "big-1")
-        .body(crate::common::payloads::pattern_bytes(11, 512 * KIB))
-        .send()
-        .await
-        .unwrap();
+    let r = big().await;
     assert_eq!(r.status().as_u16(), 202);
     let id = r.json::<Value>().await.unwrap()["message_id"]
         .as_str()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::node::{NodeProcess, api};
+use crate::common::node::{NodeProcess, api, metric};
 use crate::common::payloads::{HashingSink, body, files_under, pattern_sha256};
 use crate::common::{spec, wait_until};
 
@@ -73,22 +73,6 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-async fn metric(http: &reqwest::Client, node: &NodeProcess, name: &str) -> u64 {
-    let text = http
-        .get(node.url("/metrics"))
-        .bearer_auth(crate::common::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The platform is paused (SIGSTOP), so a webhook's body reaches the store but its state
 /// cannot be written; the node is killed -9 right then (and the platform, so the write it
 /// had sent is lost too). The client never got a 202, and the object is an orphan: after
@@ -108,7 +92,7 @@ async fn orphan_after_kill_9(s3: bool) {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let port = vrsky_runtime::nats::process::free_port().unwrap();
-    let platform = platform_at(dir.path(), port).await;
+    let platform = crate::common::external_platform_at(dir.path(), "platform", port).await;
     let platform_pid = platform.process.pid.unwrap();
     let sink = HashingSink::start().await;
     let s3 = match s3 {
@@ -156,7 +140,7 @@ async fn orphan_after_kill_9(s3: bool) {
     // is never made, and start it again where it was.
     signal(platform_pid, "-KILL");
     drop(platform);
-    let _platform = platform_at(dir.path(), port).await;
+    let _platform = crate::common::external_platform_at(dir.path(), "platform", port).await;
     assert_eq!(files().len(), 1, "the orphan");
 
     node.restart().await;
@@ -177,28 +161,6 @@ async fn orphan_after_kill_9(s3: bool) {
     let released = wait_until(Duration::from_secs(20), || async { files().is_empty() }).await;
     assert!(released.is_ok());
     node.stop().await;
-}
-
-/// The test's platform server on `port`, with its data under `dir` (kept across starts).
-async fn platform_at(dir: &std::path::Path, port: u16) -> vrsky_runtime::nats::platform_server::PlatformServer {
-    let ca = vrsky_runtime::nats::tls::LocalCa::load_or_create(&dir.join("platform-ca")).unwrap();
-    vrsky_runtime::nats::platform_server::start_platform(
-        &crate::common::nats_bin().await,
-        vrsky_runtime::nats::process::ServerOptions {
-            server_name: "platform".into(),
-            client_port: port,
-            dir: dir.join("platform"),
-            jetstream: true,
-            sync_interval: "always".into(),
-            adopt: false,
-            startup_timeout: Duration::from_secs(10),
-            go_max_procs: 1,
-            security: None,
-        },
-        &ca,
-    )
-    .await
-    .unwrap()
 }
 
 /// `VmRSS` or `VmHWM` of a process, in bytes.

@@ -80,19 +80,7 @@ async fn kill_9_in_the_middle_of_atomic_batches_loses_nothing() {
 
 /// This node's atomic batches so far, from `/metrics`.
 async fn batches_committed(http: &reqwest::Client, node: &NodeProcess) -> u64 {
-    let text = http
-        .get(node.url("/metrics"))
-        .bearer_auth(crate::common::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("vrsky_state_commit_batches_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    crate::common::node::metric(http, node, "vrsky_state_commit_batches_total").await
 }
 
 /// `senders` steady senders against a node started with `env`; kill -9 it three times and

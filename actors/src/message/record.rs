@@ -69,8 +69,13 @@ pub fn trace_context_of(bytes: &Bytes) -> Option<String> {
         #[serde(default)]
         trace_context: Option<String>,
     }
+    meta_part::<TraceOnly>(bytes)?.trace_context
+}
+
+/// The fields of the metadata line that `T` names, without decoding the rest.
+fn meta_part<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Option<T> {
     let nl = bytes.iter().position(|b| *b == b'\n')?;
-    serde_json::from_slice::<TraceOnly>(&bytes[..nl]).ok()?.trace_context
+    serde_json::from_slice(&bytes[..nl]).ok()
 }
 
 /// The claim-check reference an envelope record carries, read from its metadata line alone
@@ -81,8 +86,7 @@ pub fn payload_ref_of(bytes: &Bytes) -> Option<PayloadRef> {
         #[serde(default)]
         payload_ref: Option<PayloadRef>,
     }
-    let nl = bytes.iter().position(|b| *b == b'\n')?;
-    serde_json::from_slice::<RefOnly>(&bytes[..nl]).ok()?.payload_ref
+    meta_part::<RefOnly>(bytes)?.payload_ref
 }
 
 /// Decodes what [`encode_envelope`] wrote, with the given attempt number.

@@ -85,15 +85,6 @@ fn message_id_of(headers: &HeaderMap, t: &TenantId, i: &IntegrationId) -> Result
     }
 }
 
-/// The integration's route now (it may have changed while the body was read).
-fn route_now(
-    s: &AppState,
-    t: &TenantId,
-    i: &IntegrationId,
-) -> Result<std::sync::Arc<crate::control::directory::Route>, ApiError> {
-    Ok(s.control.route(t, i)?)
-}
-
 /// 401 for a signature that does not check.
 pub(super) fn bad_signature(e: vrsky_actors::components::signature::SignatureError) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
@@ -187,12 +178,16 @@ pub(crate) async fn receive(
             .await
             .map_err(|e| super::serve::body_error(&e))?,
     };
-    let (body, payload_ref, message_id) = match (read, &objects) {
+    // The route is looked up again once the body is in: a slow upload may have outlived
+    // the integration it started with, and the message must carry the one that will
+    // deliver it.
+    let (body, payload_ref, message_id, route) = match (read, &objects) {
         (Read::Whole(body), _) => {
+            let route = s.control.route(&tenant, &integration)?;
             // A signed integration refuses what is not signed by its secret, before
             // anything is stored (a repeated webhook-id is deduplicated below, as for any
             // idempotency key).
-            route_now(&s, &tenant, &integration)?
+            route
                 .consumer
                 .verify(
                     |name| headers.get(name).and_then(|v| v.to_str().ok()),
@@ -200,7 +195,7 @@ pub(crate) async fn receive(
                     now_ms() / 1000,
                 )
                 .map_err(bad_signature)?;
-            (body, None, message_id)
+            (body, None, message_id, Some(route))
         }
         (Read::Crossed(_, rest), None) => {
             drain(rest).await;
@@ -210,18 +205,16 @@ pub(crate) async fn receive(
             let message_id = message_id?;
             let stored = super::claim_check::store_body(
                 o,
-                &route_now(&s, &tenant, &integration)?.consumer,
+                &s.control.route(&tenant, &integration)?.consumer,
                 &headers,
                 (&tenant, &integration, &message_id),
                 first,
                 rest,
             )
             .await?;
-            (bytes::Bytes::new(), Some(stored), Ok(message_id))
+            (bytes::Bytes::new(), Some(stored), Ok(message_id), None)
         }
     };
-    // Looked up again now the body is in: a slow upload may have outlived the integration
-    // it started with, and the message must carry the one that will deliver it.
     let release = {
         let (objects, payload_ref) = (objects.clone(), payload_ref.clone());
         move || {
@@ -230,7 +223,10 @@ pub(crate) async fn receive(
             }
         }
     };
-    let route = s.control.route(&tenant, &integration).inspect_err(|_| release())?;
+    let route = match route {
+        Some(r) => r,
+        None => s.control.route(&tenant, &integration).inspect_err(|_| release())?,
+    };
     let message_id = message_id?;
     let span =
         debug_span!("webhook.receive", tenant_id = %tenant, integration_id = %integration, message_id = %message_id);

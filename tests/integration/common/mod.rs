@@ -301,12 +301,22 @@ pub async fn external_platform(
     dir: &std::path::Path,
     name: &str,
 ) -> vrsky_runtime::nats::platform_server::PlatformServer {
+    external_platform_at(dir, name, vrsky_runtime::nats::process::free_port().unwrap()).await
+}
+
+/// As [`external_platform`], on `port`: started again with the same arguments, it is the
+/// same server (same data, same credentials).
+pub async fn external_platform_at(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+) -> vrsky_runtime::nats::platform_server::PlatformServer {
     let ca = vrsky_runtime::nats::tls::LocalCa::load_or_create(&dir.join(format!("{name}-ca"))).unwrap();
     vrsky_runtime::nats::platform_server::start_platform(
         &nats_bin().await,
         vrsky_runtime::nats::process::ServerOptions {
             server_name: name.into(),
-            client_port: vrsky_runtime::nats::process::free_port().unwrap(),
+            client_port: port,
             dir: dir.join(name),
             jetstream: true,
             sync_interval: "always".into(),
@@ -319,6 +329,22 @@ pub async fn external_platform(
     )
     .await
     .unwrap()
+}
+
+/// Serves `app` on a free loopback port until the returned sender is sent or dropped.
+pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, tx)
 }
 
 /// Points a configuration at an external platform server.

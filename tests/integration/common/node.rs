@@ -178,3 +178,20 @@ pub async fn api(
     let s = resp.status().as_u16();
     (s, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// A counter or gauge without labels from the node's `/metrics` (0 when absent).
+pub async fn metric(http: &reqwest::Client, node: &NodeProcess, name: &str) -> u64 {
+    let text = http
+        .get(node.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -138,17 +138,7 @@ impl HashingSink {
             ..Inner::default()
         });
         let app = axum::Router::new().fallback(hash).with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, tx) = super::serve(app).await;
         HashingSink { addr, inner, _stop: tx }
     }
 
