@@ -24,6 +24,8 @@ use crate::tenant::Endpoint;
 struct Rows {
     values: HashMap<(TenantId, MessageId), (Bytes, u64)>,
     next_revision: u64,
+    /// State writes tried (won or lost their revision check).
+    writes: usize,
     retries: Vec<MessageState>,
     dead_letters: Vec<(u64, MessageState)>,
 }
@@ -54,6 +56,11 @@ impl MemoryStore {
         rows.values
             .get(&(tenant.clone(), id.clone()))
             .map(|(v, _)| decode_stored(v).unwrap().0)
+    }
+
+    /// State writes tried so far, whether they won their revision check or not.
+    pub fn writes(&self) -> usize {
+        self.rows.lock().unwrap().writes
     }
 
     /// Retries scheduled so far.
@@ -100,6 +107,7 @@ impl MessageStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             let mut rows = self.rows.lock().unwrap();
+            rows.writes += 1;
             rows.next_revision += 1;
             let revision = rows.next_revision;
             match rows.values.get_mut(&(next.tenant_id.clone(), next.message_id.clone())) {

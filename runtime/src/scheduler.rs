@@ -241,7 +241,7 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
             AckKind::Ack
         }
         Ok(Some(Committed::Conflict)) => AckKind::Nak(Some(Duration::from_millis(100))),
-        Ok(Some(Committed::Illegal(_))) => AckKind::Ack,
+        Ok(Some(Committed::Illegal(_) | Committed::Republished(_))) => AckKind::Ack,
         Err(e) => {
             warn!(tenant_id = %t, message_id = %id, error = %e, "retry failed; trying again");
             AckKind::Nak(Some(Duration::from_secs(1)))
@@ -309,6 +309,9 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         Ok(Some(Committed::Written(next, _))) => {
             debug!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
+        Ok(Some(Committed::Republished(revision))) => {
+            debug!(tenant_id = %t, message_id = %id, revision, "still received; published again")
+        }
         Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later"),
         Ok(Some(_)) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
@@ -334,7 +337,7 @@ async fn roll_forward(args: &SchedulerArgs, stored: &Stored, dead: MessageState)
             info!(tenant_id = %t, message_id = %id, "found in the dead-letter queue; state set to dead_letter")
         }
         // Moved on meanwhile: the index tracks what the bucket has now.
-        Ok(Committed::Conflict | Committed::Illegal(_)) => {}
+        Ok(Committed::Conflict | Committed::Illegal(_) | Committed::Republished(_)) => {}
         Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
     }
 }

@@ -1,6 +1,7 @@
 //! IntegrationActor: one per integration. Subscribes on the tenant's NATS instance, runs
 //! filters and converters, calls the producer.
 
+mod claims;
 mod journey;
 mod messages;
 
@@ -152,7 +153,7 @@ async fn release_payload(args: &IntegrationArgs, key: &str) {
     }
 }
 
-async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
+async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>, claims: Arc<claims::RecentClaims>) {
     let c = &args.counters;
     c.received.fetch_add(1, Ordering::Relaxed);
     let claim = match wire::decode(&args.wire_key, msg.headers.as_ref(), &msg.payload) {
@@ -206,10 +207,20 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 return;
             }
         };
-        let (state, revision) = match committer
+        if !claims.begin(&claim.state.message_id, claim.revision) {
+            // A copy of a revision this worker already claimed (re-driven while the first
+            // copy waited): that claim won or lost; this one could only lose.
+            c.skipped.fetch_add(1, Ordering::Relaxed);
+            debug!("a copy of a claim already made here; skipped");
+            return;
+        }
+        let committed = committer
             .commit(&claim.state, claim.revision, &first, Some(&claim.record), now_ms())
-            .await
-        {
+            .await;
+        if committed.is_err() {
+            claims.forget(&claim.state.message_id, claim.revision);
+        }
+        let (state, revision) = match committed {
             Ok(Committed::Written(s, _)) if s.status == Status::DeadLetter => {
                 c.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 warn_message!(
@@ -221,7 +232,7 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 return;
             }
             Ok(Committed::Written(s, r)) => (s, r),
-            Ok(Committed::Conflict | Committed::Illegal(_)) => {
+            Ok(Committed::Conflict | Committed::Illegal(_) | Committed::Republished(_)) => {
                 c.skipped.fetch_add(1, Ordering::Relaxed);
                 debug!("claimed elsewhere or already handled; skipped");
                 return;
@@ -351,6 +362,8 @@ async fn process(msg: async_nats::Message, args: Arc<IntegrationArgs>) {
                 "re-driven while delivering; the message may be delivered again"
             ),
             Ok(Committed::Illegal(e)) => warn_message!(claim.state, ids(), error = %e, "outcome not recorded"),
+            // An outcome is never a re-drive.
+            Ok(Committed::Republished(_)) => {}
             // Still `processing`: re-driven after the deadline (counted as a failed attempt).
             Err(error) => warn_message!(claim.state, ids(), %error, "outcome not recorded; left for re-drive"),
         }
@@ -384,8 +397,12 @@ impl Actor for IntegrationActor {
             instances = args.clients.len(), "integration subscribed");
         let args = Arc::new(args);
         let max_in_flight = args.max_in_flight;
+        let claims = Arc::new(claims::RecentClaims::new(claims::RECENT_CLAIMS_MAX));
         let pump = tokio::spawn(async move {
-            pump(sub, max_in_flight, move |msg| process(msg, args.clone())).await;
+            pump(sub, max_in_flight, move |msg| {
+                process(msg, args.clone(), claims.clone())
+            })
+            .await;
             let _ = myself.send_message(IntegrationMsg::SubscriptionEnded);
         });
         Ok(IntegrationState {

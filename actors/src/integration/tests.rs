@@ -153,8 +153,10 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
     let s = store.state(&t, &failing).unwrap();
     assert_eq!((s.status, s.retry_count), (Status::Retry, 1));
 
-    // The second is published twice: one claim wins, the other is skipped.
+    // The second is published twice: one claim wins, the other is skipped, without a
+    // write (its revision was claimed here already).
     let (twice, stored, revision) = ingress(&store, b"two");
+    let writes = store.writes();
     publish(stored.clone(), revision).await.unwrap();
     publish(stored, revision).await.unwrap();
     eventually("delivered and the duplicate skipped", || {
@@ -165,6 +167,7 @@ async fn claims_once_delivers_and_commits_through_its_ports() {
     let delivered: Vec<_> = producer.seen().into_iter().filter(|e| e.message_id == twice).collect();
     assert_eq!(delivered.len(), 1, "delivered twice");
     assert_eq!(delivered[0].payload.as_ref(), b"two");
+    assert_eq!(store.writes() - writes, 2, "the claim and the completion, nothing else");
     let stats = counters.snapshot();
     assert_eq!(
         (stats.received, stats.delivered, stats.failed, stats.retried),

@@ -241,11 +241,16 @@ impl World {
         let ids: Vec<MessageId> = self.store.rows.keys().cloned().collect();
         for id in ids {
             let state = self.store.rows[&id].0.clone();
+            let overdue = state.updated_at_ms + REDRIVE_AFTER_MS <= self.now;
             let event = match state.status {
                 Status::Retry if state.next_attempt_at_ms.unwrap() <= self.now => Event::RetryDue,
-                Status::Received | Status::Processing if state.updated_at_ms + REDRIVE_AFTER_MS <= self.now => {
-                    Event::Redrive
+                // Still `received`: published again at its revision, nothing written (so
+                // copies already on the bus stay claimable), as the `Committer` does.
+                Status::Received if overdue => {
+                    self.publish_current(&id);
+                    continue;
                 }
+                Status::Processing if overdue => Event::Redrive,
                 _ => continue,
             };
             if state.status == Status::Processing && self.in_flight.iter().any(|(i, _, _)| *i == id) {

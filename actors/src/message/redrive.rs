@@ -24,7 +24,12 @@ struct Tracked {
     /// Left by a process that is gone (found by the start-up scan): nobody else will move
     /// it on, so it is due at once (a retry at its due time), without the grace.
     orphaned: bool,
+    /// Times handed out at this revision: each doubles the next hold-back.
+    handed_out: u32,
 }
+
+/// Most hold-backs of one revision, in graces: `2^3`.
+const HOLD_BACK_DOUBLINGS_MAX: u32 = 3;
 
 /// A message handed out for re-drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,9 +127,16 @@ impl Deadlines {
     /// [`Deadlines::observe_orphan`].
     pub fn record(&mut self, o: Observed, orphaned: bool) {
         let key = (o.tenant, o.id);
-        if self.map.get(&key).is_some_and(|t| t.revision > o.revision) {
+        let held = self.map.get(&key);
+        if held.is_some_and(|t| t.revision > o.revision) {
             return;
         }
+        // The same revision again (read back, or found by a scan) is nothing new: its
+        // hold-back stands, and so does what is known of its writer.
+        let (not_before_ms, handed_out, orphaned) = match held {
+            Some(t) if t.revision == o.revision => (t.not_before_ms, t.handed_out, t.orphaned || orphaned),
+            _ => (0, 0, orphaned),
+        };
         if o.status.is_terminal() {
             let _ = self.remove(&key);
         } else {
@@ -138,8 +150,9 @@ impl Deadlines {
                     status: o.status,
                     integration: o.integration,
                     since_ms: o.since_ms,
-                    not_before_ms: 0,
+                    not_before_ms,
                     orphaned,
+                    handed_out,
                 },
             );
         }
@@ -201,6 +214,7 @@ impl Deadlines {
                 // Like an orphan: nobody will move it on unless it is published again.
                 tracked.orphaned = true;
                 tracked.not_before_ms = 0;
+                tracked.handed_out = 0;
             }
         }
     }
@@ -208,8 +222,10 @@ impl Deadlines {
     /// At most `max` messages past their deadline at `now_ms`; `processing_ms` gives an
     /// integration's delivery timeout, and `admit` is asked for each overdue message's
     /// tenant before it is taken (for fairness between tenants: one it refuses stays due).
-    /// Each taken is held back for `grace_ms` so a re-drive that fails is tried again
-    /// later rather than on every tick.
+    /// Each taken is held back so a re-drive that fails is tried again later rather than on
+    /// every tick: for `grace_ms`, doubled at each hand-out of the same revision up to 8
+    /// graces. A message re-driven without a write (`received`, published again) thus adds
+    /// a copy to a backlogged worker's queue ever more rarely, not once per grace.
     pub fn take_due(
         &mut self,
         now_ms: u64,
@@ -236,7 +252,9 @@ impl Deadlines {
                 (false, status) => deadline(status, tracked.since_ms, grace_ms, timeout),
             };
             if at.is_some_and(|d| d <= now_ms) && admit(t) {
-                tracked.not_before_ms = now_ms + grace_ms;
+                let doublings = tracked.handed_out.min(HOLD_BACK_DOUBLINGS_MAX);
+                tracked.not_before_ms = now_ms.saturating_add(grace_ms.saturating_mul(1 << doublings));
+                tracked.handed_out = tracked.handed_out.saturating_add(1);
                 due.push(Due {
                     tenant: t.clone(),
                     id: id.clone(),
@@ -434,5 +452,34 @@ mod tests {
         assert_eq!(deadline_of(&s, 1000, 0), Some(3000));
         assert!(d.take_due(2999, 1000, 10, none, all).is_empty());
         assert_eq!(d.take_due(3000, 1000, 10, none, all).len(), 1);
+    }
+
+    #[test]
+    fn each_hand_out_of_one_revision_doubles_its_hold_back_up_to_eight_graces() {
+        let t = TenantId::new("t").unwrap();
+        let p = RetryPolicy::default();
+        let s = MessageState::received(MessageId::generate(), t, IntegrationId::new("i").unwrap(), 0);
+        let mut d = Deadlines::default();
+        d.observe(&s, 1);
+        // Handed out at 1 000 (held back 1 g), 2 000 (2 g), 4 000 (4 g), 8 000 (8 g),
+        // then every 8 graces.
+        let mut taken = Vec::new();
+        for now in (1_000..=40_000).step_by(100) {
+            if !d.take_due(now, 1_000, 10, none, all).is_empty() {
+                taken.push(now);
+            }
+            // Read back at its revision (a load, a scan): the hold-back stands.
+            d.observe(&s, 1);
+        }
+        assert_eq!(taken, vec![1_000, 2_000, 4_000, 8_000, 16_000, 24_000, 32_000, 40_000]);
+        // Progress (a new revision) starts the hold-back over.
+        let claimed = s.apply(&Event::Claim, &p, 40_000).unwrap();
+        d.observe(&claimed, 2);
+        let mut back = s.clone();
+        back.updated_at_ms = 40_000;
+        d.observe(&back, 3);
+        assert_eq!(d.take_due(41_000, 1_000, 10, none, all).len(), 1);
+        assert!(d.take_due(41_999, 1_000, 10, none, all).is_empty());
+        assert_eq!(d.take_due(42_000, 1_000, 10, none, all).len(), 1);
     }
 }

@@ -132,6 +132,9 @@ pub enum Committed {
     Conflict,
     /// The transition does not apply to the current state.
     Illegal(String),
+    /// Nothing to write: a `received` message re-driven is published again as it is
+    /// stored, at this revision (see [`Committer`]).
+    Republished(u64),
 }
 
 /// Applies an event to a stored state and performs the writes its outcome needs, one
@@ -148,6 +151,12 @@ pub enum Committed {
 ///   loser's retraction cannot empty the queue.
 /// - `received` (retry due, re-drive, replay): state first, then the publish of the same
 ///   bytes. A lost publish is re-driven after the deadline.
+/// - a re-drive of a message still `received`: no write, the stored state is published
+///   again at its revision ([`Committed::Republished`]). A new revision would make every
+///   copy already queued for the worker stale, and a worker whose queue is longer than
+///   the grace would then never claim one (each claim losing its revision check to the
+///   next re-drive: a livelock, seen under load after kill -9). At the same revision the
+///   first copy claimed wins and the others lose their check.
 /// - a dead letter found in the queue for this claim ([`Event::FoundDeadLettered`]): the
 ///   state only.
 /// - anything else: the state.
@@ -199,6 +208,7 @@ impl Committer<'_> {
             Ok(Committed::Written(s, _)) => s.status.as_str(),
             Ok(Committed::Conflict) => "conflict",
             Ok(Committed::Illegal(_)) => "illegal",
+            Ok(Committed::Republished(_)) => "republished",
             Err(_) => "error",
         };
         telemetry::end(&cx, [KeyValue::new(telemetry::OUTCOME, outcome)]);
@@ -214,6 +224,19 @@ impl Committer<'_> {
         now_ms: u64,
     ) -> Result<Committed, StoreError> {
         let (store, publisher, policy) = (self.store, self.publisher, self.policy);
+        if current.status == Status::Received
+            && matches!(event, Event::Redrive)
+            && let Some(record) = record
+        {
+            if let Some(publisher) = publisher {
+                let value =
+                    encode_stored(current, Some(record)).map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?;
+                if let Err(e) = publisher.publish(current, value, revision).await {
+                    tracing::warn!(message_id = %current.message_id, error = %e, "re-drive publish failed; re-drive will retry");
+                }
+            }
+            return Ok(Committed::Republished(revision));
+        }
         let mut next = match current.apply(event, policy, now_ms) {
             Ok(n) => n,
             Err(e) => return Ok(Committed::Illegal(e.to_string())),
@@ -296,3 +319,73 @@ fn span_name(event: &Event, current: &MessageState, policy: &RetryPolicy, now_ms
 
 /// Shared handle to a store.
 pub type SharedStore = Arc<dyn MessageStore>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::fakes::MemoryStore;
+    use crate::ids::IntegrationId;
+
+    /// Keeps what it was asked to publish.
+    #[derive(Default)]
+    struct Bus(Mutex<Vec<(MessageState, u64)>>);
+
+    impl TenantPublisher for Bus {
+        fn publish<'a>(
+            &'a self,
+            state: &'a MessageState,
+            _stored: Bytes,
+            revision: u64,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0.lock().unwrap().push((state.clone(), revision));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// The livelock this prevents: a worker's queue holds the message's first copy when
+    /// the re-driver publishes it again; a new revision would make that copy (and, with a
+    /// queue longer than the grace, every later one) lose its claim.
+    #[tokio::test]
+    async fn a_received_message_re_driven_is_published_again_at_its_revision_and_its_queued_copy_still_claims() {
+        let (store, bus, policy) = (MemoryStore::default(), Bus::default(), RetryPolicy::default());
+        let (t, i) = (TenantId::new("acme").unwrap(), IntegrationId::new("hook").unwrap());
+        let state = MessageState::received(MessageId::generate(), t.clone(), i, 1_000);
+        let record = encode_envelope(&empty_envelope(&state)).unwrap();
+        let (_, revision) = store.create(&state, &record);
+        let redriver = Committer {
+            store: &store,
+            publisher: Some(&bus),
+            policy: &policy,
+        };
+        let again = redriver
+            .commit(&state, revision, &Event::Redrive, Some(&record), 60_000)
+            .await
+            .unwrap();
+        assert_eq!(again, Committed::Republished(revision));
+        assert_eq!(*bus.0.lock().unwrap(), vec![(state.clone(), revision)]);
+        // Nothing written: the stored state is untouched.
+        let stored = store.load(&t, &state.message_id).await.unwrap().unwrap();
+        assert_eq!((stored.revision, stored.state.updated_at_ms), (revision, 1_000));
+
+        // The copy queued before the re-drive claims; the re-driven copy then loses.
+        let worker = Committer {
+            store: &store,
+            publisher: None,
+            policy: &policy,
+        };
+        let claimed = worker
+            .commit(&state, revision, &Event::Claim, Some(&record), 60_001)
+            .await
+            .unwrap();
+        assert!(matches!(claimed, Committed::Written(ref s, _) if s.status == Status::Processing));
+        let late = worker
+            .commit(&state, revision, &Event::Claim, Some(&record), 60_002)
+            .await
+            .unwrap();
+        assert_eq!(late, Committed::Conflict);
+    }
+}

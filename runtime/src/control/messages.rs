@@ -172,7 +172,7 @@ impl Control {
                     .await?
                 {
                     Committed::Written(..) => {}
-                    Committed::Conflict | Committed::Illegal(_) => return Err(changed()),
+                    Committed::Conflict | Committed::Illegal(_) | Committed::Republished(_) => return Err(changed()),
                 }
             }
             None => {
