@@ -127,6 +127,12 @@ async fn kill_9_under_load(env: &[(&str, &str)], senders_n: usize, batching: boo
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         if batching {
+            // On a loaded machine a life may take longer to queue writes: the kill waits
+            // for its first batch (the assertion below says if none ever came).
+            let _ = wait_until(Duration::from_secs(20), || async {
+                batches_committed(&http, &node).await > 0
+            })
+            .await;
             batched.push(batches_committed(&http, &node).await);
         }
         node.kill9().await;
@@ -171,6 +177,15 @@ async fn kill_9_under_load(env: &[(&str, &str)], senders_n: usize, batching: boo
         duplicates,
         kills
     );
+    if !lost.is_empty() {
+        // What the node knows of the first few, and what each of its lives logged.
+        for id in lost.iter().take(3) {
+            let path = format!("/api/tenants/acme/messages/{id}");
+            let (s, v) = api(&http, &node, reqwest::Method::GET, &path, None).await;
+            eprintln!("lost {id}: {s} {v}");
+        }
+        eprintln!("node logs:\n{}", node.logs_tail(200));
+    }
     assert!(
         settled.is_ok() && lost.is_empty(),
         "{} accepted messages lost, e.g. {:?}",

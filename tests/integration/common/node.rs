@@ -76,6 +76,19 @@ impl NodeProcess {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// The last `lines` lines of each of the node's lives' logs, oldest life first.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        (1..=self.starts)
+            .map(|k| {
+                let text = std::fs::read_to_string(self.dir.join(format!("node-{k}.log"))).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("--- life {k} ---\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.join(format!("node-{}.log", self.starts))
     }
@@ -99,7 +112,11 @@ impl NodeProcess {
             .env("VRSKY_PRODUCER__ALLOW_PRIVATE_TARGETS", "true")
             .env("VRSKY_STATE__REDRIVE_AFTER_MS", "1000")
             .env("VRSKY_STATE__REDRIVE_TICK_MS", "100")
-            .env("VRSKY_LOG__FILTER", "warn")
+            // `TEST_NODE_LOG` (a filter) makes the nodes' logs say more when debugging.
+            .env(
+                "VRSKY_LOG__FILTER",
+                std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
