@@ -266,6 +266,7 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         Ok(Some(x)) => x,
         Ok(None) => return args.platform.forget(&t, &id),
         Err(e) => {
+            args.platform.unpublished(&t, &id, tracked);
             return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: state unavailable; will try again");
         }
     };
@@ -312,9 +313,15 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         Ok(Some(Committed::Republished(revision))) => {
             debug!(tenant_id = %t, message_id = %id, revision, "still received; published again")
         }
-        Ok(None) => debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later"),
+        Ok(None) => {
+            args.platform.unpublished(&t, &id, stored.revision);
+            debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later")
+        }
         Ok(Some(_)) => {}
-        Err(e) => warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again"),
+        Err(e) => {
+            args.platform.unpublished(&t, &id, stored.revision);
+            warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again")
+        }
     }
 }
 
@@ -369,6 +376,10 @@ impl SchedulerState {
                     }
                 }
                 Observation::Expedite(t) => self.deadlines.expedite(&t),
+                Observation::Unpublished(t, id, revision) => {
+                    let grace = self.args.redrive_after.as_millis() as u64;
+                    self.deadlines.unpublished(&t, &id, revision, now_ms(), grace);
+                }
             }
         }
         for (t, i) in touched {

@@ -219,6 +219,19 @@ impl Deadlines {
         }
     }
 
+    /// A re-drive of `id` at `revision` that published nothing (its tenant starting or
+    /// unreachable, its state unavailable), reported at `now_ms`: no copy went to a
+    /// worker, so its next try comes a grace later, not a doubled one, and the doubling
+    /// starts over.
+    pub fn unpublished(&mut self, tenant: &TenantId, id: &MessageId, revision: u64, now_ms: u64, grace_ms: u64) {
+        if let Some(t) = self.map.get_mut(&(tenant.clone(), id.clone()))
+            && t.revision == revision
+        {
+            t.handed_out = 0;
+            t.not_before_ms = t.not_before_ms.min(now_ms.saturating_add(grace_ms));
+        }
+    }
+
     /// At most `max` messages past their deadline at `now_ms`; `processing_ms` gives an
     /// integration's delivery timeout, and `admit` is asked for each overdue message's
     /// tenant before it is taken (for fairness between tenants: one it refuses stays due).
@@ -472,6 +485,16 @@ mod tests {
             d.observe(&s, 1);
         }
         assert_eq!(taken, vec![1_000, 2_000, 4_000, 8_000, 16_000, 24_000, 32_000, 40_000]);
+        // A re-drive that published nothing (its tenant was down) is tried a grace later,
+        // and the doubling starts over.
+        d.unpublished(&s.tenant_id, &s.message_id, 1, 40_010, 1_000);
+        assert!(d.take_due(41_009, 1_000, 10, none, all).is_empty());
+        assert_eq!(d.take_due(41_010, 1_000, 10, none, all).len(), 1);
+        assert_eq!(d.take_due(42_010, 1_000, 10, none, all).len(), 1);
+        assert!(d.take_due(43_010, 1_000, 10, none, all).is_empty());
+        // Another revision's report changes nothing.
+        d.unpublished(&s.tenant_id, &s.message_id, 7, 43_010, 1_000);
+        assert!(d.take_due(44_009, 1_000, 10, none, all).is_empty());
         // Progress (a new revision) starts the hold-back over.
         let claimed = s.apply(&Event::Claim, &p, 40_000).unwrap();
         d.observe(&claimed, 2);

@@ -30,6 +30,8 @@ pub enum Observation {
     Gone(TenantId, MessageId),
     /// A tenant's NATS client dropped messages: its `received` ones are due now.
     Expedite(TenantId),
+    /// A re-drive at this revision published nothing (see `Deadlines::unpublished`).
+    Unpublished(TenantId, MessageId, u64),
 }
 
 /// Where observations go: the running RetryScheduler's channel, replaced at each of its
@@ -62,6 +64,12 @@ impl Platform {
     /// Reports a message that is gone.
     pub fn forget(&self, tenant: &TenantId, id: &MessageId) {
         self.observer.send(Observation::Gone(tenant.clone(), id.clone()));
+    }
+
+    /// Reports a re-drive that published nothing, so its next try is not held back longer.
+    pub fn unpublished(&self, tenant: &TenantId, id: &MessageId, revision: u64) {
+        self.observer
+            .send(Observation::Unpublished(tenant.clone(), id.clone(), revision));
     }
 
     /// Makes a tenant's `received` messages due for re-drive now (its NATS client
