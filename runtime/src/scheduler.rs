@@ -311,6 +311,11 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
             debug!(tenant_id = %t, message_id = %id, from = from.as_str(), to = next.status.as_str(), "re-driven")
         }
         Ok(Some(Committed::Republished(revision))) => {
+            if revision != tracked {
+                // The index held another revision (a write whose outcome it never heard):
+                // it tracks what was published now.
+                args.platform.observe(state, revision);
+            }
             debug!(tenant_id = %t, message_id = %id, revision, "still received; published again")
         }
         Ok(None) => {

@@ -10,9 +10,11 @@ use std::sync::Mutex;
 
 use crate::ids::MessageId;
 
-/// Claims remembered per worker: enough for the copies a backlog holds; the oldest are
-/// forgotten first (a copy older than that costs one losing write, as before).
-pub(super) const RECENT_CLAIMS_MAX: usize = 2048;
+/// Claims remembered per worker: the oldest are forgotten first, and a copy of one of
+/// those costs one losing write, as without the set. Near the default bound of unfinished
+/// messages per integration (`webhook.unfinished_per_integration_max`, 10,000), so a
+/// backlog that large is covered; about 2 MB when full.
+pub(super) const RECENT_CLAIMS_MAX: usize = 10_000;
 
 /// A bounded set of `(message, revision)` claims, oldest forgotten first.
 #[derive(Debug)]

@@ -212,9 +212,10 @@ impl Deadlines {
         for ((t, _), tracked) in self.map.iter_mut() {
             if t == tenant && tracked.status == Status::Received {
                 // Like an orphan: nobody will move it on unless it is published again.
+                // Due now; its doubling stands, so repeated slow-consumer events do not
+                // refill the overflowing subscription with every message each time.
                 tracked.orphaned = true;
                 tracked.not_before_ms = 0;
-                tracked.handed_out = 0;
             }
         }
     }

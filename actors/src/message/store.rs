@@ -152,7 +152,7 @@ pub enum Committed {
 /// - `received` (retry due, re-drive, replay): state first, then the publish of the same
 ///   bytes. A lost publish is re-driven after the deadline.
 /// - a re-drive of a message still `received`: no write, the stored state is published
-///   again at its revision ([`Committed::Republished`]). A new revision would make every
+///   again at its revision ([`Committed::Republished`]; a failed publish is an error). A new revision would make every
 ///   copy already queued for the worker stale, and a worker whose queue is longer than
 ///   the grace would then never claim one (each claim losing its revision check to the
 ///   next re-drive: a livelock, seen under load after kill -9). At the same revision the
@@ -231,9 +231,9 @@ impl Committer<'_> {
             if let Some(publisher) = publisher {
                 let value =
                     encode_stored(current, Some(record)).map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?;
-                if let Err(e) = publisher.publish(current, value, revision).await {
-                    tracing::warn!(message_id = %current.message_id, error = %e, "re-drive publish failed; re-drive will retry");
-                }
+                // Nothing was written, so a failed publish is the re-drive's failure: the
+                // caller tries again (and knows no copy went out).
+                publisher.publish(current, value, revision).await?;
             }
             return Ok(Committed::Republished(revision));
         }
@@ -387,5 +387,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(late, Committed::Conflict);
+    }
+
+    /// Without its envelope a `received` message can never be delivered: a re-drive
+    /// dead-letters it rather than publish it again for ever.
+    #[tokio::test]
+    async fn a_received_message_without_its_record_is_abandoned_not_republished() {
+        let (store, bus, policy) = (MemoryStore::default(), Bus::default(), RetryPolicy::default());
+        let (t, i) = (TenantId::new("acme").unwrap(), IntegrationId::new("hook").unwrap());
+        let state = MessageState::received(MessageId::generate(), t, i, 1_000);
+        let (_, revision) = store.create(&state, &encode_envelope(&empty_envelope(&state)).unwrap());
+        let redriver = Committer {
+            store: &store,
+            publisher: Some(&bus),
+            policy: &policy,
+        };
+        let out = redriver
+            .commit(&state, revision, &Event::Redrive, None, 60_000)
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, Committed::Written(ref s, _) if s.status == Status::DeadLetter),
+            "{out:?}"
+        );
+        assert!(bus.0.lock().unwrap().is_empty());
+        assert_eq!(store.dead_letters().len(), 1);
     }
 }
