@@ -320,3 +320,22 @@ proptest! {
         prop_assert_eq!(w.store.rows.len(), w.ids.len());
     }
 }
+
+/// The livelock seen under load after kill -9: a worker that takes the oldest copy on its
+/// queue, and a re-drive of every `received` message before each take (its queue is
+/// longer than the grace). Had a re-drive written a new revision, every copy the worker
+/// reached would be stale and no message would ever be claimed.
+#[test]
+fn a_worker_behind_the_re_driver_still_claims_every_message() {
+    let mut w = World::new(RetryPolicy::default());
+    let n = 8u8;
+    for k in 0..n {
+        w.step(&Op::Ingress(k));
+    }
+    for _ in 0..(4 * usize::from(n)) {
+        w.step(&Op::Advance(REDRIVE_AFTER_MS));
+        w.step(&Op::Take(0));
+    }
+    let claimed: HashSet<&MessageId> = w.in_flight.iter().map(|(id, _, _)| id).collect();
+    assert_eq!(claimed.len(), usize::from(n), "claimed {} of {n}", claimed.len());
+}
