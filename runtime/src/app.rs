@@ -334,9 +334,16 @@ impl Runtime {
                     .with_context(|| format!("binding the gRPC gateway to {want} (grpc_addr)"))?;
                 let grpc_addr = l.local_addr()?;
                 let (tx, rx) = oneshot::channel::<()>();
-                let serve = crate::grpc::serve(l, app.clone(), control.clone(), cfg.http.max_connections, async {
-                    let _ = rx.await;
-                });
+                let serve = crate::grpc::serve(
+                    l,
+                    app.clone(),
+                    control.clone(),
+                    platform.clone(),
+                    cfg.http.max_connections,
+                    async {
+                        let _ = rx.await;
+                    },
+                );
                 let task = tokio::spawn(async move {
                     if let Err(e) = serve.await {
                         tracing::error!(error = %format!("{e:#}"), "gRPC gateway stopped");

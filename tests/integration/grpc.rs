@@ -633,6 +633,71 @@ async fn watch_actor_tree_streams_a_kill_and_restart_in_order() {
     t.shutdown().await;
 }
 
+/// gRPC health follows readiness: the tenant's only nats-server stops answering
+/// (SIGSTOP), `/readyz` says 503 and health `NOT_SERVING`, overall and per service; it
+/// answers again and both come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_readiness() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let t = TestRuntime::start_with(Backend::Sqlite, |c| {
+        c.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.nats.health_interval_ms = 300;
+    })
+    .await;
+    let addr = t.rt().grpc_addr.expect("the gateway listens");
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    t.create_tenant("acme").await;
+    let health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let all_are = |want: ServingStatus| {
+        let health = health.clone();
+        async move {
+            for service in ["", "vrsky.v1.TenantService", "vrsky.v1.MessageService"] {
+                let got = health
+                    .clone()
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                if got != want as i32 {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    let wait = Duration::from_secs(20);
+    assert!(all_are(ServingStatus::Serving).await);
+    let pid = std::fs::read_to_string(t.dir.path().join("tenants/acme/1/nats-server.pid")).unwrap();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, pid.trim()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let down = crate::common::wait_until(wait, || all_are(ServingStatus::NotServing)).await;
+    let (code, _) = t.api(reqwest::Method::GET, "/readyz", None).await;
+    signal("-CONT");
+    down.expect("health stayed SERVING while the tenant's NATS did not answer");
+    assert_eq!(code, 503);
+    crate::common::wait_until(wait, || all_are(ServingStatus::Serving))
+        .await
+        .expect("health came back");
+    let (code, _) = t.api(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(code, 200);
+    t.shutdown().await;
+}
+
 /// What `grpcurl list` and `grpcurl describe` do: services and their descriptors from
 /// reflection (v1 and v1alpha), then a call built from those descriptors alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! stream (`watch.rs`), and the standard health and reflection (v1 and v1alpha) services.
 //! It listens on `grpc_addr` (`--grpc-addr`), plaintext HTTP/2.
 
+mod health;
 pub(crate) mod operations;
 pub mod pb;
 pub(crate) mod rest;
@@ -22,26 +23,33 @@ pub(crate) use rest::ViaRpc;
 /// Serves the gateway on `listener` until `shutdown` resolves. `api` is the node's REST
 /// router, which every unary RPC runs through; at most `max_connections` connections are
 /// served at once (`http.max_connections`, as on the REST port: past it new ones wait in
-/// the listen backlog).
+/// the listen backlog). Health follows the node's readiness (`/readyz`'s checks, with the
+/// platform connection `platform`).
 pub async fn serve(
     listener: TcpListener,
     api: axum::Router,
     control: Arc<Control>,
+    platform: async_nats::Client,
     max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let gateway = services::Gateway {
         rest: rest::Rest::new(api).context("loading the gRPC descriptors")?,
-        control,
+        control: control.clone(),
         stopping,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in SERVICES {
-        health
-            .set_service_status(*service, tonic_health::ServingStatus::Serving)
-            .await;
-    }
+    health::set_all(&health, tonic_health::ServingStatus::Serving).await;
+    // Aborted when the gateway stops, however it stops.
+    let mut follower = vrsky_actors::integration::AbortOnDrop(tokio::spawn(health::follow(
+        health.clone(),
+        health::READINESS_POLL,
+        move || {
+            let (control, platform) = (control.clone(), platform.clone());
+            async move { crate::http::Readiness::check(&control, &platform).await.ready() }
+        },
+    )));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -57,11 +65,10 @@ pub async fn serve(
     let reporter = health.clone();
     let shutdown = async move {
         shutdown.await;
-        for service in SERVICES {
-            reporter
-                .set_service_status(*service, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        // The follower ends first, so nothing sets SERVING again.
+        follower.0.abort();
+        let _ = (&mut follower.0).await;
+        health::set_all(&reporter, tonic_health::ServingStatus::NotServing).await;
         let _ = stop.send(true);
     };
     tonic::transport::Server::builder()

@@ -182,18 +182,43 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+/// What `/readyz` and gRPC health read: the metadata store, the platform NATS and every
+/// tenant's NATS.
+pub(crate) struct Readiness {
+    /// The metadata store's ping, or why it failed.
+    pub database: Result<(), String>,
+    /// Whether the platform NATS connection is up.
+    pub platform_nats_connected: bool,
+    /// Each tenant's NATS connections.
+    pub tenants: Vec<views::TenantReadiness>,
+}
+
+impl Readiness {
+    /// Reads it now.
+    pub(crate) async fn check(control: &Control, platform: &async_nats::Client) -> Readiness {
+        Readiness {
+            database: control.db().ping().await.map_err(|e| e.to_string()),
+            platform_nats_connected: platform.connection_state() == async_nats::connection::State::Connected,
+            tenants: views::readiness(control.directory()),
+        }
+    }
+
+    /// Whether everything answers.
+    pub(crate) fn ready(&self) -> bool {
+        self.database.is_ok() && self.platform_nats_connected && self.tenants.iter().all(|t| t.nats_connected)
+    }
+}
+
 /// 200 when the metadata store, the platform NATS and every tenant's NATS answer.
 async fn readyz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
-    let db = s.control.db().ping().await.map_err(|e| e.to_string());
-    let platform = s.platform.connection_state() == async_nats::connection::State::Connected;
-    let tenants = views::readiness(s.control.directory());
-    let ready = db.is_ok() && platform && tenants.iter().all(|t| t.nats_connected);
+    let r = Readiness::check(&s.control, &s.platform).await;
+    let ready = r.ready();
     let body = serde_json::json!({
         "ready": ready,
-        "database": db.err().unwrap_or_else(|| "ok".into()),
-        "platform_nats_connected": platform,
+        "database": r.database.err().unwrap_or_else(|| "ok".into()),
+        "platform_nats_connected": r.platform_nats_connected,
         "platform_sync_interval": &*s.platform_sync,
-        "tenants": tenants,
+        "tenants": r.tenants,
     });
     let status = if ready {
         StatusCode::OK
