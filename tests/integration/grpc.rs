@@ -15,9 +15,15 @@ use crate::common::{Backend, Sink, TOKEN, TestRuntime, spec};
 
 async fn node(sink: &Sink) -> (TestRuntime, Channel) {
     let _ = sink;
+    node_with(|c| c.nats.instances_per_tenant_max = 2).await
+}
+
+/// A node with its gateway on a free port, configured further by `tweak`, and a channel to
+/// the gateway.
+async fn node_with(tweak: impl FnOnce(&mut vrsky_runtime::config::Config)) -> (TestRuntime, Channel) {
     let t = TestRuntime::start_with(Backend::Sqlite, |c| {
         c.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.nats.instances_per_tenant_max = 2;
+        tweak(c);
     })
     .await;
     let addr = t.rt().grpc_addr.expect("the gateway listens");
@@ -639,17 +645,7 @@ async fn watch_actor_tree_streams_a_kill_and_restart_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_follows_readiness() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let t = TestRuntime::start_with(Backend::Sqlite, |c| {
-        c.grpc_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.nats.health_interval_ms = 300;
-    })
-    .await;
-    let addr = t.rt().grpc_addr.expect("the gateway listens");
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (t, ch) = node_with(|c| c.nats.health_interval_ms = 300).await;
     t.create_tenant("acme").await;
     let health = tonic_health::pb::health_client::HealthClient::new(ch);
     let all_are = |want: ServingStatus| {

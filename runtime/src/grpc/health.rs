@@ -34,14 +34,11 @@ where
         let ready = probe().await;
         if ready != serving {
             serving = ready;
-            if ready {
-                tracing::info!("node ready again; gRPC health SERVING");
-            } else {
-                tracing::warn!("node not ready (see /readyz); gRPC health NOT_SERVING");
-            }
             let status = if ready {
+                tracing::info!("node ready again; gRPC health SERVING");
                 ServingStatus::Serving
             } else {
+                tracing::warn!("node not ready (see /readyz); gRPC health NOT_SERVING");
                 ServingStatus::NotServing
             };
             set_all(&health, status).await;
