@@ -325,55 +325,75 @@ pub async fn start_server(bin: &Path, o: &ServerOptions) -> Result<ServerProcess
         return Ok(p);
     }
     reap_stale(&o.dir).await;
-    // The client port was chosen earlier and is not bound yet: the monitor port must not
-    // come out the same (it did once, and the server failed to listen).
-    let mut monitor_port = free_port()?;
-    while monitor_port == o.client_port {
-        monitor_port = free_port()?;
-    }
-    let conf = o.dir.join("nats.conf");
-    std::fs::write(&conf, config_text(o, monitor_port))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(o.dir.join("nats-server.log"))?;
-    let mut cmd = Command::new(bin);
-    if o.go_max_procs > 0 {
-        cmd.env("GOMAXPROCS", o.go_max_procs.to_string());
-    }
-    let mut child: Child = cmd
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id();
-    let deadline = tokio::time::Instant::now() + o.startup_timeout;
-    let version = loop {
-        if let Some(status) = child.try_wait()? {
-            let tail = std::fs::read_to_string(o.dir.join("nats-server.log")).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-            return Err(ProvisionError::NotReady(format!(
-                "{} exited during startup ({status}); log: {tail}",
-                o.server_name
-            )));
+    // The monitor port is chosen here and bound by the server a moment later: another
+    // process may take it in between, and then the server exits at once. That is retried
+    // with another port (the client port is recorded, so it cannot change).
+    let mut attempt = 0;
+    let (mut child, version, monitor_port) = loop {
+        attempt += 1;
+        // The client port was chosen earlier and is not bound yet: the monitor port must
+        // not come out the same (it did once, and the server failed to listen).
+        let mut monitor_port = free_port()?;
+        while monitor_port == o.client_port {
+            monitor_port = free_port()?;
         }
-        if let Some(v) = read_info(o.client_port, &o.server_name).await {
-            break v;
+        let conf = o.dir.join("nats.conf");
+        std::fs::write(&conf, config_text(o, monitor_port))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(o.dir.join("nats-server.log"))?;
+        let mut cmd = Command::new(bin);
+        if o.go_max_procs > 0 {
+            cmd.env("GOMAXPROCS", o.go_max_procs.to_string());
         }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill().await;
-            return Err(ProvisionError::NotReady(format!(
-                "{} did not accept clients on port {} within {} ms",
-                o.server_name,
-                o.client_port,
-                o.startup_timeout.as_millis()
-            )));
+        let mut child: Child = cmd
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?;
+        let deadline = tokio::time::Instant::now() + o.startup_timeout;
+        let outcome = loop {
+            if let Some(status) = child.try_wait()? {
+                let tail = std::fs::read_to_string(o.dir.join("nats-server.log")).unwrap_or_default();
+                let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                break Err((
+                    tail.contains("can't listen to the monitor port"),
+                    ProvisionError::NotReady(format!(
+                        "{} exited during startup ({status}); log: {tail}",
+                        o.server_name
+                    )),
+                ));
+            }
+            if let Some(v) = read_info(o.client_port, &o.server_name).await {
+                break Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill().await;
+                break Err((
+                    false,
+                    ProvisionError::NotReady(format!(
+                        "{} did not accept clients on port {} within {} ms",
+                        o.server_name,
+                        o.client_port,
+                        o.startup_timeout.as_millis()
+                    )),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        match outcome {
+            Ok(version) => break (child, version, monitor_port),
+            Err((true, e)) if attempt < 3 => {
+                warn!(server = %o.server_name, monitor_port, error = %e, "monitor port taken meanwhile; starting again on another");
+            }
+            Err((_, e)) => return Err(e),
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     };
+    let pid = child.id();
     if let Err(e) = require_supported(&o.server_name, &version) {
         let _ = child.kill().await;
         return Err(e);
