@@ -71,6 +71,8 @@ pub struct Runtime {
     http_task: tokio::task::JoinHandle<()>,
     grpc_stop: Option<oneshot::Sender<()>>,
     grpc_task: Option<tokio::task::JoinHandle<()>>,
+    /// This node's membership (tenant leases).
+    pub cluster: Arc<crate::cluster::ClusterHandle>,
 }
 
 impl Runtime {
@@ -263,7 +265,45 @@ impl Runtime {
             )
             .with_tree_events(tree_events),
         );
-        control.load_all(startup_timeout * 2).await?;
+        // Bound before the cluster starts, so this node can advertise where it listens;
+        // connections wait in the backlog until the server runs.
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.http_addr))?;
+        let addr = listener.local_addr()?;
+        let cluster = crate::cluster::ClusterHandle::new(
+            crate::cluster::node_id(cfg.cluster.node_id.as_deref()),
+            advertise_url(cfg.cluster.advertise_url.as_deref(), addr),
+            Duration::from_millis(cfg.cluster.lease_ttl_ms),
+            Duration::from_millis(cfg.cluster.forward_wait_ms),
+            crate::cluster::LeaseStore::open(
+                platform.clone(),
+                Duration::from_millis(cfg.cluster.lease_ttl_ms),
+                st.replicas,
+            )
+            .await?,
+        );
+        control.set_cluster(cluster.clone());
+        let cluster_args = crate::cluster::ClusterArgs {
+            handle: cluster.clone(),
+            control: control.clone(),
+            platform: platform_state.clone(),
+        };
+        let member = ChildSpec::worker(crate::cluster::CLUSTER_CHILD, move |sup| {
+            let args = cluster_args.clone();
+            async move {
+                let (r, _) = ractor::Actor::spawn_linked(None, crate::cluster::ClusterActor, args, sup).await?;
+                Ok(r.get_cell())
+            }
+        })
+        // Back fast: while it is down nobody renews this node's leases.
+        .backoff(Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        })
+        .intensity(None);
+        root.start_child(member).await?;
+        settle(&cluster, &control, startup_timeout * 2).await;
         let scheduler_args = SchedulerArgs {
             platform: platform_state.clone(),
             directory,
@@ -316,11 +356,8 @@ impl Runtime {
             platform_sync: Arc::from(platform_sync.as_str()),
             failed_auth_budget: Arc::default(),
             objects: objects.clone(),
+            forwarder: crate::http::forward::node_client(),
         };
-        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-            .await
-            .with_context(|| format!("binding {}", cfg.http_addr))?;
-        let addr = listener.local_addr()?;
         if let Some(o) = &objects {
             o.set_http_addr(addr);
         }
@@ -377,6 +414,7 @@ impl Runtime {
             http_task,
             grpc_stop,
             grpc_task,
+            cluster,
         })
     }
 
@@ -388,6 +426,9 @@ impl Runtime {
     /// Stops the HTTP server, every actor (and so every tenant nats-server), the platform
     /// server if this node spawned it, and the metadata store.
     pub async fn shutdown(mut self) {
+        // First the tenants go to the other nodes, while this one still forwards their
+        // requests to the new owners; then the servers stop.
+        self.hand_over().await;
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }
@@ -413,6 +454,74 @@ impl Runtime {
         self.control.db().close().await;
         info!("vrsky stopped");
     }
+
+    /// Hands this node's tenants over (make-before-break is the next owner's take-over
+    /// scan): each subtree stops, its lease is released, and the node waits, up to
+    /// `cluster.forward_wait_ms`, until other live nodes hold them.
+    async fn hand_over(&self) {
+        let Some(actor) = self.cluster.actor() else { return };
+        let handed = match actor
+            .call(crate::cluster::ClusterMsg::Drain, Some(Duration::from_secs(60)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(t)) => t,
+            _ => return warn!("tenant hand-over did not finish; their leases expire instead"),
+        };
+        let me = self.cluster.me.clone();
+        let deadline = tokio::time::Instant::now() + self.cluster.forward_wait;
+        loop {
+            let view = match self.cluster.store.view().await {
+                Ok(v) => v,
+                Err(_) => break,
+            };
+            if !view.nodes.values().any(|n| n.id != me && !n.value.draining) {
+                break;
+            }
+            let owned = handed
+                .iter()
+                .all(|t| view.leases.get(t).is_some_and(|l| l.lease.owner != me));
+            if owned {
+                info!(tenants = handed.len(), "tenants handed over to other nodes");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!("not every tenant was taken over in time; the others claim them later");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Err(e) = self.cluster.store.retire(&me).await {
+            warn!(error = %e, "node record not removed; it expires");
+        }
+    }
+}
+
+/// The base URL other nodes reach this one at: the configured one, else the bound
+/// address, with the host name in place of an unspecified IP.
+fn advertise_url(configured: Option<&str>, addr: SocketAddr) -> String {
+    if let Some(url) = configured {
+        return url.trim_end_matches('/').to_owned();
+    }
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+        return format!("http://{}:{}", host.trim(), addr.port());
+    }
+    format!("http://{addr}")
+}
+
+/// Waits for the cluster actor's first tick (its claims), then, up to `wait` in all, for
+/// the tenants it started here to run. A tenant that does not start keeps being retried
+/// by its actor, with backoff; meanwhile its webhooks get 503.
+async fn settle(cluster: &crate::cluster::ClusterHandle, control: &Control, wait: Duration) {
+    if let Some(actor) = cluster.actor() {
+        let _ = actor.call(crate::cluster::ClusterMsg::Settled, Some(wait)).await;
+    }
+    let waits = control.directory().all().into_iter().map(|(t, _)| async move {
+        if let Err(e) = control.await_running(&t, wait).await {
+            warn!(tenant_id = %t, error = %e, "tenant not running yet; its actor keeps trying");
+        }
+    });
+    futures::future::join_all(waits).await;
 }
 
 /// Raises this process's open-files soft limit to its hard limit: every connection, tenant

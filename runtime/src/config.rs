@@ -43,6 +43,43 @@ pub struct Config {
     pub object_store: crate::objects::ObjectStoreConfig,
     /// Payloads above a threshold travel by reference through the object store.
     pub claim_check: crate::objects::ClaimCheckConfig,
+    /// Nodes sharing one platform NATS and metadata store: who owns which tenant.
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes on one platform NATS and one metadata store. Each tenant's subtree runs on
+/// exactly one node, the holder of its lease in the platform KV (`vrsky_cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's identity (`VRSKY_NODE_ID`): letters, digits, `-` and `_`, at most 64.
+    /// Unset: the host name (a StatefulSet pod's name). A node restarted with the same id
+    /// takes its own leases back at once.
+    pub node_id: Option<String>,
+    /// A tenant lease's time to live: a node that has not renewed it this long has lost
+    /// it, and another node claims the tenant. Renewed every quarter of it; a node that
+    /// could not renew for three quarters stops the tenant's workers first. Every node of
+    /// a cluster must use the same value (the bucket's max age; a node with another one is
+    /// refused at start-up).
+    pub lease_ttl_ms: u64,
+    /// The base URL other nodes reach this node's HTTP server at, for requests about a
+    /// tenant this node owns. Unset: `http://<http_addr>`, with the host name in place of
+    /// an unspecified address (`0.0.0.0`).
+    pub advertise_url: Option<String>,
+    /// How long a request for a tenant that is changing owner (a fail-over, a hand-over)
+    /// waits at the node that received it for the new owner, before it is answered 503.
+    pub forward_wait_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            lease_ttl_ms: 10_000,
+            advertise_url: None,
+            forward_wait_ms: 15_000,
+        }
+    }
 }
 
 /// Secrets at rest and NATS credentials.
@@ -301,6 +338,7 @@ impl Default for Config {
             state: StateConfig::default(),
             object_store: crate::objects::ObjectStoreConfig::default(),
             claim_check: crate::objects::ClaimCheckConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -370,7 +408,9 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(Env::prefixed("VRSKY_").split("__").ignore(&["config"]))
+            .merge(Env::prefixed("VRSKY_").split("__").ignore(&["config", "node_id"]))
+            // The name for the node's identity, beside `VRSKY_CLUSTER__NODE_ID`.
+            .merge(Env::raw().only(&["vrsky_node_id"]).map(|_| "cluster.node_id".into()))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
@@ -411,6 +451,26 @@ impl Config {
                 field: "nats.kubernetes.ca_file",
                 message: "required with the kubernetes provisioner: the CA that signed nats.kubernetes.tls_secret"
                     .into(),
+            });
+        }
+        if let Some(id) = &self.cluster.node_id
+            && let Err(why) = crate::cluster::check_node_id(id)
+        {
+            return Err(ConfigError::Invalid {
+                field: "cluster.node_id",
+                message: why,
+            });
+        }
+        if !(1_000..=600_000).contains(&self.cluster.lease_ttl_ms) {
+            return Err(ConfigError::Invalid {
+                field: "cluster.lease_ttl_ms",
+                message: format!("1000 to 600000, got {}", self.cluster.lease_ttl_ms),
+            });
+        }
+        if self.cluster.forward_wait_ms > 120_000 {
+            return Err(ConfigError::Invalid {
+                field: "cluster.forward_wait_ms",
+                message: format!("at most 120000, got {}", self.cluster.forward_wait_ms),
             });
         }
         let days = self.security.credential_rotation_days;

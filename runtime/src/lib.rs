@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit_budget;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod db;

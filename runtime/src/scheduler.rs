@@ -196,7 +196,10 @@ async fn commit_loaded(
         // wait until one is usable (a probe or a reconnect brings it back).
         Ok(route) if s.status != Status::Processing && !route.instances.any_usable() => return Ok(None),
         Ok(route) => (event, route.retry),
-        Err(RouteError::Starting(_)) => return Ok(None),
+        Err(RouteError::Starting(_) | RouteError::Elsewhere(_)) => return Ok(None),
+        // A tenant this node does not run is another node's to decide (or, once this
+        // node claims it, this node's after its take-over scan): never abandoned here.
+        Err(RouteError::NotFound(_)) if !args.directory.holds(&s.tenant_id) => return Ok(None),
         Err(RouteError::NotFound(_)) => (
             Event::Abandon {
                 reason: format!("integration {} no longer exists", s.integration_id),
@@ -234,6 +237,11 @@ async fn handle_due(args: &SchedulerArgs, t: TenantId, id: MessageId, retry_coun
         // Moved on (re-driven, replayed, or a duplicate entry): nothing to do.
         return AckKind::Ack;
     }
+    if !args.directory.holds(&t) {
+        // Another node's tenant: the queue is shared, so the entry goes back for the
+        // owner's scheduler to take.
+        return AckKind::Nak(Some(Duration::from_millis(200)));
+    }
     match commit_loaded(args, &stored, Event::RetryDue, now).await {
         Ok(None) => AckKind::Nak(Some(Duration::from_secs(1))),
         Ok(Some(Committed::Written(..))) => {
@@ -262,6 +270,11 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         revision: tracked,
         orphaned,
     } = due;
+    if !args.directory.holds(&t) {
+        // Another node runs the tenant and tracks its messages; if this node takes it
+        // over, its take-over scan reports them again.
+        return args.platform.forget(&t, &id);
+    }
     let stored = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
         Ok(None) => return args.platform.forget(&t, &id),

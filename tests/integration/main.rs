@@ -6,6 +6,7 @@
 mod claim_check;
 mod claim_check_node;
 mod cli;
+mod cluster;
 mod common;
 mod crash;
 mod dev_command;

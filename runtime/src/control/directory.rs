@@ -172,6 +172,20 @@ impl TenantSnapshot {
     }
 }
 
+/// Where a tenant this node does not run is (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Another node owns it; its requests go to that node's HTTP server at `url`.
+    Elsewhere {
+        /// The owner's id.
+        node: String,
+        /// The owner's advertised base URL.
+        url: String,
+    },
+    /// Nobody owns it right now: a fail-over or a hand-over is in progress.
+    Unowned,
+}
+
 /// Why a route cannot be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
@@ -179,6 +193,8 @@ pub enum RouteError {
     NotFound(String),
     /// The tenant exists but its subtree is not running yet (503, retry later).
     Starting(String),
+    /// Another node owns the tenant (its id).
+    Elsewhere(String),
 }
 
 impl From<RouteError> for ControlError {
@@ -186,6 +202,9 @@ impl From<RouteError> for ControlError {
         match e {
             RouteError::NotFound(m) => ControlError::not_found(m),
             RouteError::Starting(m) => ControlError::unavailable(m),
+            RouteError::Elsewhere(node) => {
+                ControlError::unavailable(format!("the tenant is owned by node {node}; ask that node"))
+            }
         }
     }
 }
@@ -194,6 +213,8 @@ impl From<RouteError> for ControlError {
 #[derive(Debug, Default)]
 pub struct Directory {
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantSnapshot>>>,
+    /// Where the tenants this node does not run are; the cluster actor replaces it.
+    placements: ArcSwap<HashMap<TenantId, Placement>>,
 }
 
 impl Directory {
@@ -246,11 +267,46 @@ impl Directory {
         });
     }
 
+    /// Whether this node runs the tenant (its subtree is here, running or starting).
+    pub fn holds(&self, t: &TenantId) -> bool {
+        self.tenants.load().contains_key(t)
+    }
+
+    /// Where a tenant this node does not run is, if the cluster knows it.
+    pub fn placement(&self, t: &TenantId) -> Option<Placement> {
+        if self.holds(t) {
+            return None;
+        }
+        self.placements.load().get(t).cloned()
+    }
+
+    /// Sets where one tenant this node does not run is.
+    pub fn place(&self, t: &TenantId, placement: Placement) {
+        self.placements.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(t.clone(), placement.clone());
+            map
+        });
+    }
+
+    /// Replaces where the tenants this node does not run are.
+    pub fn set_placements(&self, placements: HashMap<TenantId, Placement>) {
+        self.placements.store(Arc::new(placements));
+    }
+
     /// Where a webhook goes.
     pub fn route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, RouteError> {
         let missing = || RouteError::NotFound(format!("integration {i} not found in tenant {t}"));
         let map = self.tenants.load();
-        let snapshot = map.get(t).ok_or_else(missing)?;
+        let Some(snapshot) = map.get(t) else {
+            return match self.placements.load().get(t) {
+                Some(Placement::Elsewhere { node, .. }) => Err(RouteError::Elsewhere(node.clone())),
+                Some(Placement::Unowned) => Err(RouteError::Starting(format!(
+                    "no node owns tenant {t} right now (a fail-over or hand-over is in progress); retry shortly"
+                ))),
+                None => Err(missing()),
+            };
+        };
         match &snapshot.phase {
             TenantPhase::Running => snapshot.routes.get(i).cloned().ok_or_else(missing),
             TenantPhase::Starting(reason) => Err(RouteError::Starting(match reason {
@@ -274,6 +330,9 @@ impl TenantPublisher for Directory {
                 .route(&state.tenant_id, &state.integration_id)
                 .map_err(|e| match e {
                     RouteError::NotFound(m) | RouteError::Starting(m) => StoreError::new(StoreErrorKind::NoRoute, m),
+                    RouteError::Elsewhere(node) => {
+                        StoreError::new(StoreErrorKind::NoRoute, format!("the tenant is owned by node {node}"))
+                    }
                 })?;
             let hop = Hop::publish((&state.tenant_id, &state.integration_id, &state.message_id));
             route.publish(stored, revision, hop).await
@@ -320,6 +379,23 @@ mod tests {
         ));
         d.remove(&t);
         assert!(d.get(&t).is_none());
+        // Owned by another node, or by nobody for a moment: not "not found".
+        d.set_placements(
+            [(
+                t.clone(),
+                Placement::Elsewhere {
+                    node: "n2".into(),
+                    url: "http://n2".into(),
+                },
+            )]
+            .into(),
+        );
+        assert_eq!(d.route(&t, &i).unwrap_err(), RouteError::Elsewhere("n2".into()));
+        d.set_placements([(t.clone(), Placement::Unowned)].into());
+        assert!(matches!(d.route(&t, &i), Err(RouteError::Starting(_))));
+        // A tenant it runs is never "elsewhere", whatever the placements say.
+        d.publish(&t, TenantSnapshot::starting(None));
+        assert!(d.placement(&t).is_none());
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use vrsky_actors::tenant::{
 use vrsky_actors::{IntegrationId, TenantId};
 use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorExt, SupervisorMsg, TreeNode};
 
-pub use directory::{Directory, Route, RouteError, TenantPhase, TenantSnapshot};
+pub use directory::{Directory, Placement, Route, RouteError, TenantPhase, TenantSnapshot};
 pub use error::{ControlError, ControlErrorKind};
 pub use messages::{BULK_REPLAY_MAX, ReplayFilter, ReplayReport};
 pub use tenant::{
@@ -50,6 +50,8 @@ pub struct Control {
     deps: Arc<TenantDeps>,
     /// The root tree's change stream, when the root was spawned with one.
     tree_events: Option<vrsky_supervision::TreeEvents>,
+    /// Tenant leases (set once the cluster actor exists).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterHandle>>,
 }
 
 fn call_failed<E: std::fmt::Display>(t: &TenantId, e: E) -> ControlError {
@@ -69,6 +71,58 @@ impl Control {
             root,
             deps: Arc::new(deps),
             tree_events: None,
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Joins the control layer to the cluster: tenants it creates are claimed for this
+    /// node, tenants it deletes lose their lease.
+    pub fn set_cluster(&self, handle: Arc<crate::cluster::ClusterHandle>) {
+        let _ = self.cluster.set(handle);
+    }
+
+    /// The cluster handle, once set.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterHandle>> {
+        self.cluster.get()
+    }
+
+    /// Starts a tenant's subtree here (the cluster actor, once this node holds its lease);
+    /// nothing when it already runs.
+    pub async fn start_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
+        if self.root.child(&tenant_child_name(t)).await?.is_some() {
+            return Ok(());
+        }
+        self.deps.directory.publish(t, TenantSnapshot::starting(None));
+        self.root.start_child(self.subtree(t)).await?;
+        Ok(())
+    }
+
+    /// Waits, up to `wait`, for a tenant's subtree to run.
+    pub async fn await_running(&self, t: &TenantId, wait: Duration) -> Result<(), ControlError> {
+        match tokio::time::timeout(wait, self.ask(t, TenantMsg::AwaitRunning)).await {
+            Ok(r) => r,
+            Err(_) => Err(ControlError::unavailable(format!("tenant {t} is not running yet"))),
+        }
+    }
+
+    /// Stops a tenant's subtree here (its lease is lost or given up); its rows and
+    /// messages stay, for the next owner.
+    pub async fn stop_tenant(&self, t: &TenantId) {
+        self.stop_subtree(t).await;
+    }
+
+    async fn cluster_call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<T>) -> crate::cluster::ClusterMsg,
+    ) -> Result<Option<T>, ControlError> {
+        let Some(actor) = self.cluster.get().and_then(|h| h.actor()) else {
+            return Ok(None);
+        };
+        match actor.call(msg, Some(TENANT_CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(v)) => Ok(Some(v)),
+            _ => Err(ControlError::unavailable(
+                "the cluster actor did not answer (it is restarting); retry shortly",
+            )),
         }
     }
 
@@ -165,26 +219,6 @@ impl Control {
         }
     }
 
-    /// Starts the subtree of every tenant in the store and waits, up to `wait` in all, for
-    /// them to run. A tenant that does not start keeps being retried by its actor, with
-    /// backoff; meanwhile its webhooks get 503 and its messages are left alone.
-    pub async fn load_all(&self, wait: Duration) -> Result<(), ControlError> {
-        let rows = self.deps.db.tenants().await?;
-        for row in &rows {
-            self.deps.directory.publish(&row.id, TenantSnapshot::starting(None));
-            self.root.start_child(self.subtree(&row.id)).await?;
-        }
-        let waits = rows.iter().map(|row| async move {
-            match tokio::time::timeout(wait, self.ask(&row.id, TenantMsg::AwaitRunning)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(tenant_id = %row.id, error = %e, "tenant not running yet; its actor keeps trying"),
-                Err(_) => warn!(tenant_id = %row.id, "tenant not running yet; its actor keeps trying"),
-            }
-        });
-        futures::future::join_all(waits).await;
-        Ok(())
-    }
-
     /// Creates a tenant and starts its first NATS instance. Nothing is left behind when
     /// the instance fails to start.
     pub async fn create_tenant(&self, t: &TenantId, name: &str) -> Result<TenantRow, ControlError> {
@@ -195,6 +229,23 @@ impl Control {
         if db.tenant(t).await?.is_some() || self.deps.directory.get(t).is_some() {
             return Err(ControlError::already_exists(format!("tenant {t} already exists")));
         }
+        if let Some(Err(why)) = self
+            .cluster_call(|r| crate::cluster::ClusterMsg::ClaimNew(t.clone(), r))
+            .await?
+        {
+            return Err(ControlError::already_exists(why));
+        }
+        let created = self.create_claimed(t, name).await;
+        if created.is_err() {
+            let _ = self
+                .cluster_call(|r| crate::cluster::ClusterMsg::Forget(t.clone(), r))
+                .await;
+        }
+        created
+    }
+
+    async fn create_claimed(&self, t: &TenantId, name: &str) -> Result<TenantRow, ControlError> {
+        let db = &self.deps.db;
         let endpoint = self
             .deps
             .provisioner
@@ -312,6 +363,9 @@ impl Control {
             }
         }
         self.deps.db.delete_tenant(t).await?;
+        let _ = self
+            .cluster_call(|r| crate::cluster::ClusterMsg::Forget(t.clone(), r))
+            .await;
         info!(tenant_id = %t, "tenant deleted");
         Ok(())
     }

@@ -94,6 +94,7 @@ pub async fn serve(
         ))
         .add_service(pb::api_key_service_server::ApiKeyServiceServer::new(gateway.clone()))
         .add_service(pb::audit_service_server::AuditServiceServer::new(gateway.clone()))
+        .add_service(pb::cluster_service_server::ClusterServiceServer::new(gateway.clone()))
         .add_service(pb::actor_tree_service_server::ActorTreeServiceServer::new(gateway))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -110,6 +111,7 @@ pub const SERVICES: &[&str] = &[
     "vrsky.v1.ApiKeyService",
     "vrsky.v1.AuditService",
     "vrsky.v1.ActorTreeService",
+    "vrsky.v1.ClusterService",
 ];
 
 /// The accepted connections of `listener`, as tonic takes them, at most `max` open at

@@ -91,6 +91,7 @@ ops! {
     REVOKE_API_KEY = "vrsky.v1.ApiKeyService/RevokeApiKey", DELETE "/tenants/{t}/api-keys/{id}";
     LIST_AUDIT_ENTRIES = "vrsky.v1.AuditService/ListAuditEntries", GET "/audit";
     GET_ACTOR_TREE = "vrsky.v1.ActorTreeService/GetActorTree", GET "/tree";
+    GET_CLUSTER = "vrsky.v1.ClusterService/GetCluster", GET "/cluster";
 }
 
 /// RPCs with no REST operation of their own (streams).

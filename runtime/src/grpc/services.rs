@@ -457,6 +457,15 @@ impl pb::audit_service_server::AuditService for Gateway {
     }
 }
 
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for Gateway {
+    async fn get_cluster(&self, r: Request<pb::GetClusterRequest>) -> Result<Response<pb::Cluster>, Status> {
+        let o = &op::GET_CLUSTER;
+        self.unary(o, auth(&r), o.path(&[]), None, "vrsky.v1.Cluster", same)
+            .await
+    }
+}
+
 /// The stream of `WatchActorTree`.
 type TreeStream = Pin<Box<dyn Stream<Item = Result<pb::WatchActorTreeResponse, Status>> + Send>>;
 

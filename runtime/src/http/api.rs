@@ -33,8 +33,17 @@ struct CreateTenant {
     name: String,
 }
 
-fn tenant_json(row: crate::db::TenantRow) -> serde_json::Value {
-    serde_json::json!({"id": row.id, "name": row.name, "created_at": row.created_at})
+/// A tenant as the API shows it; `owner` is the node whose actors run it (its lease
+/// holder), `null` while none does.
+fn tenant_json(s: &AppState, row: crate::db::TenantRow) -> serde_json::Value {
+    let owner = s.control.cluster().and_then(|c| {
+        if s.control.directory().holds(&row.id) {
+            Some(c.me.clone())
+        } else {
+            c.owner(&row.id)
+        }
+    });
+    serde_json::json!({"id": row.id, "name": row.name, "created_at": row.created_at, "owner": owner})
 }
 
 /// `POST /api/tenants` -> 201.
@@ -55,7 +64,7 @@ pub(crate) async fn create_tenant(
             return Ok(resp);
         }
     };
-    let mut resp = (StatusCode::CREATED, Json(tenant_json(row))).into_response();
+    let mut resp = (StatusCode::CREATED, Json(tenant_json(&s, row))).into_response();
     resp.extensions_mut().insert(audit);
     Ok(resp)
 }
@@ -64,7 +73,7 @@ pub(crate) async fn create_tenant(
 pub(crate) async fn list_tenants(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let rows = s.control.tenants().await?;
     Ok(Json(
-        serde_json::json!({"tenants": rows.into_iter().map(tenant_json).collect::<Vec<_>>()}),
+        serde_json::json!({"tenants": rows.into_iter().map(|r| tenant_json(&s, r)).collect::<Vec<_>>()}),
     ))
 }
 
@@ -73,7 +82,8 @@ pub(crate) async fn get_tenant(
     State(s): State<AppState>,
     Path(t): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(tenant_json(s.control.tenant(&tenant_id(&t)?).await?)))
+    let row = s.control.tenant(&tenant_id(&t)?).await?;
+    Ok(Json(tenant_json(&s, row)))
 }
 
 /// `DELETE /api/tenants/{t}` -> 204.
@@ -238,6 +248,16 @@ pub(crate) async fn rotate_credentials(
         "revoked_issued_before": super::views::rfc3339((r.revoked_before_s + 1) * 1000),
         "servers_updated": r.servers_updated,
     })))
+}
+
+/// `GET /api/cluster`: the live nodes, the tenants each holds with their lease ages, and
+/// the tenants nobody holds right now.
+pub(crate) async fn cluster(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let c = s
+        .control
+        .cluster()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the node is starting"))?;
+    Ok(Json(c.report()))
 }
 
 /// `GET /api/tree`: the live supervision tree.

@@ -7,6 +7,7 @@ pub mod auth;
 mod claim_check;
 mod echo;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod metrics_tenant_nats;
 pub mod openapi;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub failed_auth_budget: Arc<crate::audit_budget::FailureBudget>,
     /// The object store of claim-checked payloads, when one is configured.
     pub objects: Option<Arc<crate::objects::Objects>>,
+    /// Forwards requests for tenants other nodes own.
+    pub forwarder: forward::NodeClient,
 }
 
 /// Every operation of the REST API under `/api`: its method, its route, and its handler.
@@ -120,6 +123,7 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(api::rotate_credentials),
         ),
         (Method::GET, "/tree", get(api::tree)),
+        (Method::GET, "/cluster", get(api::cluster)),
         (Method::GET, "/audit", get(audit::list)),
     ]
 }
@@ -164,6 +168,9 @@ pub fn router(state: AppState, dev_sink: bool) -> Router {
             .get(move || echo::recent(sink)),
         );
     }
+    // Outermost: a tenant another node owns is that node's to answer (authenticated and
+    // audited there).
+    let app = app.layer(axum::middleware::from_fn_with_state(state.clone(), forward::forward));
     // Every answer of the router itself has the API's error shape too.
     app.fallback(
         |uri: axum::http::Uri| async move { error::ApiError::not_found(format!("no such route: {}", uri.path())) },
@@ -191,6 +198,8 @@ pub(crate) struct Readiness {
     pub platform_nats_connected: bool,
     /// Each tenant's NATS connections.
     pub tenants: Vec<views::TenantReadiness>,
+    /// The node is handing its tenants over and stopping.
+    pub draining: bool,
 }
 
 impl Readiness {
@@ -200,12 +209,16 @@ impl Readiness {
             database: control.db().ping().await.map_err(|e| e.to_string()),
             platform_nats_connected: platform.connection_state() == async_nats::connection::State::Connected,
             tenants: views::readiness(control.directory()),
+            draining: control.cluster().is_some_and(|c| c.draining()),
         }
     }
 
     /// Whether everything answers.
     pub(crate) fn ready(&self) -> bool {
-        self.database.is_ok() && self.platform_nats_connected && self.tenants.iter().all(|t| t.nats_connected)
+        !self.draining
+            && self.database.is_ok()
+            && self.platform_nats_connected
+            && self.tenants.iter().all(|t| t.nats_connected)
     }
 }
 
@@ -218,6 +231,7 @@ async fn readyz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> im
         "database": r.database.err().unwrap_or_else(|| "ok".into()),
         "platform_nats_connected": r.platform_nats_connected,
         "platform_sync_interval": &*s.platform_sync,
+        "draining": r.draining,
         "tenants": r.tenants,
     });
     let status = if ready {

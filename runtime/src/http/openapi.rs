@@ -113,6 +113,7 @@ pub(crate) fn doc(method: &Method, route: &str) -> Option<Doc> {
             d("New NATS users for the tenant; older ones revoked", 200, None)
         }
         ("GET", "/tree") => d("The live supervision tree", 200, None),
+        ("GET", "/cluster") => d("The nodes, the tenants each holds and their lease ages", 200, None),
         ("GET", "/audit") => with_query(d("The audit log", 200, None), &["tenant", "since", "after", "limit"]),
         _ => return None,
     })

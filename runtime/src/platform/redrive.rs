@@ -84,9 +84,21 @@ impl Platform {
     /// unfinished message, and the finished ones of the last TTL). Returns how many
     /// unfinished messages were found.
     pub async fn scan_unfinished(&self) -> Result<usize, PlatformError> {
+        self.scan(subjects::state_values(), self.opened_at_seq, true).await
+    }
+
+    /// Reads the latest value of every key of one tenant and reports its unfinished
+    /// messages as left by a process that is gone, so they are re-driven at once: what a
+    /// node that takes a tenant over (its owner died, or handed it over) does first.
+    pub async fn scan_tenant(&self, tenant: &TenantId) -> Result<usize, PlatformError> {
+        self.scan(subjects::tenant_state_values(tenant), u64::MAX, false).await
+    }
+
+    /// The scan: states written at or before `orphans_up_to` are reported as orphans.
+    async fn scan(&self, filter: String, orphans_up_to: u64, migrate_ttl: bool) -> Result<usize, PlatformError> {
         let mut kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
         let mut found = 0;
-        let migrate = self.migrate_ttl.load(Ordering::Acquire);
+        let migrate = migrate_ttl && self.migrate_ttl.load(Ordering::Acquire);
         // Bound: the finished states of the last TTL written before the switch, once.
         let mut without_ttl = Vec::new();
         let at_start = kv_stream.info().await.map_err(req)?.state.clone();
@@ -94,12 +106,16 @@ impl Platform {
         if at_start.messages > 0 {
             let consumer = kv_stream
                 .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: subjects::state_values(),
+                    filter_subject: filter,
                     deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                     ..Default::default()
                 })
                 .await
                 .map_err(req)?;
+            // Nothing matches the filter (a tenant without messages): nothing will come.
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(0);
+            }
             let mut messages = consumer.messages().await.map_err(req)?;
             loop {
                 let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
@@ -117,7 +133,7 @@ impl Platform {
                         // Written before this process opened the bucket: by a process that
                         // is gone, so it is re-driven at once.
                         let o = Observed::of(&state, revision);
-                        self.observer.send(if revision <= self.opened_at_seq {
+                        self.observer.send(if revision <= orphans_up_to {
                             Observation::Orphan(o)
                         } else {
                             Observation::Stored(o)
@@ -137,6 +153,9 @@ impl Platform {
         }
         // Finished states from before the switch get their TTL by being written again at
         // their revision (one that moved on meanwhile was rewritten with one already).
+        if !migrate_ttl {
+            return Ok(found);
+        }
         for (state, value, revision) in without_ttl {
             self.write_value(&state, value, revision).await.map_err(req)?;
         }

@@ -153,6 +153,26 @@ impl NodeProcess {
         self.spawn().await;
     }
 
+    /// SIGSTOP: the process is frozen (its timers, its workers, its lease renewals).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`NodeProcess::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a running node");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
