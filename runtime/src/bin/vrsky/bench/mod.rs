@@ -24,6 +24,7 @@ mod floor;
 mod group_commit;
 mod large;
 mod node;
+mod nodes;
 mod otlp;
 mod progress;
 mod raw;
@@ -99,6 +100,12 @@ pub(crate) struct BenchArgs {
     /// Run only the large-payload phase, and exit.
     #[arg(long)]
     pub large_only: bool,
+    /// With 2 or more: compare one node with a cluster of this many nodes on this machine
+    /// (one platform, one SQLite file; every webhook to the owner, then spread over all
+    /// nodes), `--messages` webhooks per phase and `--rounds` rounds (`bench/nodes.rs`),
+    /// and exit.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 /// Throughput and latency of one phase.
@@ -279,6 +286,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
+    if args.nodes > 1 {
+        eprintln!(
+            "one node vs {} nodes on this machine ({} webhooks per phase, {} rounds)",
+            args.nodes, args.messages, args.rounds
+        );
+        let r = nodes::run(&bin, &dir, &args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     if args.sync_compare {
         eprintln!(
             "platform sync_interval always vs 1s, with and without group commit ({} webhooks per phase)",
@@ -336,6 +355,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let floor_e2e = Arc::new(E2e {
         client: client.clone(),
         webhook: floor.webhook.clone(),
+        spread: Vec::new(),
         body: e2e.body.clone(),
     });
 

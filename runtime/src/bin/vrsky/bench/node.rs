@@ -56,6 +56,8 @@ pub(super) async fn record(State(a): State<Arc<Arrivals>>, headers: HeaderMap) -
 pub(super) struct E2e {
     pub(super) client: reqwest::Client,
     pub(super) webhook: String,
+    /// When not empty, webhook `i` goes to `spread[i % len]` instead (several nodes).
+    pub(super) spread: Vec<String>,
     pub(super) body: Bytes,
 }
 
@@ -106,6 +108,7 @@ impl Node {
         let e2e = Arc::new(E2e {
             client: client.clone(),
             webhook: format!("{}/webhooks/bench/sink", rt.base_url()),
+            spread: Vec::new(),
             body: Bytes::from(vec![b'x'; payload_bytes]),
         });
         Ok(Node {
@@ -139,7 +142,11 @@ pub(super) async fn vrsky_phase(
             let (e, sent) = (e.clone(), sent.clone());
             async move {
                 sent[i].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                matches!(e.client.post(&e.webhook).header("x-seq", (offset + i).to_string()).header("content-type", "application/octet-stream")
+                let url = match e.spread.len() {
+                    0 => &e.webhook,
+                    n => &e.spread[i % n],
+                };
+                matches!(e.client.post(url).header("x-seq", (offset + i).to_string()).header("content-type", "application/octet-stream")
                     .body(e.body.clone()).send().await, Ok(r) if r.status().as_u16() == 202)
             }
         }
