@@ -157,3 +157,27 @@ PY
     rm -rf "$tmp"
     return $rc
 }
+
+# helm-python-sdk (PyPI): Helm's Go SDK as a library, to render and lint the charts under
+# deploy/helm without a helm binary. Into the tools virtualenv, beside kubernetes-validate.
+ensure_helm_sdk() {
+    local py
+    py="$(tools_venv)/bin/python"
+    [ -x "$py" ] || py=python3
+    if ! "$py" -c 'import helm_python' 2>/dev/null; then
+        echo "installing helm-python-sdk (pip, into $(tools_venv))..." >&2
+        pip_install 'helm-python-sdk>=0.2.2,<0.3'
+    fi
+    "$py" -c 'import helm_python' 2>/dev/null || { echo "helm-python-sdk installed but not importable" >&2; return 1; }
+}
+
+# Renders, lints and strictly validates every chart under deploy/helm with several value
+# sets each, and checks them against the runtime (deploy/helm/check.py). Needs
+# ensure_helm_sdk and ensure_kubernetes_validate first (and ensure_nats_server for its
+# `nats-server -t` of the platform's config).
+check_charts() {
+    local py
+    py="$(tools_venv)/bin/python"
+    [ -x "$py" ] || py=python3
+    "$py" "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/helm/check.py" >&2
+}

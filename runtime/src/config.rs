@@ -650,6 +650,61 @@ mod tests {
         });
     }
 
+    /// Every `vrsky.toml` the Helm chart renders (its golden copies, which
+    /// `deploy/helm/check.py` keeps equal to the chart's output) loads with this parser:
+    /// no unknown key, every value in range. The pod's env (its `VRSKY_NODE_ID`, the
+    /// secrets) is set as the chart sets it.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_helm_charts_configurations_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/vrsky/tests");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("config-") && n.ends_with(".toml"))
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 3,
+            "the chart's golden configurations in {}",
+            dir.display()
+        );
+        for file in files {
+            figment::Jail::expect_with(|jail| {
+                jail.clear_env();
+                jail.set_env("VRSKY_NODE_ID", "vrsky-0");
+                jail.set_env("VRSKY_ADMIN_TOKEN", "a-token-of-sixteen-chars");
+                let cfg = Config::load(Some(&file), NoFlags {}).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                assert_eq!(cfg.cluster.node_id.as_deref(), Some("vrsky-0"), "{}", file.display());
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn node_id_comes_from_vrsky_node_id_and_is_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VRSKY_NODE_ID", "vrsky-2");
+            assert_eq!(
+                Config::load(None, NoFlags {}).unwrap().cluster.node_id.as_deref(),
+                Some("vrsky-2")
+            );
+            jail.set_env("VRSKY_NODE_ID", "pod.example");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("cluster.node_id"), "{err}");
+            jail.set_env("VRSKY_NODE_ID", "ok");
+            jail.set_env("VRSKY_CLUSTER__LEASE_TTL_MS", "10");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("cluster.lease_ttl_ms"), "{err}");
+            Ok(())
+        });
+    }
+
     #[test]
     #[allow(clippy::result_large_err)]
     fn kubernetes_image_must_be_new_enough() {

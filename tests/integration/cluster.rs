@@ -2,8 +2,8 @@
 //! platform nats-server, one PostgreSQL database and one data directory (the local
 //! provisioner's tenant servers, adopted by whichever node owns the tenant): tenants are
 //! spread by their leases, a kill -9 moves a node's tenants to the others, a SIGTERM hands
-//! them over, and a paused node stops its workers. Every webhook answered 202 by any node
-//! ends delivered or dead-lettered.
+//! them over, a joining node takes its share, and a paused node stops its workers. Every
+//! webhook answered 202 by any node ends delivered or dead-lettered.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -416,6 +416,70 @@ async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
         after_pause.len()
     );
     assert!(after_pause.is_empty(), "delivered twice by two owners: {after_pause:?}");
+    drop((n1, n2));
+    kill_servers_under(&shared);
+    db.drop_db().await;
+}
+
+/// A node that joins takes tenants over gradually (one per tick from the busiest node),
+/// make-before-break for the senders: webhooks sent to the first node meanwhile all get
+/// 202, and every one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let platform = crate::common::external_platform(dir.path(), "platform").await;
+    let db = PgDatabase::create().await;
+    let sink = Sink::start().await;
+    let http = reqwest::Client::new();
+    let n1 = start_node(dir.path(), &shared, "n1", &platform, &db).await;
+    let tenants: Vec<String> = (1..=4).map(|k| format!("j{k}")).collect();
+    for t in &tenants {
+        create_tenant(&http, &n1, t, &sink).await;
+    }
+    assert!(owners(&http, &n1).await.values().all(|o| o == "n1"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let senders = load(vec![n1.url("")], tenants.clone(), stop.clone(), ledger.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n2 = start_node(dir.path(), &shared, "n2", &platform, &db).await;
+    wait_until(Duration::from_secs(30), || async {
+        let o = owners(&http, &n1).await;
+        o.len() == 4 && o.values().filter(|x| *x == "n2").count() == 2
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no 2/2 split; n1 log:\n{}", n1.logs_tail(40)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Settled: nothing moves any more (a gap of one or none is left alone).
+    let settled = owners(&http, &n1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(owners(&http, &n1).await, settled, "the placement flapped");
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let (accepted, refused) = {
+        let l = ledger.lock().unwrap();
+        (l.accepted.clone(), l.refused.get(&0).cloned().unwrap_or_default())
+    };
+    assert!(
+        refused.is_empty(),
+        "webhooks to n1 failed: {:?}",
+        &refused[..refused.len().min(10)]
+    );
+    let (lost, duplicates) = settle(&http, &n1, &sink, &accepted).await;
+    eprintln!(
+        "join: {} accepted while two tenants moved to n2, {} lost, {duplicates} delivered more than once",
+        accepted.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
     drop((n1, n2));
     kill_servers_under(&shared);
     db.drop_db().await;

@@ -64,7 +64,8 @@ impl Control {
         self.deps.objects.as_ref()
     }
 
-    /// A control layer over a running root supervisor. Call [`Control::load_all`] next.
+    /// A control layer over a running root supervisor. Join it to the cluster next
+    /// ([`Control::set_cluster`]): the cluster actor starts the tenants this node holds.
     pub fn new(platform: Platform, root: ActorRef<SupervisorMsg>, deps: TenantDeps) -> Self {
         Control {
             platform,

@@ -514,3 +514,55 @@ async fn tenant_creation_provisions_on_kubernetes_and_connects_on_the_default_po
     api.abort();
     server.stop.stop().await;
 }
+
+/// The objects the chart `deploy/helm/nats-tenant` must render identically for the inputs
+/// of its `tests/values-golden.yaml` (`deploy/helm/check.py` compares the two): this test
+/// fails when the provisioner changes and the golden file does not. `UPDATE_GOLDEN=1`
+/// rewrites the file; then make the chart match it (`scripts/test` checks).
+#[test]
+fn the_nats_tenant_charts_golden_file_is_what_the_provisioner_makes() {
+    use serde::Deserialize;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/nats-tenant/tests");
+    let values: Value =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("values-golden.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        (values["tenant"].as_str(), values["instance"].as_u64()),
+        (Some("acme"), Some(1)),
+        "the golden values name acme-1, as spec() does"
+    );
+    let auth = values["auth"].as_str().unwrap();
+    let d = deployment(
+        &spec(),
+        values["image"].as_str().unwrap(),
+        values["exporterImage"].as_str().unwrap(),
+        values["tlsSecret"].as_str().unwrap(),
+    )
+    .unwrap();
+    let objects = vec![
+        serde_json::to_value(d).unwrap(),
+        serde_json::to_value(service(&spec(), None).unwrap()).unwrap(),
+        serde_json::to_value(secret(&spec(), None, auth).unwrap()).unwrap(),
+    ];
+    let path = dir.join("provisioner-objects.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let mut text = String::from(
+            "# What runtime/src/k8s.rs applies for tenant acme, instance 1, with the inputs of\n\
+             # values-golden.yaml. Written by `UPDATE_GOLDEN=1 cargo test -p vrsky-runtime\n\
+             # golden_file`; deploy/helm/check.py renders the chart and compares.\n",
+        );
+        for o in &objects {
+            text.push_str("---\n");
+            text.push_str(&serde_norway::to_string(o).unwrap());
+        }
+        std::fs::write(&path, text).unwrap();
+    }
+    let text = std::fs::read_to_string(&path).expect("no golden file: run with UPDATE_GOLDEN=1");
+    let golden: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    assert_eq!(
+        golden, objects,
+        "the provisioner's objects changed: run UPDATE_GOLDEN=1 cargo test -p vrsky-runtime golden_file, then make deploy/helm/nats-tenant render them (scripts/test checks)"
+    );
+}
