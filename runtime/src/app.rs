@@ -14,6 +14,9 @@ use vrsky_supervision::{Backoff, ChildSpec, SupervisorArgs, SupervisorExt, spawn
 
 /// Name of the RetryScheduler under the runtime supervisor.
 pub const SCHEDULER_CHILD: &str = "retry-scheduler";
+/// How long a node that handed its tenants over keeps answering before its HTTP server
+/// stops: the other nodes learn of the new owners from the bucket within this.
+const HAND_OVER_LINGER: Duration = Duration::from_secs(1);
 /// The orphan sweeper of claim-checked payloads (when an object store is configured).
 pub const SWEEPER_CHILD: &str = "object-sweeper";
 
@@ -283,11 +286,26 @@ impl Runtime {
             )
             .await?,
         );
+        // Two live nodes with one id would take each other's leases in turn: a record of
+        // this id with another URL is another node (a restart has the same URL).
+        if let Ok(view) = cluster.store.view().await
+            && let Some(n) = view.nodes.get(&cluster.me)
+            && n.value.url != cluster.url
+        {
+            anyhow::bail!(
+                "cluster.node_id: node {} is already live at {} (last seen {} ms ago); give this node another id (VRSKY_NODE_ID), or wait {} ms if that node is gone",
+                cluster.me,
+                n.value.url,
+                n.age_ms,
+                cluster.ttl.as_millis()
+            );
+        }
         control.set_cluster(cluster.clone());
         let cluster_args = crate::cluster::ClusterArgs {
             handle: cluster.clone(),
             control: control.clone(),
             platform: platform_state.clone(),
+            rescan_after: Duration::from_millis(st.redrive_after_ms),
         };
         let member = ChildSpec::worker(crate::cluster::CLUSTER_CHILD, move |sup| {
             let args = cluster_args.clone();
@@ -426,9 +444,16 @@ impl Runtime {
     /// Stops the HTTP server, every actor (and so every tenant nats-server), the platform
     /// server if this node spawned it, and the metadata store.
     pub async fn shutdown(mut self) {
-        // First the tenants go to the other nodes, while this one still forwards their
-        // requests to the new owners; then the servers stop.
-        self.hand_over().await;
+        // With other live nodes the tenants go to them first, while this one still
+        // forwards their requests to the new owners; then the servers stop. Alone, the
+        // servers stop first (nobody would take the tenants), then the leases go.
+        let others = match self.cluster.store.view().await {
+            Ok(v) => v.nodes.values().any(|n| n.id != self.cluster.me && !n.value.draining),
+            Err(_) => false,
+        };
+        if others {
+            self.hand_over().await;
+        }
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }
@@ -441,6 +466,9 @@ impl Runtime {
             if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
                 task.abort();
             }
+        }
+        if !others {
+            self.hand_over().await;
         }
         self.control.shutdown().await;
         // Closed before its server stops, so stopping reads as a shutdown, not an error.
@@ -482,6 +510,9 @@ impl Runtime {
                 .all(|t| view.leases.get(t).is_some_and(|l| l.lease.owner != me));
             if owned {
                 info!(tenants = handed.len(), "tenants handed over to other nodes");
+                // Requests the others sent here before they heard are answered (forwarded
+                // on, or "not the owner" for them to retry) before the server stops.
+                tokio::time::sleep(HAND_OVER_LINGER).await;
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -58,7 +58,7 @@ pub struct ClusterConfig {
     pub node_id: Option<String>,
     /// A tenant lease's time to live: a node that has not renewed it this long has lost
     /// it, and another node claims the tenant. Renewed every quarter of it; a node that
-    /// could not renew for three quarters stops the tenant's workers first. Every node of
+    /// could not renew for half of it stops the tenant first. Every node of
     /// a cluster must use the same value (the bucket's max age; a node with another one is
     /// refused at start-up).
     pub lease_ttl_ms: u64,

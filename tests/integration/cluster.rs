@@ -266,6 +266,7 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
         .map(|(t, _)| t.clone())
         .collect();
     let killed_at = Instant::now();
+    let killed_tokio = tokio::time::Instant::now();
     nodes[2].kill9().await;
     let within = Duration::from_secs(15);
     wait_until(within, || async {
@@ -294,6 +295,7 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
     // SIGTERM n2: it hands its tenants over; webhooks sent to n1 keep getting 202.
     let before_term = ledger.lock().unwrap().refused.get(&0).map_or(0, Vec::len);
     let term_at = Instant::now();
+    let term_tokio = tokio::time::Instant::now();
     nodes[1].stop().await;
     eprintln!(
         "hand-over: n2 stopped {} ms after SIGTERM",
@@ -311,12 +313,17 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
         let l = ledger.lock().unwrap();
         (l.accepted.clone(), l.refused.get(&0).cloned().unwrap_or_default())
     };
-    // The surviving node never failed a webhook, through the kill -9 and the hand-over.
+    // Through the kill -9, a webhook the surviving node had already forwarded to the dead
+    // node when it died cannot be retried (it may have been stored): 503, counted. Through
+    // the hand-over, none fails.
+    eprintln!(
+        "webhooks to n1 refused during the kill -9: {before_term} ({:?})",
+        &refused_n1[..before_term.min(3)]
+    );
     assert!(
-        refused_n1.is_empty(),
-        "webhooks sent to n1 failed ({} before the SIGTERM): {:?}",
-        before_term,
-        &refused_n1[..refused_n1.len().min(10)]
+        refused_n1.len() == before_term,
+        "webhooks sent to n1 failed during the hand-over: {:?}",
+        &refused_n1[before_term..refused_n1.len().min(before_term + 10)]
     );
     let (lost, duplicates) = settle(&http, &nodes[0], &sink, &accepted).await;
     eprintln!(
@@ -331,6 +338,27 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
         &lost[..lost.len().min(10)],
         nodes[0].logs_tail(80)
     );
+    // Each duplicate's deliveries, in ms from the kill -9 and from the SIGTERM.
+    let mut by_id: HashMap<String, Vec<tokio::time::Instant>> = HashMap::new();
+    for r in sink.received() {
+        if let Some(id) = r.header("x-vrsky-message-id") {
+            by_id.entry(id.to_owned()).or_default().push(r.at);
+        }
+    }
+    let offset = |at: tokio::time::Instant, from: tokio::time::Instant| {
+        if at >= from {
+            (at - from).as_millis() as i64
+        } else {
+            -((from - at).as_millis() as i64)
+        }
+    };
+    for (id, ats) in by_id.iter().filter(|(_, a)| a.len() > 1) {
+        let ms: Vec<(i64, i64)> = ats
+            .iter()
+            .map(|a| (offset(*a, killed_tokio), offset(*a, term_tokio)))
+            .collect();
+        eprintln!("duplicate {id}: deliveries at (ms from kill -9, ms from SIGTERM) {ms:?}");
+    }
     drop(nodes);
     kill_servers_under(&shared);
     db.drop_db().await;
@@ -482,5 +510,39 @@ async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
     );
     drop((n1, n2));
     kill_servers_under(&shared);
+    db.drop_db().await;
+}
+
+/// Two live nodes cannot share an id (they would take each other's leases in turn): the
+/// second refuses to start and names the first; once the first has stopped, the id is
+/// free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_with_a_live_nodes_id_refuses_to_start() {
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = crate::common::external_platform(dir.path(), "platform").await;
+    let db = PgDatabase::create().await;
+    let config = |sub: &str| {
+        let mut cfg = crate::common::test_config(&dir.path().join(sub), Some(db.url.clone()));
+        crate::common::use_platform(&mut cfg, &platform);
+        cfg.cluster.node_id = Some("twin".into());
+        cfg
+    };
+    let first = vrsky_runtime::app::Runtime::start(config("a"), Default::default())
+        .await
+        .unwrap();
+    let err = match vrsky_runtime::app::Runtime::start(config("b"), Default::default()).await {
+        Ok(_) => panic!("a second node with a live node's id started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("cluster.node_id") && err.contains(&first.base_url()),
+        "{err}"
+    );
+    first.shutdown().await;
+    let again = vrsky_runtime::app::Runtime::start(config("b"), Default::default())
+        .await
+        .unwrap();
+    again.shutdown().await;
     db.drop_db().await;
 }

@@ -45,14 +45,25 @@ pub struct ClusterArgs {
     pub control: Arc<Control>,
     /// For the take-over scan.
     pub platform: Platform,
+    /// When a take-over scans a second time (`state.redrive_after_ms`).
+    pub rescan_after: Duration,
+}
+
+/// Why a new tenant's lease was not claimed.
+#[derive(Debug, Clone)]
+pub enum ClaimRefused {
+    /// Another node holds a lease of that id (it names it).
+    Held(String),
+    /// The platform did not answer.
+    Unavailable(String),
 }
 
 /// Its messages.
 pub enum ClusterMsg {
     /// Renew, read, decide, act.
     Tick,
-    /// Claims a tenant being created, for this node; the error says who holds it.
-    ClaimNew(TenantId, RpcReplyPort<Result<(), String>>),
+    /// Claims a tenant being created, for this node.
+    ClaimNew(TenantId, RpcReplyPort<Result<(), ClaimRefused>>),
     /// Forgets a tenant: deleted, or its creation rolled back.
     Forget(TenantId, RpcReplyPort<()>),
     /// Hands every tenant over and claims nothing more (shutdown); replies with them.
@@ -77,6 +88,8 @@ pub struct ClusterState {
     settled: Vec<RpcReplyPort<()>>,
     /// Tenants claimed for a creation whose rows may not be written yet: not "deleted".
     creating: BTreeMap<TenantId, Instant>,
+    /// Stops (and releases) under way, off the actor.
+    stopping: HashMap<TenantId, tokio::task::JoinHandle<()>>,
     tick_queued: Arc<AtomicBool>,
     _ticker: AbortOnDrop,
     _watch: AbortOnDrop,
@@ -87,10 +100,12 @@ impl ClusterState {
         &self.args.handle.me
     }
 
-    /// Three quarters of the TTL without a renewal: the workers stop before the lease can
-    /// expire and be claimed elsewhere.
+    /// Half the TTL without a successful renewal: the tenant stops here. The check runs
+    /// at least every quarter of the TTL, after renewals bounded by a quarter, so the stop
+    /// begins before three quarters have passed, and the lease (whose expiry counts from
+    /// the server's receipt of the last renewal, after it was sent) is still held then.
     fn fence(&self) -> Duration {
-        self.args.handle.ttl * 3 / 4
+        self.args.handle.ttl / 2
     }
 
     async fn renew_all(&mut self) {
@@ -103,18 +118,27 @@ impl ClusterState {
             .map(|(t, h)| (t.clone(), h.revision, h.since_ms))
             .collect();
         let store = handle.store.clone();
+        let bound = handle.ttl / 4;
         let results: Vec<(TenantId, Result<u64, LeaseError>)> = futures::stream::iter(due)
             .map(move |(t, rev, since_ms)| {
                 let (store, node) = (store.clone(), me.clone());
                 async move {
-                    let r = store.renew(&t, &LeaseValue { node, since_ms }, rev).await;
+                    let r =
+                        match tokio::time::timeout(bound, store.renew(&t, &LeaseValue { node, since_ms }, rev)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(LeaseError::Unavailable(format!(
+                                "no answer within {} ms",
+                                bound.as_millis()
+                            ))),
+                        };
                     (t, r)
                 }
             })
-            .buffer_unordered(32)
+            .buffer_unordered(64)
             .collect()
             .await;
         let fence = self.fence();
+        let now = Instant::now();
         for (t, r) in results {
             match r {
                 Ok(rev) => {
@@ -125,18 +149,18 @@ impl ClusterState {
                 }
                 Err(LeaseError::Lost) => {
                     warn!(tenant_id = %t, "tenant lease lost (another node holds it); stopping the tenant here");
-                    self.stop(&t).await;
+                    self.stop(&t, None);
                 }
                 Err(LeaseError::Unavailable(e)) => {
                     let since = self
                         .held
                         .get(&t)
-                        .map(|h| sent.duration_since(h.renewed))
+                        .map(|h| now.duration_since(h.renewed))
                         .unwrap_or_default();
                     if since >= fence {
                         warn!(tenant_id = %t, error = %e, since_ms = since.as_millis() as u64,
-                            "tenant lease not renewed for three quarters of its TTL; stopping the tenant's workers before it can expire");
-                        self.stop(&t).await;
+                            "tenant lease not renewed for half its TTL; stopping the tenant's workers before it can expire");
+                        self.stop(&t, None);
                     } else {
                         debug!(tenant_id = %t, error = %e, "tenant lease renewal failed; trying again");
                     }
@@ -145,34 +169,88 @@ impl ClusterState {
         }
     }
 
-    /// Stops a tenant's subtree here; until the next tick says who has it, its requests
-    /// wait for an owner.
-    async fn stop(&mut self, t: &TenantId) {
+    /// Whether a stop of the tenant here is still under way.
+    fn stopping(&self, t: &TenantId) -> bool {
+        self.stopping.get(t).is_some_and(|h| !h.is_finished())
+    }
+
+    /// Stops a tenant's subtree here, off the actor (a stuck server must not hold the
+    /// renewals of the other tenants); its requests wait for an owner meanwhile. With
+    /// `release`, the lease is given up at that revision once the subtree is down and the
+    /// webhooks it was answering had time to finish their writes.
+    fn stop(&mut self, t: &TenantId, release: Option<u64>) {
         self.held.remove(t);
-        self.args.control.stop_tenant(t).await;
+        // Placed first: the moment the subtree's entry goes, requests wait for an owner
+        // instead of answering 404.
         self.args.control.directory().place(t, Placement::Unowned);
+        let (control, handle, t2) = (self.args.control.clone(), self.args.handle.clone(), t.clone());
+        let task = tokio::spawn(async move {
+            control.stop_tenant(&t2).await;
+            let Some(rev) = release else { return };
+            // Alone, nobody else takes it: nothing to wait for.
+            if handle.view().nodes.keys().any(|n| *n != handle.me) {
+                tokio::time::sleep(RELEASE_SETTLE).await;
+            }
+            match handle.store.release(&t2, rev).await {
+                Ok(()) => info!(tenant_id = %t2, "tenant released for another node to take"),
+                Err(e) => warn!(tenant_id = %t2, error = %e, "lease not released; it expires instead"),
+            }
+        });
+        self.stopping.insert(t.clone(), task);
     }
 
     /// Starts a tenant this node now holds, then re-drives what its previous holder left.
-    async fn start(&mut self, t: &TenantId, why: &'static str) {
+    /// `claimed_at` is the bucket's revision before the claim.
+    async fn start(&mut self, t: &TenantId, why: &'static str, claimed_at: Option<u64>) {
         info!(tenant_id = %t, why, "tenant owned here");
-        if let Err(e) = self.args.control.start_tenant(t).await {
-            warn!(tenant_id = %t, error = %e, "tenant subtree did not start; its supervisor keeps trying");
+        let started = match self.args.control.start_tenant(t).await {
+            Ok(started) => started,
+            Err(e) => {
+                warn!(tenant_id = %t, error = %e, "tenant subtree did not start; its supervisor keeps trying");
+                true
+            }
+        };
+        // Already running here (the cluster actor restarted): nothing was left by another.
+        if !started {
+            return;
         }
         let (control, platform, t) = (self.args.control.clone(), self.args.platform.clone(), t.clone());
+        let rescan = self.args.rescan_after;
         tokio::spawn(async move {
             if let Err(e) = control.await_running(&t, TAKEOVER_WAIT).await {
                 warn!(tenant_id = %t, error = %e, "tenant not running yet; its messages are re-driven once it is");
             }
-            match platform.scan_tenant(&t).await {
-                Ok(found) => info!(tenant_id = %t, found, "take-over scan: unfinished messages re-driven now"),
-                Err(e) => warn!(tenant_id = %t, error = %e, "take-over scan failed; the re-driver finds them later"),
+            // Unknown (the platform did not say): every state is re-driven at its deadline.
+            let claimed_at = claimed_at.unwrap_or(0);
+            // Twice: now, and once more after the grace, for writes the previous owner
+            // finished after the first scan (a webhook it was still answering).
+            for (pass, wait) in [(1, Duration::ZERO), (2, rescan)] {
+                tokio::time::sleep(wait).await;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match platform.scan_tenant(&t, claimed_at).await {
+                        Ok(found) => {
+                            info!(tenant_id = %t, pass, found, "take-over scan: what the previous owner left is re-driven");
+                            break;
+                        }
+                        Err(e) if attempt < 10 => {
+                            warn!(tenant_id = %t, pass, error = %e, "take-over scan failed; trying again");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(e) => {
+                            warn!(tenant_id = %t, pass, error = %e, "take-over scan failed ten times; a restart of this node scans again");
+                            break;
+                        }
+                    }
+                }
             }
         });
     }
 
     async fn tick(&mut self) {
         self.tick_queued.store(false, Ordering::Relaxed);
+        self.stopping.retain(|_, h| !h.is_finished());
         self.renew_all().await;
         let handle = self.args.handle.clone();
         let draining = handle.draining();
@@ -214,16 +292,18 @@ impl ClusterState {
         // moved on meanwhile) stops first.
         for (t, _) in self.args.control.directory().all() {
             let mine = view.leases.get(&t).is_some_and(|l| l.lease.owner == handle.me);
-            if !self.held.contains_key(&t) && !mine {
+            if !self.held.contains_key(&t) && !mine && !self.stopping(&t) {
                 warn!(tenant_id = %t, "tenant running here without its lease; stopping it");
-                self.stop(&t).await;
+                self.stop(&t, None);
             }
         }
         let steps = decide(&situation);
-        let mut released = Vec::new();
         for step in steps {
             match step {
+                // Still stopping here: claimed again at a later tick.
+                Step::Claim(t) | Step::Adopt(t, _) if self.stopping(&t) => {}
                 Step::Claim(t) => {
+                    let claimed_at = self.args.platform.state_revision().await.ok();
                     let value = LeaseValue {
                         node: handle.me.clone(),
                         since_ms: now_ms(),
@@ -239,13 +319,14 @@ impl ClusterState {
                                     since_ms: value.since_ms,
                                 },
                             );
-                            self.start(&t, "claimed").await;
+                            self.start(&t, "claimed", claimed_at).await;
                         }
                         Err(LeaseError::Lost) => debug!(tenant_id = %t, "another node claimed the tenant first"),
                         Err(e) => warn!(tenant_id = %t, error = %e, "claim failed; trying next tick"),
                     }
                 }
                 Step::Adopt(t, rev) => {
+                    let claimed_at = self.args.platform.state_revision().await.ok();
                     let since_ms = view.leases.get(&t).map(|l| l.value.since_ms).unwrap_or_else(now_ms);
                     let value = LeaseValue {
                         node: handle.me.clone(),
@@ -262,27 +343,12 @@ impl ClusterState {
                                     since_ms,
                                 },
                             );
-                            self.start(&t, "lease of this node's id adopted").await;
+                            self.start(&t, "lease of this node's id adopted", claimed_at).await;
                         }
                         Err(e) => debug!(tenant_id = %t, error = %e, "lease of this node's id moved on"),
                     }
                 }
-                Step::Release(t, rev) => {
-                    self.stop(&t).await;
-                    released.push((t, rev));
-                }
-            }
-        }
-        if !released.is_empty() {
-            // Alone, nobody else takes it: nothing to wait for.
-            if view.nodes.keys().any(|n| *n != handle.me) {
-                tokio::time::sleep(RELEASE_SETTLE).await;
-            }
-            for (t, rev) in released {
-                match handle.store.release(&t, rev).await {
-                    Ok(()) => info!(tenant_id = %t, "tenant released for another node to take"),
-                    Err(e) => warn!(tenant_id = %t, error = %e, "lease not released; it expires instead"),
-                }
+                Step::Release(t, rev) => self.stop(&t, Some(rev)),
             }
         }
         self.publish_placements(&view, &tenants);
@@ -296,7 +362,9 @@ impl ClusterState {
     /// Tells the routing snapshot where the tenants this node does not run are.
     fn publish_placements(&self, view: &BucketView, tenants: &BTreeSet<TenantId>) {
         let mut placements = HashMap::new();
-        for t in tenants {
+        // A lease without its row yet is a tenant being created on its owner.
+        let known: BTreeSet<&TenantId> = tenants.iter().chain(view.leases.keys()).collect();
+        for t in known {
             if self.held.contains_key(t) {
                 continue;
             }
@@ -328,18 +396,12 @@ impl ClusterState {
             warn!(error = %e, "node record not marked draining");
         }
         let held: Vec<(TenantId, u64)> = self.held.iter().map(|(t, h)| (t.clone(), h.revision)).collect();
-        for (t, _) in &held {
-            self.stop(t).await;
-        }
-        let others = handle.view().nodes.keys().any(|n| *n != handle.me);
-        if !held.is_empty() && others {
-            tokio::time::sleep(RELEASE_SETTLE).await;
-        }
         for (t, rev) in &held {
-            match handle.store.release(t, *rev).await {
-                Ok(()) => info!(tenant_id = %t, "tenant handed over"),
-                Err(e) => warn!(tenant_id = %t, error = %e, "lease not released; it expires instead"),
-            }
+            self.stop(t, Some(*rev));
+        }
+        // Every stop and release, side by side; the waiting requests go to the new owners.
+        for (_, task) in std::mem::take(&mut self.stopping) {
+            let _ = task.await;
         }
         held.into_iter().map(|(t, _)| t).collect()
     }
@@ -362,24 +424,32 @@ impl Actor for ClusterActor {
         // know had it, is acted on now rather than at the next tick.
         let (me, handle, queued) = (myself.clone(), args.handle.clone(), tick_queued.clone());
         let watch = tokio::spawn(async move {
-            let mut changes = match handle.store.watch().await {
-                Ok(w) => w,
-                Err(e) => return warn!(error = %e, "lease bucket not watched; changes are seen at each tick"),
-            };
-            while let Some(Ok(entry)) = changes.next().await {
-                let Some(t) = entry.key.strip_prefix("lease.") else {
-                    continue;
-                };
-                let news = match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => {
-                        let owner = serde_json::from_slice::<LeaseValue>(&entry.value).ok().map(|v| v.node);
-                        TenantId::new(t).ok().is_some_and(|t| handle.owner(&t) != owner)
+            // Watched again after any error: a lost watch only slows hand-overs to a tick.
+            loop {
+                match handle.store.watch().await {
+                    Ok(mut changes) => {
+                        while let Some(Ok(entry)) = changes.next().await {
+                            let Some(t) = entry.key.strip_prefix("lease.") else {
+                                continue;
+                            };
+                            let news = match entry.operation {
+                                async_nats::jetstream::kv::Operation::Put => {
+                                    let owner = serde_json::from_slice::<LeaseValue>(&entry.value).ok().map(|v| v.node);
+                                    TenantId::new(t).ok().is_some_and(|t| handle.owner(&t) != owner)
+                                }
+                                _ => true,
+                            };
+                            if news
+                                && !queued.swap(true, Ordering::Relaxed)
+                                && me.send_message(ClusterMsg::Tick).is_err()
+                            {
+                                return;
+                            }
+                        }
                     }
-                    _ => true,
-                };
-                if news && !queued.swap(true, Ordering::Relaxed) && me.send_message(ClusterMsg::Tick).is_err() {
-                    break;
+                    Err(e) => debug!(error = %e, "lease bucket not watched; trying again"),
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         args.handle.set_actor(Some(myself));
@@ -392,6 +462,7 @@ impl Actor for ClusterActor {
             ticked: false,
             settled: Vec::new(),
             creating: BTreeMap::new(),
+            stopping: HashMap::new(),
             tick_queued,
             _ticker: AbortOnDrop(ticker),
             _watch: AbortOnDrop(watch),
@@ -426,11 +497,13 @@ impl Actor for ClusterActor {
                         state.creating.insert(t.clone(), Instant::now());
                         Ok(())
                     }
-                    Err(LeaseError::Lost) => Err(format!(
-                        "tenant {t} already has an owner (node {})",
+                    Err(LeaseError::Lost) => Err(ClaimRefused::Held(format!(
+                        "tenant {t} already exists (node {} holds its lease)",
                         handle.owner(&t).unwrap_or_else(|| "unknown".into())
-                    )),
-                    Err(e) => Err(format!("the tenant lease could not be claimed: {e}")),
+                    ))),
+                    Err(e) => Err(ClaimRefused::Unavailable(format!(
+                        "the tenant's lease could not be claimed ({e}); retry shortly"
+                    ))),
                 };
                 let _ = reply.send(answer);
             }

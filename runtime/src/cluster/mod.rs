@@ -8,7 +8,7 @@
 //! revision-checked renewals and server-side expiry are the engine.
 //!
 //! **Invariant:** a node runs a tenant's workers only while it holds the lease; one that
-//! could not renew for three quarters of the TTL stops them before the lease can expire
+//! could not renew for half the TTL stops them before the lease can expire
 //! and be claimed elsewhere (a paused or partitioned node).
 
 mod actor;
@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use vrsky_actors::TenantId;
 
-pub use actor::{ClusterActor, ClusterArgs, ClusterMsg};
+pub use actor::{ClaimRefused, ClusterActor, ClusterArgs, ClusterMsg};
 pub use store::{BucketView, LeaseStore, NodeValue};
 
 /// The cluster actor's name under the runtime supervisor.
@@ -127,6 +127,10 @@ pub struct ClusterHandle {
     tenants: ArcSwap<Vec<TenantId>>,
     draining: AtomicBool,
     actor: ArcSwapOption<ActorRef<ClusterMsg>>,
+    /// Tenants created on each node since the view was last read: counted by
+    /// `least_loaded`, so tenants created one after another are spread before the next
+    /// tick shows their leases.
+    placed: std::sync::Mutex<BTreeMap<String, usize>>,
 }
 
 impl ClusterHandle {
@@ -142,6 +146,7 @@ impl ClusterHandle {
             tenants: ArcSwap::default(),
             draining: AtomicBool::new(false),
             actor: ArcSwapOption::empty(),
+            placed: std::sync::Mutex::default(),
         })
     }
 
@@ -153,6 +158,16 @@ impl ClusterHandle {
     pub(crate) fn set_view(&self, view: BucketView, tenants: Vec<TenantId>) {
         self.view.store(Arc::new(view));
         self.tenants.store(Arc::new(tenants));
+        if let Ok(mut placed) = self.placed.lock() {
+            placed.clear();
+        }
+    }
+
+    /// Notes a tenant just created on `node`, until the next view shows its lease.
+    pub fn note_placed(&self, node: &str) {
+        if let Ok(mut placed) = self.placed.lock() {
+            *placed.entry(node.to_owned()).or_default() += 1;
+        }
     }
 
     pub(crate) fn set_actor(&self, actor: Option<ActorRef<ClusterMsg>>) {
@@ -191,6 +206,13 @@ impl ClusterHandle {
         for l in view.leases.values() {
             if let Some((n, _)) = load.get_mut(l.lease.owner.as_str()) {
                 *n += 1;
+            }
+        }
+        if let Ok(placed) = self.placed.lock() {
+            for (node, k) in placed.iter() {
+                if let Some((n, _)) = load.get_mut(node.as_str()) {
+                    *n += k;
+                }
             }
         }
         load.iter()

@@ -88,14 +88,14 @@ impl Control {
     }
 
     /// Starts a tenant's subtree here (the cluster actor, once this node holds its lease);
-    /// nothing when it already runs.
-    pub async fn start_tenant(&self, t: &TenantId) -> Result<(), ControlError> {
+    /// nothing when it already runs. Whether it started one.
+    pub async fn start_tenant(&self, t: &TenantId) -> Result<bool, ControlError> {
         if self.root.child(&tenant_child_name(t)).await?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         self.deps.directory.publish(t, TenantSnapshot::starting(None));
         self.root.start_child(self.subtree(t)).await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Waits, up to `wait`, for a tenant's subtree to run.
@@ -230,11 +230,13 @@ impl Control {
         if db.tenant(t).await?.is_some() || self.deps.directory.get(t).is_some() {
             return Err(ControlError::already_exists(format!("tenant {t} already exists")));
         }
-        if let Some(Err(why)) = self
+        match self
             .cluster_call(|r| crate::cluster::ClusterMsg::ClaimNew(t.clone(), r))
             .await?
         {
-            return Err(ControlError::already_exists(why));
+            Some(Err(crate::cluster::ClaimRefused::Held(why))) => return Err(ControlError::already_exists(why)),
+            Some(Err(crate::cluster::ClaimRefused::Unavailable(why))) => return Err(ControlError::unavailable(why)),
+            Some(Ok(())) | None => {}
         }
         let created = self.create_claimed(t, name).await;
         if created.is_err() {

@@ -86,7 +86,11 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
         Target::NewTenant => {
             let (node, url) = cluster.least_loaded();
             if forwarded || node == cluster.me {
-                return next.run(req).await;
+                let resp = next.run(req).await;
+                if resp.status() == StatusCode::CREATED {
+                    cluster.note_placed(&cluster.me);
+                }
+                return resp;
             }
             // One try: if the chosen node does not answer, this one creates it.
             let (parts, body) = req.into_parts();
@@ -95,11 +99,17 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
                     .into_response();
             };
             match send(&s, &cluster.me, &url, &parts, Body::from(bytes.clone())).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    warn!(node, error = %e, "least-loaded node did not take the new tenant; creating it here");
+                Ok(resp) => {
+                    if resp.status() == StatusCode::CREATED {
+                        cluster.note_placed(&node);
+                    }
+                    resp
+                }
+                Err(SendError::Connect(e)) => {
+                    warn!(node, error = %e, "least-loaded node not reached; creating the tenant here");
                     next.run(Request::from_parts(parts, Body::from(bytes))).await
                 }
+                Err(e @ SendError::Other(_)) => no_owner_new(&node, &e.to_string()),
             }
         }
         Target::Tenant(t) => {
@@ -176,7 +186,7 @@ async fn relay(
                 let (parts, body) = req.into_parts();
                 send(s, &cluster.me, &url, &parts, body)
                     .await
-                    .unwrap_or_else(|e| no_owner(t, &e))
+                    .unwrap_or_else(|e| no_owner(t, &e.to_string()))
             }
             _ if directory.holds(t) => next.run(req).await,
             _ => no_owner(t, "a fail-over or hand-over is in progress"),
@@ -207,9 +217,14 @@ async fn relay(
                     last = format!("node {node} no longer holds it");
                 }
                 Ok(resp) => return resp,
-                Err(e) => {
-                    debug!(tenant_id = %t, node, error = %e, "owner did not answer; waiting for the lease to move");
-                    last = format!("its owner {node} did not answer ({e})");
+                Err(SendError::Connect(e)) => {
+                    debug!(tenant_id = %t, node, error = %e, "owner not reached; waiting for the lease to move");
+                    last = format!("its owner {node} was not reached ({e})");
+                }
+                // It may have been acted on: the client decides whether to send it again.
+                Err(e @ SendError::Other(_)) => {
+                    warn!(tenant_id = %t, node, error = %e, "forwarded request got no answer");
+                    return no_owner(t, &format!("its owner {node} did not answer ({e})"));
                 }
             }
         }
@@ -218,6 +233,18 @@ async fn relay(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+fn no_owner_new(node: &str, why: &str) -> Response {
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("node {node}, where the tenant was to be created, did not answer ({why}); look it up, then retry"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn no_owner(t: &TenantId, why: &str) -> Response {
@@ -232,6 +259,60 @@ fn no_owner(t: &TenantId, why: &str) -> Response {
     r
 }
 
+/// Longest a forwarded request waits for the owner's answer (the longest tenant call:
+/// starting an instance may wait for a pod).
+const ANSWER_WAIT: Duration = Duration::from_secs(120);
+
+/// Why a forward failed.
+#[derive(Debug)]
+enum SendError {
+    /// The owner was not reached: nothing was sent, so trying again is safe.
+    Connect(String),
+    /// Sent, with no answer: the owner may have acted on it, so it is not sent again.
+    Other(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "not reached: {e}"),
+            SendError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Whether a failed forward certainly never reached the owner's handler: no connection,
+/// or a pooled connection found closed before the request went out.
+fn not_sent(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Headers that belong to one connection, not to the request.
+fn hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Sends a request to another node and streams its answer back.
 async fn send(
     s: &AppState,
@@ -239,23 +320,35 @@ async fn send(
     base: &str,
     parts: &axum::http::request::Parts,
     body: Body,
-) -> Result<Response, String> {
+) -> Result<Response, SendError> {
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: axum::http::Uri = format!("{base}{path}").parse().map_err(|e| format!("{e}"))?;
+    let uri: axum::http::Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| SendError::Connect(format!("bad owner URL {base}: {e}")))?;
     let mut req = axum::http::Request::builder()
         .method(parts.method.clone())
         .uri(uri)
         .body(body)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SendError::Connect(e.to_string()))?;
     for (k, v) in &parts.headers {
-        if k != header::HOST && k != header::CONNECTION {
+        if !hop_by_hop(k) {
             req.headers_mut().append(k.clone(), v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(me) {
         req.headers_mut().insert(FORWARDED_BY, v);
     }
-    let resp = s.forwarder.request(req).await.map_err(|e| e.to_string())?;
+    let resp = match tokio::time::timeout(ANSWER_WAIT, s.forwarder.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if not_sent(&e) => return Err(SendError::Connect(e.to_string())),
+        Ok(Err(e)) => return Err(SendError::Other(e.to_string())),
+        Err(_) => {
+            return Err(SendError::Other(format!(
+                "no answer within {} s",
+                ANSWER_WAIT.as_secs()
+            )));
+        }
+    };
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }

@@ -12,7 +12,7 @@ use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use vrsky_actors::message::{MessageState, Observed, decode_stored, parse_state_key};
+use vrsky_actors::message::{MessageState, Observed, Status, decode_stored, parse_state_key};
 use vrsky_actors::{MessageId, TenantId, subjects};
 
 use super::{Platform, PlatformError, req};
@@ -84,18 +84,32 @@ impl Platform {
     /// unfinished message, and the finished ones of the last TTL). Returns how many
     /// unfinished messages were found.
     pub async fn scan_unfinished(&self) -> Result<usize, PlatformError> {
-        self.scan(subjects::state_values(), self.opened_at_seq, true).await
+        self.scan(subjects::state_values(), self.opened_at_seq, Scan::Start)
+            .await
+    }
+
+    /// The bucket's last revision now: a take-over reads it before it starts the tenant,
+    /// so its scan can tell the previous owner's writes from its own.
+    pub async fn state_revision(&self) -> Result<u64, PlatformError> {
+        let mut kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
+        Ok(kv_stream.info().await.map_err(req)?.state.last_sequence)
     }
 
     /// Reads the latest value of every key of one tenant and reports its unfinished
-    /// messages as left by a process that is gone, so they are re-driven at once: what a
-    /// node that takes a tenant over (its owner died, or handed it over) does first.
-    pub async fn scan_tenant(&self, tenant: &TenantId) -> Result<usize, PlatformError> {
-        self.scan(subjects::tenant_state_values(tenant), u64::MAX, false).await
+    /// messages: what a node that takes a tenant over (its owner died, or handed it over)
+    /// does once it runs. Those written up to `claimed_at` (the bucket's revision when
+    /// this node claimed the tenant) by the previous owner are re-driven at once, except a
+    /// `processing` one: its worker may still be delivering it (a hand-over, a paused
+    /// node), so it is re-driven only at its deadline (the producer's timeout plus the
+    /// grace), never beside a delivery in flight. Later ones are this node's own.
+    pub async fn scan_tenant(&self, tenant: &TenantId, claimed_at: u64) -> Result<usize, PlatformError> {
+        self.scan(subjects::tenant_state_values(tenant), claimed_at, Scan::TakeOver)
+            .await
     }
 
     /// The scan: states written at or before `orphans_up_to` are reported as orphans.
-    async fn scan(&self, filter: String, orphans_up_to: u64, migrate_ttl: bool) -> Result<usize, PlatformError> {
+    async fn scan(&self, filter: String, orphans_up_to: u64, kind: Scan) -> Result<usize, PlatformError> {
+        let migrate_ttl = kind == Scan::Start;
         let mut kv_stream = self.js.get_stream(subjects::state_stream()).await.map_err(req)?;
         let mut found = 0;
         let migrate = migrate_ttl && self.migrate_ttl.load(Ordering::Acquire);
@@ -133,7 +147,8 @@ impl Platform {
                         // Written before this process opened the bucket: by a process that
                         // is gone, so it is re-driven at once.
                         let o = Observed::of(&state, revision);
-                        self.observer.send(if revision <= orphans_up_to {
+                        let in_flight = kind == Scan::TakeOver && state.status == Status::Processing;
+                        self.observer.send(if revision <= orphans_up_to && !in_flight {
                             Observation::Orphan(o)
                         } else {
                             Observation::Stored(o)
@@ -162,4 +177,13 @@ impl Platform {
         self.migrate_ttl.store(false, Ordering::Release);
         Ok(found)
     }
+}
+
+/// Which scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// A node's start: everything written before it opened the bucket is an orphan.
+    Start,
+    /// A tenant taken over from another node.
+    TakeOver,
 }
