@@ -453,6 +453,17 @@ impl Config {
                     .into(),
             });
         }
+        if self
+            .nats
+            .server_bin
+            .as_deref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                field: "nats.server_bin",
+                message: "is empty (VRSKY_NATS__SERVER_BIN set to nothing?): unset it to search PATH, or name a nats-server 2.10 or newer".into(),
+            });
+        }
         if let Some(id) = &self.cluster.node_id
             && let Err(why) = crate::cluster::check_node_id(id)
         {
@@ -701,6 +712,10 @@ mod tests {
             jail.set_env("VRSKY_CLUSTER__LEASE_TTL_MS", "10");
             let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
             assert!(err.contains("cluster.lease_ttl_ms"), "{err}");
+            jail.set_env("VRSKY_CLUSTER__LEASE_TTL_MS", "3000");
+            jail.set_env("VRSKY_NATS__SERVER_BIN", "");
+            let err = Config::load(None, NoFlags {}).unwrap_err().to_string();
+            assert!(err.contains("nats.server_bin") && err.contains("empty"), "{err}");
             Ok(())
         });
     }
