@@ -22,6 +22,17 @@ fn ttl_ms() -> String {
     std::env::var("TEST_LEASE_TTL_MS").unwrap_or_else(|_| "3000".into())
 }
 
+/// Kills the tenant nats-servers under the shared data dir when the test ends, also when
+/// it fails (the nodes' own `Drop` only reaps their own dirs). Declared after the temp
+/// dir, so it runs before the dir is removed.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        kill_servers_under(&self.0);
+    }
+}
+
 /// Lines of a node's log saying it gave a tenant up without being asked to: a false
 /// fail-over when the node was neither paused nor cut off.
 fn lease_losses(node: &NodeProcess) -> usize {
@@ -214,6 +225,7 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
+    let _reaper = Reaper(shared.clone());
     let platform = crate::common::external_platform(dir.path(), "platform").await;
     let db = PgDatabase::create().await;
     let sink = Sink::start().await;
@@ -360,7 +372,6 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
         eprintln!("duplicate {id}: deliveries at (ms from kill -9, ms from SIGTERM) {ms:?}");
     }
     drop(nodes);
-    kill_servers_under(&shared);
     db.drop_db().await;
 }
 
@@ -373,6 +384,7 @@ async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
+    let _reaper = Reaper(shared.clone());
     let platform = crate::common::external_platform(dir.path(), "platform").await;
     let db = PgDatabase::create().await;
     let sink = Sink::start().await;
@@ -445,7 +457,6 @@ async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
     );
     assert!(after_pause.is_empty(), "delivered twice by two owners: {after_pause:?}");
     drop((n1, n2));
-    kill_servers_under(&shared);
     db.drop_db().await;
 }
 
@@ -457,6 +468,7 @@ async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
     crate::common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
+    let _reaper = Reaper(shared.clone());
     let platform = crate::common::external_platform(dir.path(), "platform").await;
     let db = PgDatabase::create().await;
     let sink = Sink::start().await;
@@ -509,7 +521,6 @@ async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
         &lost[..lost.len().min(10)]
     );
     drop((n1, n2));
-    kill_servers_under(&shared);
     db.drop_db().await;
 }
 
