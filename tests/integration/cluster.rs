@@ -42,6 +42,47 @@ fn lease_losses(node: &NodeProcess) -> usize {
         .count()
 }
 
+/// What each test starts from: a temp dir with the nodes' shared data dir (whose tenant
+/// servers are reaped at the end), one platform nats-server, one PostgreSQL database, a
+/// sink and a client. Destructured in this order, the reaper is dropped before the dir.
+struct Fixture {
+    dir: tempfile::TempDir,
+    shared: std::path::PathBuf,
+    _reaper: Reaper,
+    platform: vrsky_runtime::nats::platform_server::PlatformServer,
+    db: PgDatabase,
+    sink: Sink,
+    http: reqwest::Client,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        crate::common::init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        let platform = crate::common::external_platform(dir.path(), "platform").await;
+        Fixture {
+            _reaper: Reaper(shared.clone()),
+            shared,
+            platform,
+            db: PgDatabase::create().await,
+            sink: Sink::start().await,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+}
+
+/// Waits until `via` sees `n` live nodes (so tenants created next are spread over them).
+async fn live_nodes(http: &reqwest::Client, via: &NodeProcess, n: usize) {
+    wait_until(Duration::from_secs(20), || async {
+        let (_, v) = api(http, via, reqwest::Method::GET, "/api/cluster", None).await;
+        v["nodes"].as_array().is_some_and(|nodes| nodes.len() == n)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} live nodes"));
+}
+
 async fn start_node(
     dir: &Path,
     shared: &Path,
@@ -222,25 +263,21 @@ async fn settle(
 /// to the last node fails). 0 lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
-    crate::common::init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    let _reaper = Reaper(shared.clone());
-    let platform = crate::common::external_platform(dir.path(), "platform").await;
-    let db = PgDatabase::create().await;
-    let sink = Sink::start().await;
-    let http = reqwest::Client::new();
+    let Fixture {
+        dir,
+        shared,
+        _reaper,
+        platform,
+        db,
+        sink,
+        http,
+    } = Fixture::start().await;
     let mut nodes = Vec::new();
     for id in ["n1", "n2", "n3"] {
         nodes.push(start_node(dir.path(), &shared, id, &platform, &db).await);
     }
     // Every node sees the other two before tenants are created, so they are spread.
-    wait_until(Duration::from_secs(20), || async {
-        let (_, v) = api(&http, &nodes[0], reqwest::Method::GET, "/api/cluster", None).await;
-        v["nodes"].as_array().is_some_and(|n| n.len() == 3)
-    })
-    .await
-    .expect("three live nodes");
+    live_nodes(&http, &nodes[0], 3).await;
     let tenants: Vec<String> = (1..=6).map(|k| format!("t{k}")).collect();
     for t in &tenants {
         create_tenant(&http, &nodes[0], t, &sink).await;
@@ -381,22 +418,18 @@ async fn three_nodes_spread_fail_over_and_hand_over_losing_nothing() {
 /// way at the instant of the pause (as at a crash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
-    crate::common::init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    let _reaper = Reaper(shared.clone());
-    let platform = crate::common::external_platform(dir.path(), "platform").await;
-    let db = PgDatabase::create().await;
-    let sink = Sink::start().await;
-    let http = reqwest::Client::new();
+    let Fixture {
+        dir,
+        shared,
+        _reaper,
+        platform,
+        db,
+        sink,
+        http,
+    } = Fixture::start().await;
     let n1 = start_node(dir.path(), &shared, "n1", &platform, &db).await;
     let n2 = start_node(dir.path(), &shared, "n2", &platform, &db).await;
-    wait_until(Duration::from_secs(20), || async {
-        let (_, v) = api(&http, &n1, reqwest::Method::GET, "/api/cluster", None).await;
-        v["nodes"].as_array().is_some_and(|n| n.len() == 2)
-    })
-    .await
-    .expect("two live nodes");
+    live_nodes(&http, &n1, 2).await;
     // One tenant each; "b" falls to n2.
     for t in ["a", "b"] {
         create_tenant(&http, &n1, t, &sink).await;
@@ -465,14 +498,15 @@ async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
 /// 202, and every one is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
-    crate::common::init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    let _reaper = Reaper(shared.clone());
-    let platform = crate::common::external_platform(dir.path(), "platform").await;
-    let db = PgDatabase::create().await;
-    let sink = Sink::start().await;
-    let http = reqwest::Client::new();
+    let Fixture {
+        dir,
+        shared,
+        _reaper,
+        platform,
+        db,
+        sink,
+        http,
+    } = Fixture::start().await;
     let n1 = start_node(dir.path(), &shared, "n1", &platform, &db).await;
     let tenants: Vec<String> = (1..=4).map(|k| format!("j{k}")).collect();
     for t in &tenants {
@@ -529,10 +563,7 @@ async fn a_joining_node_takes_its_share_and_nothing_is_lost() {
 /// free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_with_a_live_nodes_id_refuses_to_start() {
-    crate::common::init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let platform = crate::common::external_platform(dir.path(), "platform").await;
-    let db = PgDatabase::create().await;
+    let Fixture { dir, platform, db, .. } = Fixture::start().await;
     let config = |sub: &str| {
         let mut cfg = crate::common::test_config(&dir.path().join(sub), Some(db.url.clone()));
         crate::common::use_platform(&mut cfg, &platform);

@@ -169,6 +169,30 @@ impl ClusterState {
         }
     }
 
+    /// Takes a lease for this node: a create-only claim (`revision` none), or a take-over
+    /// of this node's own lease at `revision`; held from when the request was sent.
+    async fn take(&mut self, t: &TenantId, since_ms: u64, revision: Option<u64>) -> Result<(), LeaseError> {
+        let handle = self.args.handle.clone();
+        let value = LeaseValue {
+            node: handle.me.clone(),
+            since_ms,
+        };
+        let sent = Instant::now();
+        let revision = match revision {
+            None => handle.store.claim(t, &value).await?,
+            Some(rev) => handle.store.renew(t, &value, rev).await?,
+        };
+        self.held.insert(
+            t.clone(),
+            Held {
+                revision,
+                renewed: sent,
+                since_ms,
+            },
+        );
+        Ok(())
+    }
+
     /// Whether a stop of the tenant here is still under way.
     fn stopping(&self, t: &TenantId) -> bool {
         self.stopping.get(t).is_some_and(|h| !h.is_finished())
@@ -304,23 +328,8 @@ impl ClusterState {
                 Step::Claim(t) | Step::Adopt(t, _) if self.stopping(&t) => {}
                 Step::Claim(t) => {
                     let claimed_at = self.args.platform.state_revision().await.ok();
-                    let value = LeaseValue {
-                        node: handle.me.clone(),
-                        since_ms: now_ms(),
-                    };
-                    let sent = Instant::now();
-                    match handle.store.claim(&t, &value).await {
-                        Ok(revision) => {
-                            self.held.insert(
-                                t.clone(),
-                                Held {
-                                    revision,
-                                    renewed: sent,
-                                    since_ms: value.since_ms,
-                                },
-                            );
-                            self.start(&t, "claimed", claimed_at).await;
-                        }
+                    match self.take(&t, now_ms(), None).await {
+                        Ok(()) => self.start(&t, "claimed", claimed_at).await,
                         Err(LeaseError::Lost) => debug!(tenant_id = %t, "another node claimed the tenant first"),
                         Err(e) => warn!(tenant_id = %t, error = %e, "claim failed; trying next tick"),
                     }
@@ -328,23 +337,8 @@ impl ClusterState {
                 Step::Adopt(t, rev) => {
                     let claimed_at = self.args.platform.state_revision().await.ok();
                     let since_ms = view.leases.get(&t).map(|l| l.value.since_ms).unwrap_or_else(now_ms);
-                    let value = LeaseValue {
-                        node: handle.me.clone(),
-                        since_ms,
-                    };
-                    let sent = Instant::now();
-                    match handle.store.renew(&t, &value, rev).await {
-                        Ok(revision) => {
-                            self.held.insert(
-                                t.clone(),
-                                Held {
-                                    revision,
-                                    renewed: sent,
-                                    since_ms,
-                                },
-                            );
-                            self.start(&t, "lease of this node's id adopted", claimed_at).await;
-                        }
+                    match self.take(&t, since_ms, Some(rev)).await {
+                        Ok(()) => self.start(&t, "lease of this node's id adopted", claimed_at).await,
                         Err(e) => debug!(tenant_id = %t, error = %e, "lease of this node's id moved on"),
                     }
                 }
@@ -478,28 +472,14 @@ impl Actor for ClusterActor {
         match msg {
             ClusterMsg::Tick => state.tick().await,
             ClusterMsg::ClaimNew(t, reply) => {
-                let handle = state.args.handle.clone();
-                let value = LeaseValue {
-                    node: handle.me.clone(),
-                    since_ms: now_ms(),
-                };
-                let sent = Instant::now();
-                let answer = match handle.store.claim(&t, &value).await {
-                    Ok(revision) => {
-                        state.held.insert(
-                            t.clone(),
-                            Held {
-                                revision,
-                                renewed: sent,
-                                since_ms: value.since_ms,
-                            },
-                        );
+                let answer = match state.take(&t, now_ms(), None).await {
+                    Ok(()) => {
                         state.creating.insert(t.clone(), Instant::now());
                         Ok(())
                     }
                     Err(LeaseError::Lost) => Err(ClaimRefused::Held(format!(
                         "tenant {t} already exists (node {} holds its lease)",
-                        handle.owner(&t).unwrap_or_else(|| "unknown".into())
+                        state.args.handle.owner(&t).unwrap_or_else(|| "unknown".into())
                     ))),
                     Err(e) => Err(ClaimRefused::Unavailable(format!(
                         "the tenant's lease could not be claimed ({e}); retry shortly"

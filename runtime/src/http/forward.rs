@@ -144,16 +144,16 @@ async fn first_start(directory: &crate::control::Directory, t: &TenantId, wait: 
 
 /// The 503 a node gives for a forwarded request about a tenant it does not hold.
 fn not_owner(t: &TenantId) -> Response {
-    let mut r = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("this node does not hold tenant {t}; retry shortly"),
-    )
-    .into_response();
+    let mut r = retry_shortly(format!("this node does not hold tenant {t}; retry shortly"));
     r.headers_mut().insert(NOT_OWNER, HeaderValue::from_static("1"));
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// A 503 with `Retry-After: 1`.
+fn retry_shortly(message: String) -> Response {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        .with_retry_after(1)
+        .into_response()
 }
 
 fn replayable(req: &Request) -> bool {
@@ -236,27 +236,13 @@ async fn relay(
 }
 
 fn no_owner_new(node: &str, why: &str) -> Response {
-    let mut r = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("node {node}, where the tenant was to be created, did not answer ({why}); look it up, then retry"),
-    )
-    .into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    retry_shortly(format!(
+        "node {node}, where the tenant was to be created, did not answer ({why}); look it up, then retry"
+    ))
 }
 
 fn no_owner(t: &TenantId, why: &str) -> Response {
-    let mut r = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("tenant {t} is changing node ({why}); retry shortly"),
-    )
-    .into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    retry_shortly(format!("tenant {t} is changing node ({why}); retry shortly"))
 }
 
 /// Longest a forwarded request waits for the owner's answer (the longest tenant call:
