@@ -301,6 +301,14 @@ impl Runtime {
             );
         }
         control.set_cluster(cluster.clone());
+        // Webhooks for tenants other nodes run are stored here and published on the
+        // tenant's NATS, not forwarded.
+        control
+            .directory()
+            .set_remote(Arc::new(crate::cluster::ingress::RemoteIngress::new(
+                control.deps().clone(),
+                cluster.me.clone(),
+            )));
         let cluster_args = crate::cluster::ClusterArgs {
             handle: cluster.clone(),
             control: control.clone(),

@@ -271,9 +271,7 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
         orphaned,
     } = due;
     if !args.directory.holds(&t) {
-        // Another node runs the tenant and tracks its messages; if this node takes it
-        // over, its take-over scan reports them again.
-        return args.platform.forget(&t, &id);
+        return redrive_elsewhere(args, t, id, tracked, orphaned).await;
     }
     let stored = match args.platform.load(&t, &id).await {
         Ok(Some(x)) => x,
@@ -336,6 +334,65 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
             debug!(tenant_id = %t, message_id = %id, "tenant starting or unreachable; re-drive later")
         }
         Ok(Some(_)) => {}
+        Err(e) => {
+            args.platform.unpublished(&t, &id, stored.revision);
+            warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again")
+        }
+    }
+}
+
+/// A message of a tenant another node runs. This node tracks it because it stored it (a
+/// webhook it took, `cluster/ingress.rs`) or found it in its start-up scan. While it is
+/// `received` at the revision this node knows, the owner may never have heard of it (its
+/// index holds what it wrote itself), so this node publishes it again on the tenant's
+/// NATS when it is overdue; nothing is written, and the owner's claim keeps it processed
+/// once. Anything else is the owner's to decide: it is forgotten here. If this node takes
+/// the tenant over, its take-over scan reports it again.
+async fn redrive_elsewhere(args: &SchedulerArgs, t: TenantId, id: MessageId, tracked: u64, orphaned: bool) {
+    let Some(remote) = args.directory.remote() else {
+        return args.platform.forget(&t, &id);
+    };
+    let stored = match args.platform.load(&t, &id).await {
+        Ok(Some(x)) if x.state.status == Status::Received => x,
+        Ok(_) => return args.platform.forget(&t, &id),
+        Err(e) => {
+            args.platform.unpublished(&t, &id, tracked);
+            return warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive: state unavailable; will try again");
+        }
+    };
+    let state = &stored.state;
+    let now = now_ms();
+    let grace = args.redrive_after.as_millis() as u64;
+    let overdue = (orphaned && stored.revision == tracked) || deadline_of(state, grace, 0).is_some_and(|d| d <= now);
+    if !overdue {
+        return args.platform.observe(state, stored.revision);
+    }
+    let route = match remote.route(&t, &state.integration_id).await {
+        Ok(r) => r,
+        // Deleted: the owner's scans decide what becomes of it.
+        Err(RouteError::NotFound(_)) => return args.platform.forget(&t, &id),
+        Err(e) => {
+            args.platform.unpublished(&t, &id, stored.revision);
+            return debug!(tenant_id = %t, message_id = %id, error = ?e, "re-drive: no route here yet; will try again");
+        }
+    };
+    let committer = Committer {
+        store: &args.platform,
+        publisher: Some(&*route),
+        policy: &route.retry,
+    };
+    match committer
+        .commit(state, stored.revision, &Event::Redrive, stored.record.as_ref(), now)
+        .await
+    {
+        Ok(Committed::Republished(revision)) => {
+            if revision != tracked {
+                args.platform.observe(state, revision);
+            }
+            debug!(tenant_id = %t, message_id = %id, revision, "another node's tenant: still received; published again")
+        }
+        // A record without its envelope was abandoned (written here): tracked as usual.
+        Ok(_) => {}
         Err(e) => {
             args.platform.unpublished(&t, &id, stored.revision);
             warn!(tenant_id = %t, message_id = %id, error = %e, "re-drive failed; will try again")

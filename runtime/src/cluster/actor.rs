@@ -91,6 +91,10 @@ pub struct ClusterState {
     /// Stops (and releases) under way, off the actor.
     stopping: HashMap<TenantId, tokio::task::JoinHandle<()>>,
     tick_queued: Arc<AtomicBool>,
+    /// The other live nodes at the last tick, with when each started: one that is gone
+    /// (or started again) may have stored webhooks for this node's tenants that it never
+    /// published.
+    peers: BTreeMap<String, u64>,
     _ticker: AbortOnDrop,
     _watch: AbortOnDrop,
 }
@@ -190,6 +194,8 @@ impl ClusterState {
                 since_ms,
             },
         );
+        // Held from now: its requests wait here for its start, not elsewhere.
+        self.args.control.directory().unplace(t);
         Ok(())
     }
 
@@ -250,24 +256,29 @@ impl ClusterState {
             // finished after the first scan (a webhook it was still answering).
             for (pass, wait) in [(1, Duration::ZERO), (2, rescan)] {
                 tokio::time::sleep(wait).await;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match platform.scan_tenant(&t, claimed_at).await {
-                        Ok(found) => {
-                            info!(tenant_id = %t, pass, found, "take-over scan: what the previous owner left is re-driven");
-                            break;
-                        }
-                        Err(e) if attempt < 10 => {
-                            warn!(tenant_id = %t, pass, error = %e, "take-over scan failed; trying again");
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                        }
-                        Err(e) => {
-                            warn!(tenant_id = %t, pass, error = %e, "take-over scan failed ten times; a restart of this node scans again");
-                            break;
-                        }
-                    }
-                }
+                scan(&platform, &t, claimed_at, pass).await;
+            }
+        });
+    }
+
+    /// Scans every tenant held here again when another node left (or started again): it
+    /// may have stored webhooks for them (`ingress.rs`) whose publish it never made, and
+    /// nobody else tracks those. What is `received` is published again (nothing is written;
+    /// the workers' claims keep each processed once).
+    fn rescan_after_departure(&self, gone: &[String]) {
+        if self.held.is_empty() {
+            return;
+        }
+        info!(nodes = ?gone, tenants = self.held.len(), "a node left; scanning this node's tenants for what it stored");
+        let tenants: Vec<TenantId> = self.held.keys().cloned().collect();
+        let platform = self.args.platform.clone();
+        tokio::spawn(async move {
+            let up_to = match platform.state_revision().await {
+                Ok(rev) => rev,
+                Err(e) => return warn!(error = %e, "departure scan: bucket revision unknown; not scanned"),
+            };
+            for t in tenants {
+                scan(&platform, &t, up_to, 1).await;
             }
         });
     }
@@ -290,6 +301,22 @@ impl ClusterState {
             Ok(v) => v,
             Err(e) => return warn!(error = %e, "lease bucket unreadable; deciding next tick"),
         };
+        let peers: BTreeMap<String, u64> = view
+            .nodes
+            .values()
+            .filter(|n| n.id != handle.me)
+            .map(|n| (n.id.clone(), n.value.started_ms))
+            .collect();
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(id, started)| peers.get(*id) != Some(*started))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !gone.is_empty() {
+            self.rescan_after_departure(&gone);
+        }
+        self.peers = peers;
         let mut tenants: BTreeSet<TenantId> = match self.args.control.db().tenants().await {
             Ok(rows) => rows.into_iter().map(|r| r.id).collect(),
             Err(e) => return warn!(error = %e, "metadata store unreadable; deciding next tick"),
@@ -311,6 +338,12 @@ impl ClusterState {
                 })
                 .collect(),
             held: self.held.iter().map(|(t, h)| (t.clone(), h.revision)).collect(),
+            releasing: self
+                .stopping
+                .iter()
+                .filter(|(_, h)| !h.is_finished())
+                .map(|(t, _)| t.clone())
+                .collect(),
         };
         // A subtree running here without a lease held (the actor restarted, and the lease
         // moved on meanwhile) stops first.
@@ -401,6 +434,27 @@ impl ClusterState {
     }
 }
 
+/// One take-over scan of `t` (states written up to revision `up_to` are re-driven at
+/// once), tried up to ten times.
+async fn scan(platform: &Platform, t: &TenantId, up_to: u64, pass: u32) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match platform.scan_tenant(t, up_to).await {
+            Ok(found) => {
+                return info!(tenant_id = %t, pass, found, "take-over scan: what another node left is re-driven");
+            }
+            Err(e) if attempt < 10 => {
+                warn!(tenant_id = %t, pass, error = %e, "take-over scan failed; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return warn!(tenant_id = %t, pass, error = %e, "take-over scan failed ten times; a restart of this node scans again");
+            }
+        }
+    }
+}
+
 impl Actor for ClusterActor {
     type Msg = ClusterMsg;
     type State = ClusterState;
@@ -458,6 +512,7 @@ impl Actor for ClusterActor {
             creating: BTreeMap::new(),
             stopping: HashMap::new(),
             tick_queued,
+            peers: BTreeMap::new(),
             _ticker: AbortOnDrop(ticker),
             _watch: AbortOnDrop(watch),
         })

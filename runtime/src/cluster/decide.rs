@@ -40,6 +40,9 @@ pub struct Situation {
     pub nodes: Vec<Peer>,
     /// The tenants whose subtree runs here, with the lease revision this node holds.
     pub held: BTreeMap<TenantId, u64>,
+    /// Tenants this node is giving up (their stop, and release, is under way): not adopted
+    /// again, and counted for the node they will fall to, not for this one.
+    pub releasing: BTreeSet<TenantId>,
 }
 
 /// One thing to do.
@@ -75,15 +78,31 @@ pub fn decide(s: &Situation) -> Vec<Step> {
         }
     }
     for (t, lease) in &s.leases {
-        if lease.owner == s.me && !s.held.contains_key(t) && s.tenants.contains(t) {
+        if lease.owner == s.me && !s.held.contains_key(t) && !s.releasing.contains(t) && s.tenants.contains(t) {
             steps.push(Step::Adopt(t.clone(), lease.revision));
         }
     }
     // Load by the leases, which every node sees alike; this node's adoptions count too.
     let takers: Vec<&Peer> = s.nodes.iter().filter(|p| !p.draining).collect();
     let mut load: BTreeMap<&str, usize> = takers.iter().map(|p| (p.id.as_str(), 0)).collect();
-    for lease in s.leases.values() {
-        if let Some(n) = load.get_mut(lease.owner.as_str()) {
+    let mut released = Vec::new();
+    for (t, lease) in &s.leases {
+        if lease.owner == s.me && s.releasing.contains(t) {
+            released.push(t);
+        } else if let Some(n) = load.get_mut(lease.owner.as_str()) {
+            *n += 1;
+        }
+    }
+    // What this node is giving up goes, once its lease is deleted, to the least-loaded
+    // other node: counted there already, so this node does not give up more than its share
+    // while its releases are under way (they take a second or more).
+    for _ in released {
+        let least = load
+            .iter()
+            .filter(|(id, _)| **id != s.me)
+            .min_by_key(|(id, n)| (**n, **id))
+            .map(|(id, _)| *id);
+        if let Some(n) = least.and_then(|id| load.get_mut(id)) {
             *n += 1;
         }
     }
@@ -140,6 +159,7 @@ mod tests {
             leases: BTreeMap::new(),
             nodes: nodes.iter().map(|n| peer(n)).collect(),
             held: BTreeMap::new(),
+            releasing: BTreeSet::new(),
         }
     }
 
@@ -274,6 +294,58 @@ mod tests {
         s.leases.insert(t("c"), lease("n2", 3));
         s.held = [(t("a"), 1), (t("b"), 2)].into();
         assert!(decide(&s).is_empty());
+    }
+
+    /// A release takes a while (the subtree stops, then the lease is deleted a second
+    /// later) and the node ticks meanwhile: it must not give up more than its share, nor
+    /// claim back what it gave up.
+    #[test]
+    fn slow_releases_give_up_only_the_share_and_nothing_comes_back() {
+        let names = ["j1", "j2", "j3", "j4"];
+        let nodes = ["n1", "n2"];
+        let mut leases: BTreeMap<TenantId, Lease> = names.iter().map(|x| (t(x), lease("n1", 1))).collect();
+        // Tenant -> rounds left before its lease is deleted.
+        let mut releasing: BTreeMap<TenantId, u32> = BTreeMap::new();
+        let (mut releases, mut claims_back) = (0, 0);
+        for _round in 0..12 {
+            for (t, left) in releasing.iter_mut() {
+                *left -= 1;
+                if *left == 0 {
+                    leases.remove(t);
+                }
+            }
+            releasing.retain(|_, left| *left > 0);
+            for n in nodes {
+                let mut s = situation(n, &nodes, &names);
+                s.leases = leases.clone();
+                s.held = leases
+                    .iter()
+                    .filter(|(t, l)| l.owner == n && !releasing.contains_key(*t))
+                    .map(|(t, l)| (t.clone(), l.revision))
+                    .collect();
+                if n == "n1" {
+                    s.releasing = releasing.keys().cloned().collect();
+                }
+                for step in decide(&s) {
+                    match step {
+                        Step::Release(t, _) => {
+                            releases += 1;
+                            releasing.insert(t, 3);
+                        }
+                        Step::Claim(t) => {
+                            if n == "n1" {
+                                claims_back += 1;
+                            }
+                            leases.insert(t, lease(n, 1));
+                        }
+                        Step::Adopt(..) => {}
+                    }
+                }
+            }
+        }
+        let on_n2 = leases.values().filter(|l| l.owner == "n2").count();
+        assert_eq!((leases.len(), on_n2), (4, 2), "{leases:?}");
+        assert_eq!((releases, claims_back), (2, 0), "over-released, or claimed back");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod actor;
 pub mod decide;
+pub mod ingress;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -209,12 +209,24 @@ impl From<RouteError> for ControlError {
     }
 }
 
+/// Routes to the tenants this node does not run (`crate::cluster::ingress`): in a cluster
+/// any node stores a webhook for any tenant and publishes it on the tenant's NATS, where
+/// only the owner's workers consume.
+pub trait RemoteRoutes: Send + Sync + std::fmt::Debug + 'static {
+    /// The route of an integration of a tenant another node runs (or nobody, for now).
+    fn route<'a>(&'a self, t: &'a TenantId, i: &'a IntegrationId) -> BoxFuture<'a, Result<Arc<Route>, RouteError>>;
+    /// Webhooks this node accepted for tenants it did not run, by integration.
+    fn accepted(&self) -> Vec<(TenantId, IntegrationId, u64)>;
+}
+
 /// The snapshot of every tenant on this node. Bound: one entry per tenant.
 #[derive(Debug, Default)]
 pub struct Directory {
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantSnapshot>>>,
     /// Where the tenants this node does not run are; the cluster actor replaces it.
     placements: ArcSwap<HashMap<TenantId, Placement>>,
+    /// Routes to the tenants other nodes run (set once, when the node joins a cluster).
+    remote: std::sync::OnceLock<Arc<dyn RemoteRoutes>>,
 }
 
 impl Directory {
@@ -272,6 +284,12 @@ impl Directory {
         self.tenants.load().contains_key(t)
     }
 
+    /// Whether this node runs the tenant and is not giving it up: a tenant being stopped
+    /// here (a hand-over, a rebalance, a lost lease) is placed before its entry goes.
+    pub fn keeps(&self, t: &TenantId) -> bool {
+        self.holds(t) && !self.placements.load().contains_key(t)
+    }
+
     /// Where a tenant this node does not run is, if the cluster knows it.
     pub fn placement(&self, t: &TenantId) -> Option<Placement> {
         if self.holds(t) {
@@ -289,9 +307,40 @@ impl Directory {
         });
     }
 
+    /// Forgets where a tenant is: this node has just taken it.
+    pub fn unplace(&self, t: &TenantId) {
+        self.placements.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(t);
+            map
+        });
+    }
+
     /// Replaces where the tenants this node does not run are.
     pub fn set_placements(&self, placements: HashMap<TenantId, Placement>) {
         self.placements.store(Arc::new(placements));
+    }
+
+    /// Sets the routes to other nodes' tenants (once).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteRoutes>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The routes to other nodes' tenants, in a cluster.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteRoutes>> {
+        self.remote.get()
+    }
+
+    /// Where a webhook goes: this node's route for a tenant it runs; in a cluster, for a
+    /// tenant another node runs (or nobody, during a fail-over), a route from this node to
+    /// the tenant's NATS.
+    pub async fn ingress_route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, RouteError> {
+        match (self.route(t, i), self.remote.get()) {
+            (Err(RouteError::Elsewhere(_) | RouteError::Starting(_)), Some(remote)) if !self.keeps(t) => {
+                remote.route(t, i).await
+            }
+            (other, _) => other,
+        }
     }
 
     /// Where a webhook goes.
@@ -314,6 +363,21 @@ impl Directory {
                 None => format!("tenant {t} is starting; retry shortly"),
             })),
         }
+    }
+}
+
+impl TenantPublisher for Route {
+    /// Publishes on this route (the message is one of its integration's).
+    fn publish<'a>(
+        &'a self,
+        state: &'a MessageState,
+        stored: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let hop = Hop::publish((&state.tenant_id, &state.integration_id, &state.message_id));
+            Route::publish(self, stored, revision, hop).await
+        })
     }
 }
 

@@ -29,7 +29,7 @@ use vrsky_actors::tenant::{
 use vrsky_actors::{IntegrationId, TenantId};
 use vrsky_supervision::{ChildSpec, SupervisorArgs, SupervisorExt, SupervisorMsg, TreeNode};
 
-pub use directory::{Directory, Placement, Route, RouteError, TenantPhase, TenantSnapshot};
+pub use directory::{Directory, Placement, RemoteRoutes, Route, RouteError, TenantPhase, TenantSnapshot};
 pub use error::{ControlError, ControlErrorKind};
 pub use messages::{BULK_REPLAY_MAX, ReplayFilter, ReplayReport};
 pub use tenant::{
@@ -152,6 +152,33 @@ impl Control {
     /// Where a webhook goes, from the routing snapshot (no mailbox round trip).
     pub fn route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, ControlError> {
         Ok(self.deps.directory.route(t, i)?)
+    }
+
+    /// Where a webhook goes, also for a tenant another node runs (see
+    /// [`Directory::ingress_route`]).
+    pub async fn ingress_route(&self, t: &TenantId, i: &IntegrationId) -> Result<Arc<Route>, ControlError> {
+        Ok(self.deps.directory.ingress_route(t, i).await?)
+    }
+
+    /// The route looked up again once a webhook's body is in: a slow upload may have
+    /// outlived its integration (404) or seen it replaced. A tenant that began (re)starting
+    /// meanwhile (a claim, a hand-over) keeps the route the request began with: the message
+    /// is stored with that incarnation, and a publish that finds no connection is re-driven.
+    pub async fn ingress_route_again(
+        &self,
+        t: &TenantId,
+        i: &IntegrationId,
+        first: &Arc<Route>,
+    ) -> Result<Arc<Route>, ControlError> {
+        match self.deps.directory.ingress_route(t, i).await {
+            Err(RouteError::Starting(_)) => Ok(first.clone()),
+            other => Ok(other?),
+        }
+    }
+
+    /// The adapters tenants use (the cluster's remote ingress shares them).
+    pub fn deps(&self) -> &Arc<TenantDeps> {
+        &self.deps
     }
 
     /// The tenant subtree's child spec: a supervisor whose one initial child is the

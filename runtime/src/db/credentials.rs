@@ -73,6 +73,19 @@ impl Db {
         })
     }
 
+    /// The revocation in force for `t` (`revoked_before_s`, `rotated_at_ms`), if its account
+    /// exists: another node may have rotated since this one minted its users.
+    pub async fn credentials_revision(&self, t: &TenantId) -> Result<Option<(u64, u64)>, DbError> {
+        let row: Option<(i64, i64)> = on_pool!(self, |p| {
+            sqlx::query_as("SELECT revoked_before_s, rotated_at_ms FROM tenant_credentials WHERE tenant_id = $1")
+                .bind(t.as_str())
+                .fetch_optional(p)
+                .await
+        })?;
+        row.map(|(revoked, rotated)| Ok((to_u64(revoked, "revoked_before_s")?, to_u64(rotated, "rotated_at_ms")?)))
+            .transpose()
+    }
+
     /// Records a rotation: users issued at or before `revoked_before_s` are revoked.
     pub async fn rotate_credentials(&self, t: &TenantId, revoked_before_s: u64, at_ms: u64) -> Result<bool, DbError> {
         let (revoked, at) = (

@@ -1,5 +1,7 @@
-//! Requests for a tenant another node owns go to that node: webhooks, and the REST (and so
-//! gRPC) operations under `/api/tenants/{t}/...`. A request for a tenant changing owner (a
+//! Requests for a tenant another node owns go to that node: the REST (and so gRPC)
+//! operations under `/api/tenants/{t}/...`. Webhooks are not forwarded: any node stores
+//! them and publishes them on the tenant's NATS (`cluster/ingress.rs`); only a node
+//! without those routes (none is set) forwards them too. A request for a tenant changing owner (a
 //! fail-over, a hand-over) waits here, up to `cluster.forward_wait_ms`, for the new one,
 //! and is retried when the node it went to no longer holds the tenant. A new tenant
 //! (`POST /api/tenants`) goes to the least-loaded live node.
@@ -54,7 +56,9 @@ pub fn node_client() -> NodeClient {
 /// What a path is about, for forwarding.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
-    /// A tenant's webhook or one of its operations.
+    /// A tenant's webhook.
+    Webhook(TenantId),
+    /// One of a tenant's operations.
     Tenant(TenantId),
     /// `POST /api/tenants`.
     NewTenant,
@@ -63,7 +67,7 @@ enum Target {
 fn target(method: &axum::http::Method, path: &str) -> Option<Target> {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("webhooks"), Some(t), Some(_)) => TenantId::new(t).ok().map(Target::Tenant),
+        (Some("webhooks"), Some(t), Some(_)) => TenantId::new(t).ok().map(Target::Webhook),
         (Some("api"), Some("tenants"), None | Some("")) if method == axum::http::Method::POST => {
             Some(Target::NewTenant)
         }
@@ -112,7 +116,10 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
                 Err(e @ SendError::Other(_)) => no_owner_new(&node, &e.to_string()),
             }
         }
-        Target::Tenant(t) => {
+        // Stored here and published on the tenant's NATS (`cluster/ingress.rs`): the
+        // durable write never waits for the owner, nor for a fail-over.
+        Target::Webhook(t) if !directory.keeps(&t) && directory.remote().is_some() => next.run(req).await,
+        Target::Webhook(t) | Target::Tenant(t) => {
             if directory.holds(&t) {
                 first_start(&directory, &t, cluster.forward_wait).await;
                 return next.run(req).await;
@@ -348,7 +355,10 @@ mod tests {
     #[test]
     fn only_tenant_paths_and_tenant_creation_are_forwarded() {
         let t = |s: &str| Some(Target::Tenant(TenantId::new(s).unwrap()));
-        assert_eq!(target(&Method::POST, "/webhooks/acme/hook"), t("acme"));
+        assert_eq!(
+            target(&Method::POST, "/webhooks/acme/hook"),
+            Some(Target::Webhook(TenantId::new("acme").unwrap()))
+        );
         assert_eq!(target(&Method::GET, "/api/tenants/acme"), t("acme"));
         assert_eq!(target(&Method::DELETE, "/api/tenants/acme/integrations/x"), t("acme"));
         assert_eq!(target(&Method::POST, "/api/tenants"), Some(Target::NewTenant));

@@ -346,6 +346,27 @@ pub async fn gather(s: &AppState) -> Figures {
             servers.push((t.to_string(), link.number, link.health.monitor_url()));
         }
     }
+    // Webhooks this node stored for tenants another node ran at the time
+    // (`cluster/ingress.rs`): counted here, in the one series of their integration.
+    if let Some(remote) = s.control.directory().remote() {
+        let empty = vrsky_actors::integration::histogram::Histogram::default().snapshot();
+        for (t, i, accepted) in remote.accepted() {
+            let (t, i) = (t.to_string(), i.to_string());
+            match f.integrations.iter_mut().find(|x| x.tenant == t && x.integration == i) {
+                Some(x) => x.stats.accepted += accepted,
+                None => f.integrations.push(IntegrationFigures {
+                    tenant: t,
+                    integration: i,
+                    stats: IntegrationStats {
+                        accepted,
+                        ..Default::default()
+                    },
+                    delivery: empty.clone(),
+                    end_to_end: empty.clone(),
+                }),
+            }
+        }
+    }
     f.integrations
         .sort_by(|a, b| (&a.tenant, &a.integration).cmp(&(&b.tenant, &b.integration)));
     // Sampled while the platform is read below; each server bounded to 1 s.

@@ -120,11 +120,14 @@ pub(crate) async fn receive(
     let tenant = TenantId::new(&t).map_err(|_| not_found())?;
     let integration = IntegrationId::new(&i).map_err(|_| not_found())?;
     // Unknown: 404 before any byte of the body is read.
-    let first = s.control.route(&tenant, &integration)?;
+    let started_with = s.control.ingress_route(&tenant, &integration).await?;
     // Overload is refused, not queued: past the integration's bound of unfinished
     // messages the sender is asked to come back (Standard Webhooks senders retry on 429).
     // The gauge is the RetryScheduler's count from its re-drive index.
-    let unfinished = first.counters.unfinished.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let unfinished = started_with
+        .counters
+        .unfinished
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
     if unfinished >= s.unfinished_max {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -183,7 +186,10 @@ pub(crate) async fn receive(
     // deliver it.
     let (body, payload_ref, message_id, route) = match (read, &objects) {
         (Read::Whole(body), _) => {
-            let route = s.control.route(&tenant, &integration)?;
+            let route = s
+                .control
+                .ingress_route_again(&tenant, &integration, &started_with)
+                .await?;
             // A signed integration refuses what is not signed by its secret, before
             // anything is stored (a repeated webhook-id is deduplicated below, as for any
             // idempotency key).
@@ -205,7 +211,10 @@ pub(crate) async fn receive(
             let message_id = message_id?;
             let stored = super::claim_check::store_body(
                 o,
-                &s.control.route(&tenant, &integration)?.consumer,
+                &s.control
+                    .ingress_route_again(&tenant, &integration, &started_with)
+                    .await?
+                    .consumer,
                 &headers,
                 (&tenant, &integration, &message_id),
                 first,
@@ -225,7 +234,17 @@ pub(crate) async fn receive(
     };
     let route = match route {
         Some(r) => r,
-        None => s.control.route(&tenant, &integration).inspect_err(|_| release())?,
+        None => match s
+            .control
+            .ingress_route_again(&tenant, &integration, &started_with)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                release();
+                return Err(e.into());
+            }
+        },
     };
     let message_id = message_id?;
     let span =

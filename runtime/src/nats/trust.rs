@@ -335,6 +335,27 @@ impl Trust {
             .require_tls(true)
     }
 
+    /// A tenant's account with the users the stored revocation allows: when another node
+    /// rotated them since this one minted its own (it held the tenant before, or takes
+    /// webhooks for it), they are minted again, so the next (re)connect authenticates.
+    /// Returns whether they changed.
+    pub async fn refresh(&self, t: &TenantId) -> Result<(Arc<TenantAccount>, bool), TrustError> {
+        let a = self.tenant(t).await?;
+        let Some((revoked_before_s, rotated_at_ms)) = self.db.credentials_revision(t).await? else {
+            return Ok((a, false));
+        };
+        if rotated_at_ms == a.rotated_at_ms() {
+            return Ok((a, false));
+        }
+        a.current.store(Arc::new(TenantAccount::mint(
+            t,
+            &a.key,
+            revoked_before_s,
+            rotated_at_ms,
+        )?));
+        Ok((a, true))
+    }
+
     /// New users for `t`, and every older user revoked on each of `urls` (its servers).
     /// Takes up to a second: the new users must be issued in a later second than the
     /// revocation, which is what servers compare.

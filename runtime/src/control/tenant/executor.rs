@@ -47,7 +47,7 @@ pub struct TenantActorState {
     pub(super) waiting: Vec<super::messages::Reply<()>>,
 }
 
-fn instance_model(row: &InstanceRow) -> Result<InstanceModel, ControlError> {
+pub(crate) fn instance_model(row: &InstanceRow) -> Result<InstanceModel, ControlError> {
     let corrupt = |m: String| ControlError::internal(format!("nats_instances row {}: {m}", row.instance_number));
     Ok(InstanceModel {
         number: u32::try_from(row.instance_number).map_err(|e| corrupt(e.to_string()))?,
@@ -56,7 +56,10 @@ fn instance_model(row: &InstanceRow) -> Result<InstanceModel, ControlError> {
     })
 }
 
-fn integration_model(row: &IntegrationRow, sealer: &crate::secrets::Sealer) -> Result<IntegrationModel, ControlError> {
+pub(crate) fn integration_model(
+    row: &IntegrationRow,
+    sealer: &crate::secrets::Sealer,
+) -> Result<IntegrationModel, ControlError> {
     let spec: IntegrationSpec = serde_json::from_str(&row.spec)
         .map_err(|e| ControlError::internal(format!("stored spec of {}/{}: {e}", row.tenant_id, row.id)))?;
     let spec = sealer
@@ -288,7 +291,8 @@ impl TenantActorState {
                 let slow_consumers = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let unavailable =
                     |e: &dyn std::fmt::Display| ControlError::unavailable(format!("tenant {t} nats instance {n}: {e}"));
-                let account = deps.trust.tenant(&t).await.map_err(|e| unavailable(&e))?;
+                // Refreshed: another node may have rotated the users while it held the tenant.
+                let (account, _) = deps.trust.refresh(&t).await.map_err(|e| unavailable(&e))?;
                 let connect = |role: Role| {
                     let (count, redrive, tenant) = (slow_consumers.clone(), deps.redrive_now.clone(), t.clone());
                     let (options, urls) = (deps.trust.tenant_options(&account, role), vec![url.clone()]);

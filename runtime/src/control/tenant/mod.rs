@@ -22,6 +22,7 @@ use vrsky_actors::now_ms;
 use vrsky_actors::tenant::{Command, IntegrationModel, TenantModel};
 
 pub use executor::TenantActorState;
+pub(crate) use executor::{instance_model, integration_model};
 pub use messages::{
     InstanceInfo, IntegrationInfo, Reply, TenantArgs, TenantDeps, TenantMsg, TenantSettings, TenantStats,
 };
