@@ -341,15 +341,16 @@ async fn redrive(args: &SchedulerArgs, due: Due) {
     }
 }
 
-/// A message of a tenant another node runs. This node tracks it because it stored it (a
-/// webhook it took, `cluster/ingress.rs`) or found it in its start-up scan. While it is
-/// `received` at the revision this node knows, the owner may never have heard of it (its
+/// A message of a tenant another node runs, which this node stored (a webhook it took,
+/// `cluster/ingress.rs`). While it is `received`, the owner may never have heard of it (its
 /// index holds what it wrote itself), so this node publishes it again on the tenant's
 /// NATS when it is overdue; nothing is written, and the owner's claim keeps it processed
-/// once. Anything else is the owner's to decide: it is forgotten here. If this node takes
-/// the tenant over, its take-over scan reports it again.
+/// once. Anything else is the owner's to decide: it is forgotten here. So is what the
+/// start-up scan found for another node's tenant: its owner scans again when it sees this
+/// node start (`cluster/actor.rs`), and this node need not connect to every tenant's NATS.
+/// If this node takes the tenant over, its take-over scan reports it again.
 async fn redrive_elsewhere(args: &SchedulerArgs, t: TenantId, id: MessageId, tracked: u64, orphaned: bool) {
-    let Some(remote) = args.directory.remote() else {
+    let Some(remote) = args.directory.remote().filter(|_| !orphaned) else {
         return args.platform.forget(&t, &id);
     };
     let stored = match args.platform.load(&t, &id).await {
@@ -363,7 +364,7 @@ async fn redrive_elsewhere(args: &SchedulerArgs, t: TenantId, id: MessageId, tra
     let state = &stored.state;
     let now = now_ms();
     let grace = args.redrive_after.as_millis() as u64;
-    let overdue = (orphaned && stored.revision == tracked) || deadline_of(state, grace, 0).is_some_and(|d| d <= now);
+    let overdue = deadline_of(state, grace, 0).is_some_and(|d| d <= now);
     if !overdue {
         return args.platform.observe(state, stored.revision);
     }

@@ -20,6 +20,8 @@ pub const CLUSTER_BUCKET: &str = "vrsky_cluster";
 
 const LEASE_PREFIX: &str = "lease.";
 const NODE_PREFIX: &str = "node.";
+/// Longest a read of the whole bucket may wait for its next entry.
+const VIEW_READ_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a lease's value says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,58 +144,60 @@ impl LeaseStore {
         Ok(LeaseStore { kv })
     }
 
-    /// Reads every lease and node record.
+    /// Reads every lease and node record: the last value of each key, in one stream (a
+    /// watch with history, ended at its last pending entry), not a read per key.
     pub async fn view(&self) -> Result<BucketView, LeaseError> {
         let mut view = BucketView::default();
-        let mut keys = self.kv.keys().await.map_err(unavailable)?;
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k.map_err(unavailable)?);
+        // A watch of an empty bucket would wait for a first write (asked of the server:
+        // `Store::status` answers from what was read at open).
+        if self.kv.stream.get_info().await.map_err(unavailable)?.state.messages == 0 {
+            return Ok(view);
         }
-        for key in names {
-            // Gone between the listing and the read: expired, not an error.
-            let Some(entry) = self.kv.entry(key.clone()).await.map_err(unavailable)? else {
-                continue;
+        let mut entries = self.kv.watch_with_history(">").await.map_err(unavailable)?;
+        loop {
+            // A key that expired between the count and the watch leaves nothing to read:
+            // no view this time (a partial one could make this node give tenants up).
+            let entry = match tokio::time::timeout(VIEW_READ_MAX, entries.next()).await {
+                Ok(Some(e)) => e.map_err(unavailable)?,
+                Ok(None) => return Err(LeaseError::Unavailable("the bucket watch ended".into())),
+                Err(_) => return Err(LeaseError::Unavailable("the bucket was not read in time".into())),
             };
-            if entry.operation != kv::Operation::Put {
-                continue;
+            let last = entry.delta == 0;
+            if entry.operation == kv::Operation::Put {
+                view.add(entry);
             }
-            let age = age_ms(entry.created);
-            if let Some(t) = key.strip_prefix(LEASE_PREFIX) {
-                let (Ok(t), Ok(value)) = (TenantId::new(t), serde_json::from_slice::<LeaseValue>(&entry.value)) else {
-                    tracing::warn!(key, "unreadable lease in {CLUSTER_BUCKET}; ignored");
-                    continue;
-                };
-                let lease = Lease {
-                    owner: value.node.clone(),
-                    revision: entry.revision,
-                };
-                view.leases.insert(
-                    t,
-                    LeaseEntry {
-                        lease,
-                        value,
-                        age_ms: age,
-                    },
-                );
-            } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
-                let Ok(value) = serde_json::from_slice::<NodeValue>(&entry.value) else {
-                    tracing::warn!(key, "unreadable node record in {CLUSTER_BUCKET}; ignored");
-                    continue;
-                };
-                view.nodes.insert(
-                    id.to_owned(),
-                    NodeEntry {
-                        id: id.to_owned(),
-                        value,
-                        age_ms: age,
-                    },
-                );
+            if last {
+                return Ok(view);
             }
         }
-        Ok(view)
     }
+}
 
+impl BucketView {
+    /// Takes in one key's last value.
+    fn add(&mut self, entry: kv::Entry) {
+        let key = entry.key.as_str();
+        let age_ms = age_ms(entry.created);
+        if let Some(t) = key.strip_prefix(LEASE_PREFIX) {
+            let (Ok(t), Ok(value)) = (TenantId::new(t), serde_json::from_slice::<LeaseValue>(&entry.value)) else {
+                return tracing::warn!(key, "unreadable lease in {CLUSTER_BUCKET}; ignored");
+            };
+            let lease = Lease {
+                owner: value.node.clone(),
+                revision: entry.revision,
+            };
+            self.leases.insert(t, LeaseEntry { lease, value, age_ms });
+        } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+            let Ok(value) = serde_json::from_slice::<NodeValue>(&entry.value) else {
+                return tracing::warn!(key, "unreadable node record in {CLUSTER_BUCKET}; ignored");
+            };
+            let id = id.to_owned();
+            self.nodes.insert(id.clone(), NodeEntry { id, value, age_ms });
+        }
+    }
+}
+
+impl LeaseStore {
     /// Writes (renews) this node's record.
     pub async fn announce(&self, id: &str, value: &NodeValue) -> Result<(), LeaseError> {
         let body = serde_json::to_vec(value).map_err(unavailable)?;

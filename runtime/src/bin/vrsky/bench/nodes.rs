@@ -4,7 +4,8 @@
 //! raw loopback HTTP, then one node alone, then the cluster with every webhook sent to the
 //! owner (what owning costs: lease renewals and idle nodes beside it), then the cluster
 //! with webhooks spread over all nodes (what the cross-node ingress path costs: all but
-//! 1/N of them are forwarded to the owner).
+//! 1/N of them are stored by a node that does not own the tenant and published on the
+//! tenant's NATS from there, `cluster/ingress.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,7 +172,7 @@ fn print(r: &NodesReport) {
     };
     println!(
         "median: {} nodes with every webhook to the owner = {:.1}% of one node; spread over all = {:.1}% \
-         ({} of {} webhooks forwarded to the owner; p50/p99 in --json)",
+         ({} of {} webhooks stored by a node that does not own the tenant; p50/p99 in --json)",
         r.nodes,
         median(&mut owner_ratios) * 100.0,
         median(&mut spread_ratios) * 100.0,
