@@ -24,6 +24,22 @@ pub(super) struct NodesRound {
     pub single: Phase,
     pub cluster_to_owner: Phase,
     pub cluster_spread: Phase,
+    /// Mean writes per atomic batch over the cluster's nodes, webhooks to the owner.
+    pub owner_writes_per_batch: f64,
+    /// The same with webhooks spread: each node's committer groups only what it stores.
+    pub spread_writes_per_batch: f64,
+}
+
+/// (batches, batched writes) of every node's committer so far.
+fn batches(nodes: &[&vrsky_runtime::app::Runtime]) -> (u64, u64) {
+    nodes.iter().fold((0, 0), |(b, w), n| {
+        let f = n.control.platform().commit_figures();
+        (b + f.batches, w + f.batched_writes)
+    })
+}
+
+fn per_batch(before: (u64, u64), after: (u64, u64)) -> f64 {
+    (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64
 }
 
 /// The whole comparison.
@@ -113,17 +129,23 @@ pub(super) async fn run(bin: &std::path::Path, dir: &std::path::Path, args: &Ben
             "{round}: {} nodes, every webhook to the owner ({n} webhooks)",
             args.nodes
         );
+        let cluster: Vec<&vrsky_runtime::app::Runtime> = std::iter::once(&first.rt).chain(others.iter()).collect();
+        let b0 = batches(&cluster);
         let owner = vrsky_phase(&first.e2e, &first.arrivals, 2 * r * n, n, args.concurrency, None).await;
+        let b1 = batches(&cluster);
         eprintln!(
             "{round}: {} nodes, webhooks spread over all of them ({n} webhooks)",
             args.nodes
         );
         let spread = vrsky_phase(&spread_e2e, &first.arrivals, (2 * r + 1) * n, n, args.concurrency, None).await;
+        let b2 = batches(&cluster);
         rounds.push(NodesRound {
             raw_http: raw,
             single: one,
             cluster_to_owner: owner,
             cluster_spread: spread,
+            owner_writes_per_batch: per_batch(b0, b1),
+            spread_writes_per_batch: per_batch(b1, b2),
         });
     }
     for o in others {
@@ -143,8 +165,8 @@ pub(super) async fn run(bin: &std::path::Path, dir: &std::path::Path, args: &Ben
 
 fn print(r: &NodesReport) {
     println!(
-        "\n{:<10} {:>10} {:>12} {:>16} {:>16} {:>10} {:>10}",
-        "round", "raw HTTP/s", "one node/s", "to the owner/s", "spread/s", "owner/one", "spread/one"
+        "\n{:<10} {:>10} {:>12} {:>16} {:>16} {:>10} {:>10} {:>14}",
+        "round", "raw HTTP/s", "one node/s", "to the owner/s", "spread/s", "owner/one", "spread/one", "writes/batch"
     );
     let mut owner_ratios = Vec::new();
     let mut spread_ratios = Vec::new();
@@ -156,14 +178,16 @@ fn print(r: &NodesReport) {
         owner_ratios.push(o);
         spread_ratios.push(s);
         println!(
-            "{:<10} {:>10.0} {:>12.0} {:>16.0} {:>16.0} {:>9.1}% {:>9.1}%",
+            "{:<10} {:>10.0} {:>12.0} {:>16.0} {:>16.0} {:>9.1}% {:>9.1}% {:>6.1} / {:<5.1}",
             k + 1,
             x.raw_http.rate_per_s,
             x.single.rate_per_s,
             x.cluster_to_owner.rate_per_s,
             x.cluster_spread.rate_per_s,
             o * 100.0,
-            s * 100.0
+            s * 100.0,
+            x.owner_writes_per_batch,
+            x.spread_writes_per_batch
         );
     }
     let median = |v: &mut Vec<f64>| {
@@ -172,7 +196,8 @@ fn print(r: &NodesReport) {
     };
     println!(
         "median: {} nodes with every webhook to the owner = {:.1}% of one node; spread over all = {:.1}% \
-         ({} of {} webhooks stored by a node that does not own the tenant; p50/p99 in --json)",
+         ({} of {} webhooks stored by a node that does not own the tenant; writes/batch: the committers' \
+         mean atomic batch, to the owner / spread; p50/p99 in --json)",
         r.nodes,
         median(&mut owner_ratios) * 100.0,
         median(&mut spread_ratios) * 100.0,
