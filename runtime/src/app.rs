@@ -301,6 +301,11 @@ impl Runtime {
             );
         }
         control.set_cluster(cluster.clone());
+        // A claim is refused unless this node's lease of the tenant is current.
+        let fence = cluster.clone();
+        control
+            .platform()
+            .set_claim_fence(Arc::new(move |t| fence.may_claim(t)));
         // Webhooks for tenants other nodes run are stored here and published on the
         // tenant's NATS, not forwarded.
         control
@@ -478,6 +483,15 @@ impl Runtime {
         if !others {
             self.hand_over().await;
         }
+        // What was stored here for other nodes' tenants is flushed to their NATS; only then
+        // does the node record go, so the owners' departure scans (which follow it) see
+        // every state this node wrote.
+        if let Some(remote) = self.control.directory().remote() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), remote.close()).await;
+        }
+        if let Err(e) = self.cluster.store.retire(&self.cluster.me).await {
+            warn!(error = %e, "node record not removed; it expires");
+        }
         self.control.shutdown().await;
         // Closed before its server stops, so stopping reads as a shutdown, not an error.
         // `drain` only asks the connection to drain: the flag is set first, so a server
@@ -528,9 +542,6 @@ impl Runtime {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Err(e) = self.cluster.store.retire(&me).await {
-            warn!(error = %e, "node record not removed; it expires");
         }
     }
 }

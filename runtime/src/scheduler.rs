@@ -368,22 +368,31 @@ async fn redrive_elsewhere(args: &SchedulerArgs, t: TenantId, id: MessageId, tra
     if !overdue {
         return args.platform.observe(state, stored.revision);
     }
-    let route = match remote.route(&t, &state.integration_id).await {
-        Ok(r) => r,
-        // Deleted: the owner's scans decide what becomes of it.
-        Err(RouteError::NotFound(_)) => return args.platform.forget(&t, &id),
+    let (route, event) = match remote.route(&t, &state.integration_id).await {
+        Ok(r) => (Some(r), Event::Redrive),
+        // Deleted since (the store was read just now): nobody else tracks it, so it is
+        // abandoned here, as its owner would (revision-checked, like every transition).
+        Err(RouteError::NotFound(_)) => (
+            None,
+            Event::Abandon {
+                reason: format!("integration {} no longer exists", state.integration_id),
+            },
+        ),
         Err(e) => {
             args.platform.unpublished(&t, &id, stored.revision);
             return debug!(tenant_id = %t, message_id = %id, error = ?e, "re-drive: no route here yet; will try again");
         }
     };
+    let policy = route.as_ref().map(|r| r.retry).unwrap_or_default();
     let committer = Committer {
         store: &args.platform,
-        publisher: Some(&*route),
-        policy: &route.retry,
+        publisher: route
+            .as_deref()
+            .map(|r| r as &dyn vrsky_actors::message::TenantPublisher),
+        policy: &policy,
     };
     match committer
-        .commit(state, stored.revision, &Event::Redrive, stored.record.as_ref(), now)
+        .commit(state, stored.revision, &event, stored.record.as_ref(), now)
         .await
     {
         Ok(Committed::Republished(revision)) => {
@@ -392,7 +401,8 @@ async fn redrive_elsewhere(args: &SchedulerArgs, t: TenantId, id: MessageId, tra
             }
             debug!(tenant_id = %t, message_id = %id, revision, "another node's tenant: still received; published again")
         }
-        // A record without its envelope was abandoned (written here): tracked as usual.
+        // Abandoned (deleted integration, or a record without its envelope), or moved on
+        // meanwhile: written or refused by the revision check; tracked as usual.
         Ok(_) => {}
         Err(e) => {
             args.platform.unpublished(&t, &id, stored.revision);
@@ -459,7 +469,15 @@ impl SchedulerState {
             }
         }
         for (t, i) in touched {
-            if let Some(c) = self.args.directory.get(&t).and_then(|s| s.counters.get(&i).cloned()) {
+            // A tenant another node runs: the gauge of what this node stored for it, which
+            // its admission reads.
+            let counters = self
+                .args
+                .directory
+                .get(&t)
+                .and_then(|s| s.counters.get(&i).cloned())
+                .or_else(|| self.args.directory.remote().and_then(|r| r.counters(&t, &i)));
+            if let Some(c) = counters {
                 c.unfinished
                     .store(self.deadlines.unfinished(&t, &i) as u64, Ordering::Relaxed);
             }

@@ -491,8 +491,12 @@ async fn a_paused_node_stops_its_workers_and_nothing_is_delivered_twice() {
     }
     let twice: Vec<&String> = count.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
     let after_pause: Vec<&&String> = twice.iter().filter(|id| first[**id] > paused_at).collect();
+    // Resumed, n2's workers found messages n1 had published to their queue group while n2
+    // was paused: the claim fence refused them (n1, the owner now, delivers them).
+    let fenced = n2.log().matches("lease is not current").count();
     eprintln!(
-        "split brain: {} accepted, {} delivered twice ({} first delivered after the pause)",
+        "split brain: {} accepted, {} delivered twice ({} first delivered after the pause); \
+         {fenced} claims refused at n2 after its resume",
         accepted.len(),
         twice.len(),
         after_pause.len()

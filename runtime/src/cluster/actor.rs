@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
 
@@ -95,6 +95,10 @@ pub struct ClusterState {
     /// (or started again) may have stored webhooks for this node's tenants that it never
     /// published.
     peers: BTreeMap<String, u64>,
+    /// A scan of the held tenants is owed (a node left, or a scan failed).
+    rescan_pending: bool,
+    /// The scan under way; `true` when every tenant was scanned.
+    rescan_task: Option<tokio::task::JoinHandle<bool>>,
     _ticker: AbortOnDrop,
     _watch: AbortOnDrop,
 }
@@ -149,6 +153,7 @@ impl ClusterState {
                     if let Some(h) = self.held.get_mut(&t) {
                         h.revision = rev;
                         h.renewed = sent;
+                        self.args.handle.set_renewed(&t, Some(sent));
                     }
                 }
                 Err(LeaseError::Lost) => {
@@ -194,8 +199,7 @@ impl ClusterState {
                 since_ms,
             },
         );
-        // Held from now: its requests wait here for its start, not elsewhere.
-        self.args.control.directory().unplace(t);
+        handle.set_renewed(t, Some(sent));
         Ok(())
     }
 
@@ -210,6 +214,8 @@ impl ClusterState {
     /// webhooks it was answering had time to finish their writes.
     fn stop(&mut self, t: &TenantId, release: Option<u64>) {
         self.held.remove(t);
+        // Its workers claim nothing more while they are being stopped.
+        self.args.handle.set_renewed(t, None);
         // Placed first: the moment the subtree's entry goes, requests wait for an owner
         // instead of answering 404.
         self.args.control.directory().place(t, Placement::Unowned);
@@ -240,6 +246,9 @@ impl ClusterState {
                 true
             }
         };
+        // Its entry is in the snapshot now: its requests wait here for its start, rather
+        // than going the way of a tenant elsewhere.
+        self.args.control.directory().unplace(t);
         // Already running here (the cluster actor restarted): nothing was left by another.
         if !started {
             return;
@@ -261,26 +270,37 @@ impl ClusterState {
         });
     }
 
-    /// Scans every tenant held here again when another node left (or started again): it
+    /// Scans every tenant held here again after another node left (or started again): it
     /// may have stored webhooks for them (`ingress.rs`) whose publish it never made, and
-    /// nobody else tracks those. What is `received` is published again (nothing is written;
-    /// the workers' claims keep each processed once).
-    fn rescan_after_departure(&self, gone: &[String]) {
-        if self.held.is_empty() {
+    /// nobody else tracks those. Every unfinished state joins this node's index at its
+    /// own deadline (none is an orphan), so what is overdue is re-driven and nothing
+    /// published moments ago is published again: a rolling restart does not re-publish
+    /// each owner's backlog. A scan that fails is run again at the next tick, until one
+    /// succeeds (also after this actor restarts, when departures may have been missed).
+    fn rescan_if_due(&mut self) {
+        if self.rescan_task.as_ref().is_some_and(|h| h.is_finished()) {
+            let done = self.rescan_task.take().and_then(|h| h.now_or_never());
+            if !matches!(done, Some(Ok(true))) {
+                self.rescan_pending = true;
+            }
+        }
+        if !self.rescan_pending || self.rescan_task.is_some() || self.held.is_empty() {
             return;
         }
-        info!(nodes = ?gone, tenants = self.held.len(), "a node left; scanning this node's tenants for what it stored");
+        self.rescan_pending = false;
         let tenants: Vec<TenantId> = self.held.keys().cloned().collect();
+        info!(
+            tenants = tenants.len(),
+            "scanning this node's tenants for what other nodes stored"
+        );
         let platform = self.args.platform.clone();
-        tokio::spawn(async move {
-            let up_to = match platform.state_revision().await {
-                Ok(rev) => rev,
-                Err(e) => return warn!(error = %e, "departure scan: bucket revision unknown; not scanned"),
-            };
+        self.rescan_task = Some(tokio::spawn(async move {
+            let mut ok = true;
             for t in tenants {
-                scan(&platform, &t, up_to, 1).await;
+                ok &= scan(&platform, &t, 0, 1).await;
             }
-        });
+            ok
+        }));
     }
 
     async fn tick(&mut self) {
@@ -314,7 +334,8 @@ impl ClusterState {
             .map(|(id, _)| id.clone())
             .collect();
         if !gone.is_empty() {
-            self.rescan_after_departure(&gone);
+            info!(nodes = ?gone, "a node left; scanning this node's tenants for what it stored");
+            self.rescan_pending = true;
         }
         self.peers = peers;
         let mut tenants: BTreeSet<TenantId> = match self.args.control.db().tenants().await {
@@ -378,6 +399,7 @@ impl ClusterState {
                 Step::Release(t, rev) => self.stop(&t, Some(rev)),
             }
         }
+        self.rescan_if_due();
         self.publish_placements(&view, &tenants);
         handle.set_view(view, tenants.into_iter().collect());
         self.ticked = true;
@@ -435,21 +457,23 @@ impl ClusterState {
 }
 
 /// One take-over scan of `t` (states written up to revision `up_to` are re-driven at
-/// once), tried up to ten times.
-async fn scan(platform: &Platform, t: &TenantId, up_to: u64, pass: u32) {
+/// once, the others at their deadline), tried up to ten times; whether it succeeded.
+async fn scan(platform: &Platform, t: &TenantId, up_to: u64, pass: u32) -> bool {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match platform.scan_tenant(t, up_to).await {
             Ok(found) => {
-                return info!(tenant_id = %t, pass, found, "take-over scan: what another node left is re-driven");
+                info!(tenant_id = %t, pass, found, "take-over scan: what another node left is re-driven");
+                return true;
             }
             Err(e) if attempt < 10 => {
                 warn!(tenant_id = %t, pass, error = %e, "take-over scan failed; trying again");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(e) => {
-                return warn!(tenant_id = %t, pass, error = %e, "take-over scan failed ten times; a restart of this node scans again");
+                warn!(tenant_id = %t, pass, error = %e, "take-over scan failed ten times; scanned again later");
+                return false;
             }
         }
     }
@@ -513,6 +537,9 @@ impl Actor for ClusterActor {
             stopping: HashMap::new(),
             tick_queued,
             peers: BTreeMap::new(),
+            // Departures while this actor was down (a restart) are unknown: scan once.
+            rescan_pending: true,
+            rescan_task: None,
             _ticker: AbortOnDrop(ticker),
             _watch: AbortOnDrop(watch),
         })
@@ -544,6 +571,7 @@ impl Actor for ClusterActor {
             }
             ClusterMsg::Forget(t, reply) => {
                 state.held.remove(&t);
+                state.args.handle.set_renewed(&t, None);
                 state.creating.remove(&t);
                 if let Err(e) = state.args.handle.store.forget(&t).await {
                     warn!(tenant_id = %t, error = %e, "lease of a deleted tenant not removed; it expires instead");

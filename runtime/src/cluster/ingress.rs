@@ -43,6 +43,8 @@ pub const FRESH: Duration = Duration::from_secs(1);
 pub const STALE_MAX: Duration = Duration::from_secs(10);
 /// An integration not found is looked up again after this (one created a moment ago).
 pub const MISS_RELOAD: Duration = Duration::from_millis(100);
+/// Longest a webhook waits for another caller's read of the tenant's settings.
+const LOAD_WAIT_MAX: Duration = Duration::from_secs(5);
 /// A tenant this node took no webhook for in this long is forgotten (its connections
 /// closed) at the next reload of another.
 const IDLE_MAX: Duration = Duration::from_secs(300);
@@ -69,6 +71,9 @@ struct Slot {
     instances: Arc<InstanceSet>,
     /// When a webhook last used it (ms since this process started).
     used_ms: AtomicU64,
+    /// The last load that failed, and when it began: callers that asked before it ended
+    /// get its error instead of each trying again in turn.
+    failed: Mutex<Option<(Instant, RouteError)>>,
 }
 
 struct Inner {
@@ -77,7 +82,8 @@ struct Inner {
     started: Instant,
     /// Bound: one per tenant this node took webhooks for in the last [`IDLE_MAX`].
     tenants: Mutex<HashMap<TenantId, Arc<Slot>>>,
-    /// Bound: one per integration this node took webhooks for; they outlive reloads.
+    /// Bound: one per integration of the tenants this node routed webhooks for; they
+    /// outlive reloads (and deleted integrations: a node's series never goes backwards).
     counters: Mutex<HashMap<(TenantId, IntegrationId), Arc<IntegrationCounters>>>,
 }
 
@@ -157,14 +163,29 @@ impl RemoteIngress {
     /// Reads the tenant again (unless another caller just did).
     async fn reload(&self, t: &TenantId, slot: &Arc<Slot>) -> Result<Arc<Loaded>, RouteError> {
         let asked = Instant::now();
-        let _one = slot.loading.lock().await;
+        let _one = match tokio::time::timeout(LOAD_WAIT_MAX, slot.loading.lock()).await {
+            Ok(guard) => guard,
+            Err(_) => return Err(unavailable(t, "another read of its settings is still under way")),
+        };
         if let Some(l) = slot.loaded.load_full()
             && l.at >= asked
         {
             return Ok(l);
         }
+        if let Some((at, e)) = &*slot.failed.lock().unwrap_or_else(|p| p.into_inner())
+            && *at >= asked
+        {
+            return Err(e.clone());
+        }
         let first = slot.loaded.load().is_none();
-        let loaded = Arc::new(self.load(t, slot, first).await?);
+        let began = Instant::now();
+        let loaded = match self.load(t, slot, first).await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((began, e.clone()));
+                return Err(e);
+            }
+        };
         slot.loaded.store(Some(loaded.clone()));
         self.sweep();
         Ok(loaded)
@@ -292,6 +313,22 @@ impl RemoteIngress {
 impl RemoteRoutes for RemoteIngress {
     fn route<'a>(&'a self, t: &'a TenantId, i: &'a IntegrationId) -> BoxFuture<'a, Result<Arc<Route>, RouteError>> {
         Box::pin(self.find(t, i))
+    }
+
+    fn counters(&self, t: &TenantId, i: &IntegrationId) -> Option<Arc<IntegrationCounters>> {
+        let counters = self.inner.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.get(&(t.clone(), i.clone())).cloned()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let slots: Vec<Arc<Slot>> = {
+                let mut tenants = self.inner.tenants.lock().unwrap_or_else(|p| p.into_inner());
+                tenants.drain().map(|(_, s)| s).collect()
+            };
+            let links: Vec<Arc<InstanceLink>> = slots.iter().flat_map(|s| s.instances.links()).collect();
+            futures::future::join_all(links.iter().map(|l| l.drain())).await;
+        })
     }
 
     fn accepted(&self) -> Vec<(TenantId, IntegrationId, u64)> {

@@ -132,9 +132,30 @@ pub struct ClusterHandle {
     /// `least_loaded`, so tenants created one after another are spread before the next
     /// tick shows their leases.
     placed: std::sync::Mutex<BTreeMap<String, usize>>,
+    /// When the last successful renewal of each lease held here was sent (the claim
+    /// fence reads it). Bound: one per tenant held.
+    renewed: std::sync::Mutex<std::collections::HashMap<TenantId, std::time::Instant>>,
 }
 
 impl ClusterHandle {
+    /// Whether this node's workers may claim a message of `t`: it holds the lease and
+    /// renewed it less than half the TTL ago. A node resumed after a pause (or cut off
+    /// from the platform) claims nothing, even before its cluster actor stops the tenant:
+    /// its subscription may hold messages another node published meanwhile, which the
+    /// new owner will deliver.
+    pub fn may_claim(&self, t: &TenantId) -> bool {
+        let renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        renewed.get(t).is_some_and(|at| at.elapsed() < self.ttl / 2)
+    }
+
+    pub(crate) fn set_renewed(&self, t: &TenantId, sent: Option<std::time::Instant>) {
+        let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        match sent {
+            Some(at) => renewed.insert(t.clone(), at),
+            None => renewed.remove(t),
+        };
+    }
+
     /// A handle for this node.
     pub fn new(me: String, url: String, ttl: Duration, forward_wait: Duration, store: LeaseStore) -> Arc<Self> {
         Arc::new(ClusterHandle {
@@ -148,6 +169,7 @@ impl ClusterHandle {
             draining: AtomicBool::new(false),
             actor: ArcSwapOption::empty(),
             placed: std::sync::Mutex::default(),
+            renewed: std::sync::Mutex::default(),
         })
     }
 

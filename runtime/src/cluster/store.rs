@@ -165,6 +165,9 @@ impl LeaseStore {
             let last = entry.delta == 0;
             if entry.operation == kv::Operation::Put {
                 view.add(entry);
+            } else {
+                // Deleted after its value was read (a release, a retirement).
+                view.remove(&entry.key);
             }
             if last {
                 return Ok(view);
@@ -174,6 +177,15 @@ impl LeaseStore {
 }
 
 impl BucketView {
+    /// Forgets a key.
+    fn remove(&mut self, key: &str) {
+        if let Some(t) = key.strip_prefix(LEASE_PREFIX).and_then(|t| TenantId::new(t).ok()) {
+            self.leases.remove(&t);
+        } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+            self.nodes.remove(id);
+        }
+    }
+
     /// Takes in one key's last value.
     fn add(&mut self, entry: kv::Entry) {
         let key = entry.key.as_str();

@@ -217,6 +217,11 @@ pub trait RemoteRoutes: Send + Sync + std::fmt::Debug + 'static {
     fn route<'a>(&'a self, t: &'a TenantId, i: &'a IntegrationId) -> BoxFuture<'a, Result<Arc<Route>, RouteError>>;
     /// Webhooks this node accepted for tenants it did not run, by integration.
     fn accepted(&self) -> Vec<(TenantId, IntegrationId, u64)>;
+    /// The counters of an integration this node stored webhooks for (the RetryScheduler
+    /// keeps their `unfinished` gauge, which admission reads).
+    fn counters(&self, t: &TenantId, i: &IntegrationId) -> Option<Arc<IntegrationCounters>>;
+    /// Flushes what was published and closes the connections (shutdown).
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// The snapshot of every tenant on this node. Bound: one entry per tenant.

@@ -167,9 +167,21 @@ pub struct Platform {
     wire_key: vrsky_actors::wire::WireKey,
     /// Where the bucket's writes go (grouped under load).
     commits: batch::GroupCommit,
+    /// Whether this node may claim a tenant's messages (set when it joins a cluster).
+    claim_fence: Arc<std::sync::OnceLock<ClaimFence>>,
 }
 
+/// Whether this node may claim a message of a tenant now (see
+/// `ClusterHandle::may_claim`).
+pub type ClaimFence = Arc<dyn Fn(&vrsky_actors::TenantId) -> bool + Send + Sync>;
+
 impl Platform {
+    /// Sets the claim fence (once): a write that makes a message `processing` (a claim)
+    /// is refused for a tenant it says no to.
+    pub fn set_claim_fence(&self, fence: ClaimFence) {
+        let _ = self.claim_fence.set(fence);
+    }
+
     /// The platform's wire MAC key.
     pub fn wire_key(&self) -> &vrsky_actors::wire::WireKey {
         &self.wire_key

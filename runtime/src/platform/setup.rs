@@ -173,6 +173,7 @@ impl Platform {
         let wire_key = super::keys::wire_key(&js, settings.replicas).await?;
         Ok(Platform {
             commits: super::batch::GroupCommit::start(js.clone(), settings.commit),
+            claim_fence: Arc::default(),
             wire_key,
             js,
             kv,

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use vrsky_actors::message::{
-    MessageState, MessageStore, StoreError, Stored, decode_stored, encode_envelope, encode_stored, state_key,
+    MessageState, MessageStore, Status, StoreError, StoreErrorKind, Stored, decode_stored, encode_envelope,
+    encode_stored, state_key,
 };
 use vrsky_actors::{Envelope, MessageId, TenantId, subjects};
 
@@ -115,6 +116,18 @@ impl Platform {
         value: Bytes,
         expected: u64,
     ) -> Result<Option<u64>, StoreError> {
+        if next.status == Status::Processing
+            && let Some(fence) = self.claim_fence.get()
+            && !fence(&next.tenant_id)
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "tenant {}: this node's lease is not current; the message is left for its owner",
+                    next.tenant_id
+                ),
+            ));
+        }
         let mut h = HeaderMap::new();
         header(&mut h, H_EXPECTED_LAST_SUBJECT_SEQ, &expected.to_string());
         if next.status.is_terminal() {
