@@ -403,8 +403,7 @@ impl TenantPublisher for Directory {
                         StoreError::new(StoreErrorKind::NoRoute, format!("the tenant is owned by node {node}"))
                     }
                 })?;
-            let hop = Hop::publish((&state.tenant_id, &state.integration_id, &state.message_id));
-            route.publish(stored, revision, hop).await
+            TenantPublisher::publish(&*route, state, stored, revision).await
         })
     }
 }
