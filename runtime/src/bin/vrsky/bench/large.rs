@@ -102,18 +102,6 @@ async fn sink(State(d): State<Arc<Delivered>>, body: Body) -> StatusCode {
     StatusCode::OK
 }
 
-fn status_kib(field: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Runs the phase: `n` payloads of `len` bytes.
 pub(crate) async fn run(
     bin: &std::path::Path,
@@ -138,7 +126,7 @@ pub(crate) async fn run(
     node.rt.control.create_integration(&t, spec).await?;
     let webhook = format!("{}/webhooks/bench/large", node.rt.base_url());
 
-    let rss0 = status_kib("VmRSS:");
+    let rss0 = super::status_kib("self", "VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let start = Instant::now();
     let deadline = start + Duration::from_secs(600);
@@ -158,7 +146,7 @@ pub(crate) async fn run(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let peak = status_kib("VmHWM:");
+    let peak = super::status_kib("self", "VmHWM:");
     anyhow::ensure!(
         delivered.bytes.load(Ordering::Relaxed) == n as u64 * len,
         "delivered bytes differ from sent"

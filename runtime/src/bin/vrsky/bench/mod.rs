@@ -28,6 +28,7 @@ mod nodes;
 mod otlp;
 mod progress;
 mod raw;
+mod scale;
 
 use node::{Arrivals, E2e, Node, record, vrsky_phase};
 use raw::{bench_server, closed_loop, raw_http, raw_kv_put, raw_nats, serve, tls_client};
@@ -106,6 +107,31 @@ pub(crate) struct BenchArgs {
     /// and exit.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Measure only the scale of one node (`bench/scale.rs`): `--scale-integrations`
+    /// integrations across `--scale-tenants` tenants, each with its own nats-server;
+    /// the time to place and start them, idle memory per IntegrationActor and per
+    /// tenant, and a tenant nats-server's memory, extrapolated to 10,000 integrations.
+    #[arg(long)]
+    pub scale: bool,
+    /// Tenants of `--scale`.
+    #[arg(long, default_value_t = 100)]
+    pub scale_tenants: usize,
+    /// Integrations of `--scale`, spread evenly over its tenants.
+    #[arg(long, default_value_t = 1000)]
+    pub scale_integrations: usize,
+}
+
+/// A field of `/proc/{pid}/status` in KiB (`pid` "self" for this process).
+pub(crate) fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Throughput and latency of one phase.
@@ -280,6 +306,19 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         let r = large::run(&bin, &dir, args.large_payloads, args.large_bytes).await?;
         large::print(&r);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+    if args.scale {
+        eprintln!(
+            "scale: {} integrations across {} tenants on one node",
+            args.scale_integrations, args.scale_tenants
+        );
+        let r = scale::run(&bin, &dir, args.scale_tenants, args.scale_integrations).await?;
+        scale::print(&r);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
