@@ -329,6 +329,13 @@ async fn an_integration_is_updated_in_place() {
     assert_eq!(s, 404, "{v}");
     assert_eq!(t.webhook("acme", "hook", b"two".to_vec(), &[]).await, 202);
     sink.wait_for("/old", 2, Duration::from_secs(30)).await;
+    // The sink has it before the worker has heard the answer and counted it.
+    let counted = wait_until(Duration::from_secs(30), || async {
+        let (_, v) = t.api(Method::GET, path, None).await;
+        v["stats"]["delivered"] == 2
+    })
+    .await;
+    assert!(counted.is_ok(), "the second delivery was never counted");
 
     let (s, v) = t
         .api(Method::PUT, path, Some(spec("hook", &sink.url("/new"), json!({}))))
