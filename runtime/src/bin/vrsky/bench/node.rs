@@ -70,6 +70,20 @@ pub(super) struct Node {
     pub(super) sink_stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A bench node's configuration: a free port, `data_dir`, the bench token, private targets
+/// allowed (the sink is on loopback) and the nats-server under test.
+pub(super) fn bench_config(bin: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<Config> {
+    let mut cfg = Config {
+        http_addr: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.to_path_buf(),
+        admin_token: Some("bench-token-0123456789".into()),
+        ..Config::default()
+    };
+    cfg.producer.allow_private_targets = true;
+    cfg.nats.server_bin = Some(bin.to_path_buf());
+    Ok(cfg)
+}
+
 impl Node {
     /// Starts a node in `data_dir` with the configuration adjusted by `tweak`, and a sink
     /// with `slots` arrival slots.
@@ -81,15 +95,8 @@ impl Node {
         slots: usize,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Node> {
-        let mut cfg = Config {
-            http_addr: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.to_path_buf(),
-            admin_token: Some("bench-token-0123456789".into()),
-            grpc_addr: Some("127.0.0.1:0".parse()?),
-            ..Config::default()
-        };
-        cfg.producer.allow_private_targets = true;
-        cfg.nats.server_bin = Some(bin.to_path_buf());
+        let mut cfg = bench_config(bin, data_dir)?;
+        cfg.grpc_addr = Some("127.0.0.1:0".parse()?);
         tweak(&mut cfg);
         let rt = Runtime::start(cfg, RuntimeOptions::default())
             .await

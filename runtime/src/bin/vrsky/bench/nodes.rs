@@ -80,14 +80,7 @@ pub(super) async fn run(bin: &std::path::Path, dir: &std::path::Path, args: &Ben
             first.rt.platform_creds.clone(),
             first.rt.trust.ca_file().to_path_buf(),
         );
-        let mut cfg = Config {
-            http_addr: "127.0.0.1:0".parse()?,
-            data_dir: shared.clone(),
-            admin_token: Some("bench-token-0123456789".into()),
-            ..Config::default()
-        };
-        cfg.producer.allow_private_targets = true;
-        cfg.nats.server_bin = Some(bin.to_path_buf());
+        let mut cfg = super::node::bench_config(bin, &shared)?;
         cfg.nats.platform_url = Some(url);
         cfg.nats.platform_creds = Some(creds);
         cfg.nats.platform_ca = Some(ca);

@@ -16,7 +16,6 @@ use anyhow::Context;
 use serde::Serialize;
 
 use vrsky_runtime::app::{Runtime, RuntimeOptions};
-use vrsky_runtime::config::Config;
 
 /// What `--scale` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -84,14 +83,7 @@ pub(super) async fn run(
         "--scale needs 1 or more tenants and at least one integration per tenant"
     );
     let data = dir.join("scale");
-    let mut cfg = Config {
-        http_addr: "127.0.0.1:0".parse()?,
-        data_dir: data.clone(),
-        admin_token: Some("bench-token-0123456789".into()),
-        ..Config::default()
-    };
-    cfg.producer.allow_private_targets = true;
-    cfg.nats.server_bin = Some(bin.to_path_buf());
+    let cfg = super::node::bench_config(bin, &data)?;
     let rt = Runtime::start(cfg, RuntimeOptions::default())
         .await
         .context("starting vrsky")?;
