@@ -693,3 +693,38 @@ async fn a_second_node_with_a_live_nodes_id_refuses_to_start() {
     again.shutdown().await;
     db.drop_db().await;
 }
+
+/// The claim fence: a node's write that makes a message `processing` (a claim) is refused
+/// for a tenant whose lease it does not hold, and allowed for one it holds. A paused owner
+/// resumed past half its lease is in the first case for its tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claims_no_message_of_a_tenant_whose_lease_it_does_not_hold() {
+    use vrsky_actors::message::{Event, MessageStore, RetryPolicy, decode_stored, encode_stored};
+    use vrsky_actors::{MessageId, TenantId, now_ms};
+    let t = crate::common::TestRuntime::start(crate::common::Backend::Sqlite).await;
+    t.create_tenant("acme").await;
+    let platform = t.rt().control.platform().clone();
+    let claim = async |tenant: &str| {
+        let mut envelope = crate::common::acme_hook_envelope(&MessageId::generate(), b"fenced");
+        envelope.tenant_id = TenantId::new(tenant).unwrap();
+        let vrsky_runtime::platform::Accepted::New {
+            state,
+            revision,
+            stored,
+        } = platform.accept(&envelope, 0, now_ms()).await.unwrap()
+        else {
+            panic!("duplicate")
+        };
+        let claimed = state.apply(&Event::Claim, &RetryPolicy::default(), now_ms()).unwrap();
+        let record = decode_stored(&stored).unwrap().1.unwrap();
+        platform
+            .write(&claimed, encode_stored(&claimed, Some(&record)).unwrap(), revision)
+            .await
+    };
+    let held = claim("acme").await;
+    assert!(matches!(held, Ok(Some(_))), "the held tenant's claim: {held:?}");
+    let ghost = claim("ghost").await;
+    let refused = ghost.expect_err("a claim for a tenant this node does not hold was written");
+    assert!(refused.to_string().contains("lease is not current"), "{refused}");
+    t.shutdown().await;
+}
