@@ -72,10 +72,10 @@ pub enum ClusterMsg {
     Settled(RpcReplyPort<()>),
 }
 
+/// A lease held here (when its last successful renewal was sent is in the handle, which
+/// the claim fence reads too).
 struct Held {
     revision: u64,
-    /// When the request of the last successful renewal was sent.
-    renewed: Instant,
     since_ms: u64,
 }
 
@@ -152,7 +152,6 @@ impl ClusterState {
                 Ok(rev) => {
                     if let Some(h) = self.held.get_mut(&t) {
                         h.revision = rev;
-                        h.renewed = sent;
                         self.args.handle.set_renewed(&t, Some(sent));
                     }
                 }
@@ -162,9 +161,10 @@ impl ClusterState {
                 }
                 Err(LeaseError::Unavailable(e)) => {
                     let since = self
-                        .held
-                        .get(&t)
-                        .map(|h| now.duration_since(h.renewed))
+                        .args
+                        .handle
+                        .renewed_at(&t)
+                        .map(|at| now.duration_since(at))
                         .unwrap_or_default();
                     if since >= fence {
                         warn!(tenant_id = %t, error = %e, since_ms = since.as_millis() as u64,
@@ -191,14 +191,7 @@ impl ClusterState {
             None => handle.store.claim(t, &value).await?,
             Some(rev) => handle.store.renew(t, &value, rev).await?,
         };
-        self.held.insert(
-            t.clone(),
-            Held {
-                revision,
-                renewed: sent,
-                since_ms,
-            },
-        );
+        self.held.insert(t.clone(), Held { revision, since_ms });
         handle.set_renewed(t, Some(sent));
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! may publish on its inboxes and nothing else).
 //!
 //! The node that stored a message keeps it in its re-drive index while it is `received`
-//! and publishes it again when it is overdue (`scheduler.rs`); once the owner claimed it,
+//! and publishes it again when it is overdue (`scheduler/redrive.rs`); once the owner claimed it,
 //! the owner tracks it. If the storing node dies first, every owner scans its tenants
 //! again when it sees a node leave (`actor.rs`).
 

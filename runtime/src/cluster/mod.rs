@@ -144,8 +144,12 @@ impl ClusterHandle {
     /// its subscription may hold messages another node published meanwhile, which the
     /// new owner will deliver.
     pub fn may_claim(&self, t: &TenantId) -> bool {
-        let renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-        renewed.get(t).is_some_and(|at| at.elapsed() < self.ttl / 2)
+        self.renewed_at(t).is_some_and(|at| at.elapsed() < self.ttl / 2)
+    }
+
+    /// When the last successful renewal of a lease held here was sent.
+    pub(crate) fn renewed_at(&self, t: &TenantId) -> Option<std::time::Instant> {
+        self.renewed.lock().unwrap_or_else(|p| p.into_inner()).get(t).copied()
     }
 
     pub(crate) fn set_renewed(&self, t: &TenantId, sent: Option<std::time::Instant>) {
