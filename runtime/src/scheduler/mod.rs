@@ -5,7 +5,8 @@
 //!   is NAKed with the remaining delay; a due one moves its message `retry -> received` and
 //!   publishes it for delivery, then is acknowledged.
 //! - **Re-drive.** A message past its deadline in the re-drive index gets
-//!   [`Event::Redrive`]: a lost publish is published again, a claim whose worker died
+//!   [`Event::Redrive`](vrsky_actors::message::Event::Redrive): a lost publish is published
+//!   again, a claim whose worker died
 //!   counts as a failed attempt, an overdue retry is made due.
 //!
 //! The index ([`Deadlines`]) is this actor's own state.
